@@ -24,7 +24,9 @@ class Registry(Generic[T]):
         self._exact: dict[str, Callable[..., T]] = {}
         self._patterns: list[tuple[re.Pattern[str], str, Callable[..., T], list[str]]] = []
 
-    def register(self, name: str, examples: list[str] | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, examples: list[str] | None = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if "{" in name:
                 regex = re.escape(name)
@@ -60,8 +62,8 @@ class Registry(Generic[T]):
                 return factory, {k: int(v) for k, v in match.groupdict().items()}
         return None
 
-    def get(self, name: str) -> Callable[..., T]:
-        """The factory for ``name`` with pattern fields bound; a UserError naming valid names otherwise."""
+    def resolve(self, name: str) -> tuple[Callable[..., T], dict[str, int]]:
+        """``(factory, pattern fields)`` for ``name``; a UserError naming valid names otherwise."""
         found = self._lookup(name)
         if found is None:
             valid = self.names()
@@ -70,7 +72,11 @@ class Registry(Generic[T]):
             raise UserError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, valid)}: choose one of {shown}{families}"
             )
-        factory, fields = found
+        return found
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory for ``name`` with pattern fields bound."""
+        factory, fields = self.resolve(name)
         if not fields:
             return factory
         return lambda *args, **kwargs: factory(*args, **fields, **kwargs)

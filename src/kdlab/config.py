@@ -1,0 +1,244 @@
+"""Typed run configuration: dataclasses, YAML load/save and dotted ``key=value`` overrides.
+
+Precedence, lowest first: the defaults below (the paper's CIFAR-100 recipe), a ``--config``
+YAML file, the command's flags, then ``--set key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlab.errors import UserError, did_you_mean
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar100"
+    data_dir: str | None = None
+    subset: int | None = None  # training images kept (seeded, class-balanced); None = all
+    test_subset: int | None = None
+    subset_seed: int = 0
+    augment: bool = True
+    label_noise: str | None = None  # "symmetric:0.4" or "asymmetric:0.2"; training labels only
+    noise_seed: int = 0  # separate from the training seed: the same noisy labels for every run
+    download: bool = False
+    num_workers: int = 4  # DataLoader workers (ImageFolder only; in-memory data needs none)
+    image_size: int | None = None  # ImageFolder crop size (default 224)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | list[str] | None = None  # run folder(s) or checkpoint(s); a list is an ensemble
+    loss: str = "ce"  # ce | kl | mse
+    alpha: float = 1.0  # weight of the KD term; (1 - alpha) weights cross-entropy
+    tau: float = 4.0  # temperature; inf = logit matching, 0 = label matching
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 200
+    batch_size: int = 128  # per process; the global batch is this times the world size
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # on parameters with more than one dimension only
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
+    gamma: float = 0.1
+
+
+@dataclass
+class RunConfig:
+    model: str = "wrn-16-2"
+    data: DataConfig = field(default_factory=DataConfig)
+    kd: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 9999
+    out: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    sync_bn: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Raise a UserError for values no run can use; return self."""
+        from kdlab.losses import LOSSES, check_alpha_tau
+
+        check_alpha_tau(self.kd.alpha, self.kd.tau)
+        LOSSES.get(self.kd.loss)
+        if self.kd.loss != "ce" and not self.kd.teacher:
+            raise UserError(f"--loss {self.kd.loss} needs a teacher: pass --teacher RUN_OR_CHECKPOINT")
+        for name, value in [("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size)]:
+            if value < 1:
+                raise UserError(f"{name}={value} must be a positive integer")
+        if not self.optim.lr > 0:
+            raise UserError(f"optim.lr={self.optim.lr} must be positive")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise UserError(f"amp={self.amp!r} is invalid: choose auto, bf16 or off")
+        if self.data.label_noise:
+            from kdlab.data import parse_label_noise
+
+            parse_label_noise(self.data.label_noise)
+        return self
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's annotated type, or raise a UserError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except UserError as error:
+                errors.append(error)
+        raise errors[-1]
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(item, item_type, key) for item in items]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return math.inf if value.strip().lower() in ("inf", "infinity", "+inf") else float(value)
+            except ValueError:
+                pass
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{key}={value!r} is not a valid {type_name}")
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> Any:
+    """Build ``cls`` from a nested dict, refusing unknown keys (listing the valid ones)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = _fields(cls)
+    unknown = [key for key in data if key not in hints]
+    if unknown:
+        key = unknown[0]
+        raise UserError(
+            f"unknown config key '{prefix}{key}'{did_you_mean(str(key), hints)}: valid keys are "
+            + ", ".join(prefix + name for name in hints)
+        )
+    values = {}
+    for key, value in data.items():
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            values[key] = from_dict(value or {}, annotation, f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, annotation, prefix + key)
+    return cls(**values)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``update`` wins, nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"optim.lr=0.05"`` -> ``{"optim": {"lr": 0.05}}``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r} is malformed: write --set key=value, e.g. --set optim.lr=0.05")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: check the path given to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < ``base`` < YAML file < flags (nested dict, None values ignored) < ``--set`` overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if config_file:
+        data = merge(data, load_yaml(config_file))
+    data = merge(data, _drop_none(flags or {}))
+    for text in overrides or []:
+        data = merge(data, parse_override(text))
+    return from_dict(data).validate()
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                cleaned[key] = value
+        elif value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,521 @@
+"""The one training loop: teacher frozen, students trained, test set every epoch, checkpoints, resume.
+
+``train(config)`` runs one student (a teacher is trained the same way, with the 'ce' loss and no
+teacher). ``train_lockstep(configs)`` runs several students that share the data order and the
+teacher: each batch goes through the teacher once and through every student, each with its own
+loss, optimiser and run folder; a standalone run is the one-student case of the same loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from kdlab.config import RunConfig, to_yaml
+from kdlab.data import DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
+from kdlab.errors import UserError
+from kdlab.losses import loss_terms, needs_teacher
+from kdlab.models import count_parameters, create_model
+from kdlab.runs import (
+    CHECKPOINT_FORMAT,
+    RunFolder,
+    atomic_torch_save,
+    atomic_write_json,
+    environment,
+    load_checkpoint,
+)
+from kdlab.teacher import load_teacher
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name} was asked for but CUDA is not available here: use --device cpu or auto"
+        )
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def autocast_context(config: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default and on CPU when asked (``amp: bf16``); otherwise nothing."""
+    if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_at(config: RunConfig, epoch: int) -> float:
+    """Step schedule: ``lr * gamma^k``, k = milestones (fractions of the epochs) already reached."""
+    milestones = [round(fraction * config.optim.epochs) for fraction in config.optim.milestones]
+    return config.optim.lr * config.optim.gamma ** sum(epoch >= milestone for milestone in milestones)
+
+
+def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.SGD:
+    """SGD, Nesterov momentum; weight decay only on parameters with more than one dimension."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(
+        groups, lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov
+    )
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+@dataclass
+class Student:
+    """One student in training: its model (``module`` is what the step calls), optimiser and run folder."""
+
+    config: RunConfig
+    run: RunFolder
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    module: nn.Module
+    start_epoch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    test_acc_best: float = -1.0
+    best_epoch: int = 0
+    writer: Any = None
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        if self.size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+
+def current_world() -> World:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return World(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return World()
+
+
+def prepare_run_folder(run: RunFolder, resume: bool, overwrite: bool) -> bool:
+    """Check ``--out`` against what it holds; True when there is a checkpoint to resume from."""
+    if run.has_content():
+        if overwrite:
+            shutil.rmtree(run.path)
+        elif not resume:
+            state = "a finished run" if run.is_finished() else "an unfinished run"
+            raise UserError(
+                f"--out {run.path} already holds {state}: pass --resume to continue it, --overwrite to start "
+                "again, or choose another --out"
+            )
+    return resume and run.last_checkpoint.is_file()
+
+
+def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | None, dict[str, Any] | None]:
+    """The dataset with label noise applied; returns (splits, clean training labels, noise record)."""
+    data = config.data
+    splits = load_dataset(
+        data.name,
+        data.data_dir,
+        subset=data.subset,
+        test_subset=data.test_subset,
+        subset_seed=data.subset_seed,
+        download=data.download and world.is_main,
+        image_size=data.image_size,
+    )
+    if not data.label_noise:
+        return splits, None, None
+    if not isinstance(splits.train, TensorData):
+        raise UserError(
+            f"--label-noise is supported for in-memory datasets, not {data.name}: drop --label-noise"
+        )
+    clean = splits.train.labels
+    noisy, flipped = apply_label_noise(
+        clean, splits.num_classes, data.label_noise, data.noise_seed, dataset=data.name
+    )
+    splits.train = TensorData(splits.train.images, noisy)
+    record = {
+        "spec": data.label_noise,
+        "noise_seed": data.noise_seed,
+        "realised_rate": len(flipped) / len(clean),
+        "flipped_indices": flipped.tolist(),
+    }
+    return splits, clean, record
+
+
+class Trainer:
+    """Shared state of one lockstep group: device, data, loaders and the teacher."""
+
+    def __init__(self, configs: list[RunConfig]) -> None:
+        self.configs = configs
+        lead = configs[0]
+        self.world = current_world()
+        self.device = resolve_device(lead.device)
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if lead.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.splits, self.clean_labels, self.noise_record = load_data(lead, self.world)
+        if len(self.splits.train) < lead.optim.batch_size * self.world.size:
+            raise UserError(
+                f"batch size {lead.optim.batch_size} x {self.world.size} process(es) is larger than the "
+                f"{len(self.splits.train)} training images: lower --batch-size or enlarge --subset"
+            )
+        loader_args = {
+            "device": self.device,
+            "num_workers": lead.data.num_workers,
+            "channels_last": lead.channels_last,
+        }
+        self.train_loader = make_loader(
+            self.splits, "train", lead.optim.batch_size, train=True, seed=lead.seed, augment=lead.data.augment,
+            rank=self.world.rank, world_size=self.world.size, **loader_args,
+        )  # fmt: skip
+        eval_batch = max(256, 2 * lead.optim.batch_size)
+        self.test_loader = make_loader(self.splits, "test", eval_batch, train=False, **loader_args)
+        self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
+        self.autocast = lambda: autocast_context(lead, self.device)
+        self.teacher = load_teacher(lead.kd.teacher, self.device) if lead.kd.teacher else None
+        if self.teacher is not None:
+            if self.teacher.num_classes != self.splits.num_classes:
+                raise UserError(
+                    f"the teacher predicts {self.teacher.num_classes} classes but {lead.data.name} has "
+                    f"{self.splits.num_classes}: use a teacher trained on {lead.data.name}"
+                )
+            if lead.channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
+
+    # -- teacher -----------------------------------------------------------------------------
+
+    def teacher_logits(self, inputs: Tensor) -> Tensor:
+        """The frozen teacher's float32 logits; cloned out of inference mode so autograd may read them."""
+        with torch.inference_mode(), self.autocast():
+            logits = self.teacher(inputs)
+        return logits.float().clone()
+
+    # -- students ----------------------------------------------------------------------------
+
+    def build_student(self, config: RunConfig, resume: bool, overwrite: bool) -> Student:
+        if not config.out:
+            raise UserError("no output folder: pass --out RUN")
+        run = RunFolder(config.out)
+        can_resume = prepare_run_folder(run, resume, overwrite) if self.world.is_main else resume
+        torch.manual_seed(config.seed)  # the same initial weights standalone or in lockstep
+        model = create_model(
+            config.model, self.splits.num_classes, self.splits.in_channels, self.splits.image_size
+        )
+        model = model.to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, config)
+        student = Student(config, run, model, optimizer, module=model)
+        if can_resume and run.last_checkpoint.is_file():
+            self._restore(student)
+        if config.sync_bn and self.world.size > 1:
+            student.module = nn.SyncBatchNorm.convert_sync_batchnorm(student.module)
+        if self.world.size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            student.module = nn.parallel.DistributedDataParallel(student.module, device_ids=device_ids)
+        if config.compile:
+            student.module = torch.compile(student.module)
+        if self.world.is_main:
+            run_info = {**environment(), "world_size": self.world.size}
+            run_info["global_batch_size"] = config.optim.batch_size * self.world.size
+            run.write_config(to_yaml(config) + yaml.safe_dump({"run_info": run_info}, sort_keys=False))
+            if self.noise_record is not None:
+                atomic_write_json(run.path / "label_noise.json", self.noise_record)
+            student.writer = _tensorboard_writer(config, run)
+        return student
+
+    def _restore(self, student: Student) -> None:
+        checkpoint = load_checkpoint(student.run.last_checkpoint, self.device)
+        if checkpoint.get("model_name") != student.config.model:
+            raise UserError(
+                f"{student.run.last_checkpoint} holds a {checkpoint.get('model_name')}, not a {student.config.model}: "
+                "resume with the same --model or choose another --out"
+            )
+        student.model.load_state_dict(checkpoint["model"])
+        student.optimizer.load_state_dict(checkpoint["optimizer"])
+        student.start_epoch = int(checkpoint["epoch"])
+        student.test_acc_best = float(checkpoint["test_acc_best"])
+        student.best_epoch = int(checkpoint["best_epoch"])
+        student.metrics = [row for row in student.run.metrics() if row["epoch"] <= student.start_epoch]
+        torch.set_rng_state(checkpoint["rng_cpu"])
+
+    def checkpoint(self, student: Student, epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": student.config.model,
+            "num_classes": self.splits.num_classes,
+            "in_channels": self.splits.in_channels,
+            "image_size": self.splits.image_size,
+            "dataset": student.config.data.name,
+            "model": student.model.state_dict(),
+            "optimizer": student.optimizer.state_dict(),
+            "epoch": epoch,
+            "test_acc_best": student.test_acc_best,
+            "best_epoch": student.best_epoch,
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self, students: list[Student]) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        lead = self.configs[0]
+        starts = {student.start_epoch for student in students}
+        if len(starts) > 1:
+            raise UserError("lockstep students are at different epochs: resume them separately")
+        first_epoch = starts.pop()
+        for epoch in range(first_epoch, lead.optim.epochs):
+            self.train_epoch(students, epoch)
+        summaries = self.finish(students, time.perf_counter() - start)
+        for student in students:
+            if student.writer is not None:
+                student.writer.close()
+        return summaries
+
+    def train_epoch(self, students: list[Student], epoch: int) -> None:
+        lead = self.configs[0]
+        epoch_start = time.perf_counter()
+        self.train_loader.set_epoch(epoch)
+        for student in students:
+            for group in student.optimizer.param_groups:
+                group["lr"] = lr_at(student.config, epoch)
+            student.module.train()
+        zero = torch.zeros((), device=self.device)
+        sums: list[dict[str, Tensor]] = [{} for _ in students]
+        correct = [zero.clone() for _ in students]
+        first_bad_step = [torch.full((), -1, device=self.device) for _ in students]
+        seen = 0
+        bar = tqdm(
+            self.train_loader, desc=f"epoch {epoch + 1}/{lead.optim.epochs}", leave=False,
+            disable=None if lead.progress and self.world.is_main else True, unit="batch",
+        )  # fmt: skip
+        for step, batch in enumerate(bar):
+            teacher_logits = self.teacher_logits(batch.inputs) if self.teacher_needed else None
+            for index, student in enumerate(students):
+                with self.autocast():
+                    logits = student.module(batch.inputs)
+                kd = student.config.kd
+                terms = loss_terms(
+                    kd.loss, logits.float(), teacher_logits, batch.targets, alpha=kd.alpha, tau=kd.tau
+                )
+                loss = sum(terms.values())
+                student.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                student.optimizer.step()
+                # Accumulated on the device: reading them here would stall the pipeline every step.
+                for name, value in {"loss": loss, **terms}.items():
+                    sums[index][name] = sums[index].get(name, zero) + value.detach() * len(batch.targets)
+                correct[index] += (logits.detach().argmax(dim=1) == batch.targets).sum()
+                bad = ~torch.isfinite(loss.detach()) & (first_bad_step[index] < 0)
+                first_bad_step[index] = torch.where(
+                    bad, torch.full_like(first_bad_step[index], step), first_bad_step[index]
+                )
+            seen += len(batch.targets)
+        train_time = time.perf_counter() - epoch_start
+        count = self.world.all_reduce(torch.tensor(float(seen), device=self.device)).item()
+        for index, student in enumerate(students):
+            bad_step = int(first_bad_step[index].item())
+            if bad_step >= 0:
+                raise UserError(
+                    f"{student.run.path}: the loss became NaN or inf at epoch {epoch + 1}, step {bad_step + 1}; the last "
+                    "good checkpoint is kept: lower --lr or check the data, then --resume"
+                )
+            names = sorted(sums[index])
+            stacked = self.world.all_reduce(torch.stack([sums[index][n] for n in names] + [correct[index]]))
+            values = (stacked / count).tolist()
+            test = self.evaluate(student.module, self.test_loader)
+            row = {"epoch": epoch + 1, "lr": lr_at(student.config, epoch)}
+            row |= {f"train_{name}": value for name, value in zip(names, values[:-1], strict=True)}
+            row |= {
+                "train_acc_running": 100.0 * values[-1],
+                "test_acc": test["acc"],
+                "test_loss": test["loss"],
+            }
+            row |= {
+                "epoch_time_s": time.perf_counter() - epoch_start,
+                "train_images_per_s": count / train_time,
+            }
+            self.end_epoch(student, row)
+
+    def end_epoch(self, student: Student, row: dict[str, Any]) -> None:
+        epoch = row["epoch"]
+        improved = row["test_acc"] > student.test_acc_best
+        if improved:
+            student.test_acc_best, student.best_epoch = row["test_acc"], epoch
+        student.metrics.append(row)
+        if not self.world.is_main:
+            return
+        checkpoint = self.checkpoint(student, epoch)
+        if improved:
+            atomic_torch_save(checkpoint, student.run.best_checkpoint)
+        atomic_torch_save(checkpoint, student.run.last_checkpoint)
+        student.run.write_metrics(student.metrics)
+        if student.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    student.writer.add_scalar(key, value, epoch)
+        if student.config.progress:
+            tqdm.write(
+                f"{student.run.path.name}: epoch {epoch}/{student.config.optim.epochs} loss {row['train_loss']:.4f} "
+                f"test acc {row['test_acc']:.2f}% ({row['epoch_time_s']:.1f}s)"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (eval mode)."""
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = 0
+        for batch in loader:
+            with self.autocast():
+                logits = model(batch.inputs).float()
+            correct += (logits.argmax(dim=1) == batch.targets).sum()
+            loss += nn.functional.cross_entropy(logits, batch.targets, reduction="sum").double()
+            count += len(batch.targets)
+        model.train(was_training)
+        return {"acc": 100.0 * correct.item() / count, "loss": loss.item() / count}
+
+    @torch.no_grad()
+    def final_train_metrics(self, students: list[Student]) -> list[dict[str, float]]:
+        """One pass over the clean (unaugmented) training set: accuracy and ``mean ||z_s - z_t||_2``."""
+        correct = [torch.zeros((), device=self.device) for _ in students]
+        correct_clean = [torch.zeros((), device=self.device) for _ in students]
+        distance = [torch.zeros((), device=self.device, dtype=torch.float64) for _ in students]
+        for student in students:
+            student.module.eval()
+        count = 0
+        for batch in self.clean_train_loader:
+            teacher_logits = self.teacher_logits(batch.inputs) if self.teacher is not None else None
+            clean = (
+                self.clean_labels[batch.indices.cpu()].to(self.device)
+                if self.clean_labels is not None
+                else None
+            )
+            for index, student in enumerate(students):
+                with self.autocast():
+                    logits = student.module(batch.inputs).float()
+                predicted = logits.argmax(dim=1)
+                correct[index] += (predicted == batch.targets).sum()
+                if clean is not None:
+                    correct_clean[index] += (predicted == clean).sum()
+                if teacher_logits is not None:
+                    distance[index] += (logits - teacher_logits).double().norm(dim=1).sum()
+            count += len(batch.targets)
+        results = []
+        for index in range(len(students)):
+            result = {"train_acc": 100.0 * correct[index].item() / count}
+            if self.clean_labels is not None:
+                result["train_acc_clean_labels"] = 100.0 * correct_clean[index].item() / count
+            if self.teacher is not None:
+                result["logit_distance"] = distance[index].item() / count
+            results.append(result)
+        return results
+
+    def finish(self, students: list[Student], wall_time_s: float) -> list[dict[str, Any]]:
+        summaries = []
+        for student, train_metrics in zip(students, self.final_train_metrics(students), strict=True):
+            config = student.config
+            last = student.metrics[-1] if student.metrics else {}
+            summary = {
+                "model": config.model,
+                "dataset": config.data.name,
+                "loss": config.kd.loss,
+                "alpha": config.kd.alpha,
+                "tau": _json_float(config.kd.tau),
+                "teacher": config.kd.teacher,
+                "test_acc_last": last.get("test_acc"),
+                "test_acc_best": student.test_acc_best,
+                "best_epoch": student.best_epoch,
+                **train_metrics,
+                "epochs": config.optim.epochs,
+                "seed": config.seed,
+                "wall_time_s": wall_time_s,
+                "num_params": count_parameters(student.model),
+                "train_images": len(self.splits.train),
+                "world_size": self.world.size,
+            }
+            if self.noise_record is not None:
+                summary["label_noise"] = config.data.label_noise
+                summary["label_noise_realised_rate"] = self.noise_record["realised_rate"]
+            if self.world.is_main:
+                student.run.write_summary(summary)
+            summaries.append(summary)
+        return summaries
+
+
+def _tensorboard_writer(config: RunConfig, run: RunFolder) -> Any:
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is an optional extra
+        return None
+    return SummaryWriter(log_dir=str(run.path / "tensorboard"))
+
+
+def _check_lockstep(configs: list[RunConfig]) -> None:
+    lead = configs[0]
+    shared = ("data", "seed", "device", "amp", "channels_last")
+    for config in configs[1:]:
+        for key in shared:
+            if getattr(config, key) != getattr(lead, key):
+                raise UserError(f"lockstep students must share '{key}': run them separately")
+        if config.kd.teacher != lead.kd.teacher:
+            raise UserError("lockstep students must share the teacher: run them separately")
+        if (config.optim.batch_size, config.optim.epochs) != (lead.optim.batch_size, lead.optim.epochs):
+            raise UserError(
+                "lockstep students must share optim.batch_size and optim.epochs: run them separately"
+            )
+
+
+def train_lockstep(
+    configs: list[RunConfig], resume: bool = False, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Train several students on one data order and one teacher pass per batch; a summary each.
+
+    Finished runs (with ``resume``) are returned from their summary.json without training.
+    """
+    _check_lockstep(configs)
+    pending = []
+    summaries: dict[int, dict[str, Any]] = {}
+    for index, config in enumerate(configs):
+        run = RunFolder(config.out or "")
+        if resume and config.out and run.is_finished() and not overwrite:
+            summaries[index] = run.summary()
+        else:
+            pending.append(index)
+    if pending:
+        trainer = Trainer([configs[i] for i in pending])
+        students = [trainer.build_student(configs[i], resume, overwrite) for i in pending]
+        for index, summary in zip(pending, trainer.fit(students), strict=True):
+            summaries[index] = summary
+    return [summaries[index] for index in range(len(configs))]
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train one model (teacher or student) into ``config.out``; returns its summary."""
+    return train_lockstep([config], resume=resume, overwrite=overwrite)[0]

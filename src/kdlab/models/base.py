@@ -1,0 +1,59 @@
+"""What every kdlab model shares: the model registry, the classifier interface and He initialisation.
+
+Kept apart from ``__init__`` so the model files can import it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdlab.errors import UserError
+from kdlab.registry import Registry
+
+MODELS: Registry[nn.Module] = Registry("model")
+
+
+class Classifier(nn.Module):
+    """Base of every registered model: ``forward(x) == classifier(forward_features(x))`` exactly.
+
+    Subclasses set ``self.classifier`` (the final ``nn.Linear``) and implement
+    ``forward_features``: images ``[B, in_channels, H, W]`` -> pooled penultimate vector ``[B, D]``.
+    Analysis code relies only on this interface, never on a model's internals.
+    """
+
+    classifier: nn.Linear
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]``."""
+        return self.classifier(self.forward_features(x))
+
+
+def he_init(model: nn.Module, zero_linear_bias: bool) -> None:
+    """Conv weights ~ N(0, 2 / (k*k*out_channels)) (He, fan-out), BatchNorm weight 1 and bias 0.
+
+    This is both the WRN code's explicit ``normal_(0, sqrt(2/n))`` and RepDistiller's
+    ``kaiming_normal_(mode="fan_out")``; only the WRN code also zeroes the linear bias.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and zero_linear_bias:
+            nn.init.zeros_(module.bias)
+
+
+def require_positive(name: str, field: str, value: int) -> None:
+    """UserError for a pattern field such as the width in ``wrn-16-0``."""
+    if value < 1:
+        raise UserError(f"{name}: {field} {value} is invalid: {field} must be a positive integer")
