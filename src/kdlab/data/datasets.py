@@ -1,0 +1,418 @@
+"""The dataset registry: each name finds its official files (or downloads them) and returns both splits.
+
+Search order for downloadable datasets: ``data_dir``, then system folders (Fashion-MNIST's Debian
+package), then the download cache ``$KDLAB_CACHE_DIR`` (default ``~/.cache/kdlab``). With
+``download=True`` and nothing found, torchvision fetches the official files into ``data_dir`` (or the
+cache when no ``data_dir`` is given) and our own readers parse them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from kdlab.errors import UserError
+from kdlab.registry import Registry
+
+from .formats import (
+    CIFAR10_FORMAT,
+    CIFAR100_FORMAT,
+    IDX_FILES,
+    ArraySplits,
+    CifarFormat,
+    find_idx_files,
+    read_cifar,
+    read_idx_folder,
+)
+
+
+@dataclass
+class TensorData:
+    """An in-memory split: ``images`` uint8 ``[N, C, H, W]`` contiguous, ``labels`` int64 ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DatasetSplits:
+    """Both splits of a dataset plus what models and augmentation need to know about it.
+
+    ``train``/``test`` are :class:`TensorData` except for imagefolder/imagenet, where they are torch
+    Datasets yielding normalised float images (their augmentation lives in the transforms, so
+    ``pad`` is 0 and ``flip`` False there).
+    """
+
+    name: str
+    train: TensorData | Dataset
+    test: TensorData | Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad: int  # random-crop padding used by augmentation (0 = no crop)
+    flip: bool  # random horizontal flip used by augmentation
+    class_names: list[str] = field(default_factory=list)
+
+
+class LabelledSubset(Subset):
+    """A Subset that keeps ``targets`` and ``classes`` reachable, like the ImageFolder it wraps."""
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.dataset.targets[i] for i in self.indices]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+
+DATASETS: Registry[DatasetSplits] = Registry("dataset")
+
+
+def cache_dir() -> Path:
+    """Where ``download=True`` puts files when no data_dir is given (``$KDLAB_CACHE_DIR`` overrides)."""
+    return Path(os.environ.get("KDLAB_CACHE_DIR", "~/.cache/kdlab")).expanduser()
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    subset_seed: int = 0,
+    download: bool = False,
+    image_size: int | None = None,
+) -> DatasetSplits:
+    """Load dataset ``name`` (see ``DATASETS.names()``), optionally reduced to class-balanced subsets.
+
+    ``subset``/``test_subset`` keep that many samples of the train/test split, ``n // K`` per class
+    (the remainder to the first classes), chosen with ``subset_seed``. ``image_size`` only applies
+    to imagefolder/imagenet (default 224); the other datasets have a fixed size.
+    """
+    factory = DATASETS.get(name)
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    splits = factory(name=name.lower(), data_dir=root, download=download, image_size=image_size)
+    if image_size is not None and image_size != splits.image_size:
+        raise UserError(
+            f"image_size={image_size} does not apply to {name}, whose images are "
+            f"{splits.image_size}x{splits.image_size}: drop the image size or use imagefolder"
+        )
+    splits.train = _take_subset(splits.train, subset, subset_seed, splits.num_classes, "subset")
+    splits.test = _take_subset(splits.test, test_subset, subset_seed, splits.num_classes, "test_subset")
+    return splits
+
+
+def split_labels(split: TensorData | Dataset) -> torch.Tensor:
+    """The labels of a split as an int64 tensor ``[N]`` (TensorData or an ImageFolder-like Dataset)."""
+    if isinstance(split, TensorData):
+        return split.labels
+    return torch.as_tensor(split.targets, dtype=torch.int64)
+
+
+def class_balanced_subset(
+    labels: torch.Tensor, n: int, seed: int, num_classes: int | None = None
+) -> torch.Tensor:
+    """Sorted indices (int64 ``[n]``) of a seeded class-balanced selection of ``n`` samples.
+
+    Each of the K classes gets ``n // K`` samples and the first ``n % K`` classes one more. A class
+    with too few samples gives all it has and its shortfall is spread the same way over the others,
+    so any ``num_classes <= n <= len(labels)`` works. K defaults to ``labels.max() + 1``.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if not num_classes <= n <= len(labels):
+        raise UserError(
+            f"subset size {n} is out of range: choose between {num_classes} (one per class) "
+            f"and {len(labels)} (the whole split)"
+        )
+    counts = torch.bincount(labels, minlength=num_classes)
+    quota = torch.zeros(num_classes, dtype=torch.int64)
+    remaining = n
+    while remaining > 0:  # water-filling: one pass when every class has enough samples
+        open_classes = (quota < counts).nonzero().flatten()
+        share = torch.full((len(open_classes),), remaining // len(open_classes), dtype=torch.int64)
+        share[: remaining % len(open_classes)] += 1
+        share = torch.minimum(share, counts[open_classes] - quota[open_classes])
+        quota[open_classes] += share
+        remaining -= int(share.sum())
+    # A random permutation stably sorted by label lists each class in random order; keep the first
+    # quota[c] of class c, found by each sample's rank within its class.
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(labels), generator=generator)
+    by_class = shuffled[torch.sort(labels[shuffled], stable=True).indices]
+    class_start = torch.cumsum(counts, 0) - counts
+    sorted_labels = labels[by_class]
+    rank = torch.arange(len(labels)) - class_start[sorted_labels]
+    return torch.sort(by_class[rank < quota[sorted_labels]]).values
+
+
+def _take_subset(
+    split: TensorData | Dataset, n: int | None, seed: int, num_classes: int, what: str
+) -> TensorData | Dataset:
+    if n is None:
+        return split
+    try:
+        indices = class_balanced_subset(split_labels(split), n, seed, num_classes)
+    except UserError as error:
+        raise UserError(f"{what}: {error}") from None
+    if isinstance(split, TensorData):
+        return TensorData(split.images[indices].contiguous(), split.labels[indices])
+    return LabelledSubset(split, indices.tolist())
+
+
+def _tensor_splits(
+    name: str,
+    arrays: ArraySplits,
+    class_names: list[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    pad: int,
+    flip: bool,
+) -> DatasetSplits:
+    """Wrap numpy splits as TensorData, checking the labels against the class list."""
+    num_classes = len(class_names)
+    for labels in (arrays.train_labels, arrays.test_labels):
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UserError(
+                f"{name} labels span {labels.min()}..{labels.max()} but there are {num_classes} classes: "
+                "the files are corrupt, fetch them again"
+            )
+    images = arrays.train_images
+    return DatasetSplits(
+        name=name,
+        train=TensorData(torch.from_numpy(images), torch.from_numpy(arrays.train_labels)),
+        test=TensorData(torch.from_numpy(arrays.test_images), torch.from_numpy(arrays.test_labels)),
+        num_classes=num_classes,
+        in_channels=images.shape[1],
+        image_size=images.shape[2],
+        mean=mean,
+        std=std,
+        pad=pad,
+        flip=flip,
+        class_names=class_names,
+    )
+
+
+def _locate(
+    name: str,
+    search_dirs: list[Path],
+    candidates: Callable[[Path], list[Path]],
+    accept: Callable[[Path], bool],
+    download_root: Path | None,
+    torchvision_class: str,
+    hint: str,
+) -> Path:
+    """The first accepted candidate under ``search_dirs``; else download, else one line listing all tried."""
+    looked: list[Path] = []
+    for folder in dict.fromkeys(search_dirs):  # ordered, without repeats
+        for path in candidates(folder):
+            if accept(path):
+                return path
+            looked.append(path)
+    if download_root is not None:
+        import torchvision.datasets
+
+        try:
+            for train in (True, False):
+                getattr(torchvision.datasets, torchvision_class)(
+                    str(download_root), train=train, download=True
+                )
+        except Exception as error:  # network, disk or checksum failures all end the same way
+            raise UserError(
+                f"downloading {name} into {download_root} failed ({type(error).__name__}: {error}); "
+                "check the network, or pass --data-dir with the files"
+            ) from None
+        found = next((path for path in candidates(download_root) if accept(path)), None)
+        if found is not None:
+            return found
+    raise UserError(f"{name} not found: looked in {', '.join(map(str, looked))}; {hint}")
+
+
+def _search_dirs(data_dir: Path | None, *system_dirs: Path) -> list[Path]:
+    return [*([data_dir] if data_dir is not None else []), *system_dirs, cache_dir()]
+
+
+@dataclass(frozen=True)
+class _Cifar:
+    fmt: CifarFormat
+    torchvision_class: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _load_cifar(spec: _Cifar, *, name: str, data_dir: Path | None, download: bool, **_) -> DatasetSplits:
+    fmt = spec.fmt
+    location = _locate(
+        name,
+        _search_dirs(data_dir),
+        # data_dir may hold the folder or the archive, or be the extracted folder itself
+        lambda folder: [folder / fmt.folder, folder / fmt.archive, folder],
+        lambda path: path.is_file() or all((path / member).is_file() for member in fmt.members),
+        (data_dir or cache_dir()) if download else None,
+        spec.torchvision_class,
+        f"pass --data-dir with {fmt.folder}/ or {fmt.archive}, or --download",
+    )
+    arrays, class_names = read_cifar(location, fmt)
+    return _tensor_splits(name, arrays, class_names, spec.mean, spec.std, pad=4, flip=True)
+
+
+DATASETS.register("cifar10")(
+    partial(
+        _load_cifar,
+        _Cifar(CIFAR10_FORMAT, "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    )
+)
+DATASETS.register("cifar100")(
+    partial(
+        _load_cifar,
+        _Cifar(CIFAR100_FORMAT, "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    )
+)
+
+
+@dataclass(frozen=True)
+class _Idx:
+    torchvision_class: str  # also torchvision's folder name: ROOT/FashionMNIST/raw
+    mean: float
+    std: float
+    flip: bool
+    class_names: tuple[str, ...]
+    hint: str
+    system_dirs: tuple[Path, ...] = ()
+
+
+_IDX_HINT = f"pass --data-dir with the IDX files ({', '.join(IDX_FILES)}, .gz or plain), or --download"
+IDX_DATASETS = {
+    "fashion-mnist": _Idx(
+        "FashionMNIST",
+        0.2860,
+        0.3530,
+        flip=True,
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        hint=f"apt-get install dataset-fashion-mnist, or {_IDX_HINT}",
+        system_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
+    ),
+    "mnist": _Idx("MNIST", 0.1307, 0.3081, flip=False, class_names=tuple("0123456789"), hint=_IDX_HINT),
+}
+
+
+def _load_idx(*, name: str, data_dir: Path | None, download: bool, **_) -> DatasetSplits:
+    spec = IDX_DATASETS[name]  # looked up per call so tests can point system_dirs elsewhere
+    folder = _locate(
+        name,
+        _search_dirs(data_dir, *spec.system_dirs),
+        lambda root: [root, root / spec.torchvision_class / "raw", root / "raw"],
+        lambda path: find_idx_files(path) is not None,
+        (data_dir or cache_dir()) if download else None,
+        spec.torchvision_class,
+        spec.hint,
+    )
+    return _tensor_splits(
+        name,
+        read_idx_folder(folder),
+        list(spec.class_names),
+        (spec.mean,),
+        (spec.std,),
+        pad=2,
+        flip=spec.flip,
+    )
+
+
+for _name in IDX_DATASETS:
+    DATASETS.register(_name)(_load_idx)
+
+
+@DATASETS.register("digits")
+def _load_digits(*, name: str, **_) -> DatasetSplits:
+    """scikit-learn's bundled 8x8 digits (values 0..16 scaled to 0..255) with a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.rint(digits.images * 255 / 16).astype(np.uint8)[:, None]
+    labels = digits.target.astype(np.int64)
+    train, test = train_test_split(np.arange(len(labels)), test_size=360, random_state=0, stratify=labels)
+    pixels = images[train].astype(np.float64) / 255
+    # Statistics of this split's train set, computed, as torchvision users do for CIFAR (population std).
+    mean, std = (float(pixels.mean()),), (float(pixels.std()),)
+    arrays = ArraySplits(images[train], labels[train], images[test], labels[test])
+    return _tensor_splits(name, arrays, [str(d) for d in range(10)], mean, std, pad=1, flip=False)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@DATASETS.register("imagefolder")
+@DATASETS.register("imagenet")
+def _load_imagefolder(*, name: str, data_dir: Path | None, image_size: int | None, **_) -> DatasetSplits:
+    """``data_dir/train/CLASS/*.jpg`` and ``data_dir/val/CLASS/*.jpg`` with the standard ImageNet transforms."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    hint = "pass --data-dir with train/CLASS/*.jpg and val/CLASS/*.jpg"
+    if data_dir is None:
+        raise UserError(f"{name} needs a data folder: {hint}")
+    folders = [data_dir / "train", data_dir / "val"]
+    if not all(folder.is_dir() for folder in folders):
+        raise UserError(f"{name} not found: looked in {', '.join(map(str, folders))}; {hint}")
+    size = 224 if image_size is None else image_size
+    if size < 1:
+        raise UserError(f"image_size={size} is not positive: choose e.g. 224")
+    normalize = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    train_transform = transforms.Compose(
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *normalize]
+    )
+    test_transform = transforms.Compose(
+        [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), *normalize]
+    )
+    try:
+        train = ImageFolder(str(folders[0]), transform=train_transform)
+        test = ImageFolder(str(folders[1]), transform=test_transform)
+    except (FileNotFoundError, OSError) as error:
+        raise UserError(f"{name}: {error}; {hint}") from None
+    if train.classes != test.classes:
+        raise UserError(
+            f"{name}: {folders[0]} and {folders[1]} hold different class folders "
+            f"({len(train.classes)} vs {len(test.classes)}): give both the same CLASS folders"
+        )
+    return DatasetSplits(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=len(train.classes),
+        in_channels=3,
+        image_size=size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pad=0,
+        flip=False,
+        class_names=list(train.classes),
+    )

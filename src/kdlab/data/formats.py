@@ -1,0 +1,256 @@
+"""Readers for the official on-disk formats: CIFAR python pickles (folder or ``.tar.gz``) and IDX files.
+
+Readers return numpy arrays (images uint8 ``[N, C, H, W]``, labels int64 ``[N]``) and turn every
+malformed file into a one-line :class:`~kdlab.errors.UserError` that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdlab.errors import UserError
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+REFETCH = "delete it and fetch it again"
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Python 3 writes ``bytes`` into protocol-2 pickles as ``_codecs.encode(text, 'latin1')``.
+
+    Only that codec is honoured, so the allowed callable cannot be steered anywhere else.
+    """
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR pickle needs: numpy arrays (written by numpy 1.x or 2.x) and bytes. Module names
+# arrive unmapped (Python 2's ``__builtin__``), because find_class is overridden.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): bytes,
+    ("builtins", "bytes"): bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``: a payload never runs."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        # The official files are Python-2 pickles; "bytes" keeps their str keys as b'data', b'labels'.
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise UserError(
+                f"refusing to unpickle {module}.{name} from {self.source}: "
+                "CIFAR files only hold numpy arrays and lists"
+            )
+        return allowed
+
+
+def load_cifar_pickle(data: bytes, source: str) -> dict[bytes, object]:
+    """Unpickle one CIFAR file (its bytes) safely; ``source`` names it in errors."""
+    try:
+        loaded = _CifarUnpickler(data, source).load()
+    except UserError:
+        raise
+    except Exception as error:  # any parse failure means a damaged file
+        raise UserError(f"{source} is truncated or corrupt ({type(error).__name__}): {REFETCH}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{source} is not a CIFAR batch (holds a {type(loaded).__name__}): {REFETCH}")
+    return loaded
+
+
+@dataclass
+class ArraySplits:
+    """Both splits as numpy arrays: images uint8 ``[N, C, H, W]`` contiguous, labels int64 ``[N]``."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """Where the arrays live in one of the official CIFAR python archives."""
+
+    folder: str  # the extracted folder, also the member prefix inside the archive
+    archive: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+
+CIFAR10_FORMAT = CifarFormat(
+    folder="cifar-10-batches-py",
+    archive="cifar-10-python.tar.gz",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_file="test_batch",
+    meta_file="batches.meta",
+    label_key=b"labels",
+    names_key=b"label_names",
+)
+CIFAR100_FORMAT = CifarFormat(
+    folder="cifar-100-python",
+    archive="cifar-100-python.tar.gz",
+    train_files=("train",),
+    test_file="test",
+    meta_file="meta",
+    label_key=b"fine_labels",
+    names_key=b"fine_label_names",
+)
+
+
+def _read_files(location: Path, prefix: str, names: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of each file in ``names``, from a folder or from a ``.tar.gz`` holding ``prefix/NAME``.
+
+    The archive is streamed once in order (no extraction, no backward seeks in the gzip stream).
+    """
+    if location.is_dir():
+        return {name: (location / name).read_bytes() for name in names}
+    wanted = {f"{prefix}/{name}": name for name in names}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(location, "r:*") as archive:
+            for member in archive:
+                name = wanted.get(member.name.removeprefix("./"))
+                if name is not None and member.isfile():
+                    found[name] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise UserError(f"{location} is truncated or corrupt ({error}): {REFETCH}") from None
+    missing = [member for member, name in wanted.items() if name not in found]
+    if missing:
+        raise UserError(f"{location} lacks {', '.join(missing)}: {REFETCH}")
+    return found
+
+
+def read_cifar(location: Path, fmt: CifarFormat) -> tuple[ArraySplits, list[str]]:
+    """Read a CIFAR folder or archive: the train/test arrays and the class names from the meta file.
+
+    Each data row of 3072 bytes is the 32x32 R plane, then G, then B, each row-major, so a reshape to
+    ``[N, 3, 32, 32]`` gives channel-first images without moving pixels.
+    """
+    raw = _read_files(location, fmt.folder, fmt.members)
+    sources = {name: f"{location}/{name}" if location.is_dir() else f"{location}:{name}" for name in raw}
+    batches = {name: load_cifar_pickle(data, sources[name]) for name, data in raw.items()}
+
+    def split(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for name in names:
+            batch = batches[name]
+            data = np.asarray(batch.get(b"data"))
+            label = np.asarray(batch.get(fmt.label_key, []), dtype=np.int64)
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(label) != len(data):
+                raise UserError(
+                    f"{sources[name]} is not a CIFAR batch (data {data.dtype} {list(data.shape)}, "
+                    f"{len(label)} labels; expected uint8 [N, 3072] and N labels): {REFETCH}"
+                )
+            images.append(data.reshape(-1, 3, 32, 32))
+            labels.append(label)
+        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+    names = batches[fmt.meta_file].get(fmt.names_key, [])
+    class_names = [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    return ArraySplits(*split(fmt.train_files), *split((fmt.test_file,))), class_names
+
+
+# IDX: 2 zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then each dimension
+# as a big-endian uint32, then the values.
+_IDX_UBYTE = 0x08
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _decompress(path: Path) -> tuple[bytes, bool]:
+    """The file's content and whether it is complete (a cut gzip stream still yields its prefix)."""
+    raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw, True
+    stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        content = stream.decompress(raw) + stream.flush()
+    except zlib.error as error:
+        raise UserError(f"{path} is truncated or corrupt ({error}): {REFETCH}") from None
+    return content, stream.eof
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (``.gz`` or plain) with ``ndim`` dimensions, e.g. ``[N, 28, 28]``."""
+    content, complete = _decompress(path)
+    offset = 4 + 4 * ndim
+    magic_ok = content[:4] == bytes((0, 0, _IDX_UBYTE, ndim))
+    if not magic_ok and complete and len(content) >= 4:
+        raise UserError(f"{path} is corrupt (not an IDX file of bytes with {ndim} dimensions): {REFETCH}")
+    dims = (
+        tuple(int(d) for d in np.frombuffer(content[4:offset], dtype=">u4")) if len(content) >= offset else ()
+    )
+    expected = f"{offset + int(np.prod(dims))} bytes" if dims else f"an IDX header of {offset} bytes"
+    if not complete or len(dims) != ndim or len(content) != offset + int(np.prod(dims)):
+        cut = " before the gzip stream ended" if not complete else ""
+        raise UserError(
+            f"{path} is truncated or corrupt (expected {expected}, got {len(content)}{cut}): {REFETCH}"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+
+def find_idx_files(folder: Path) -> list[Path] | None:
+    """The four IDX files of a (Fashion-)MNIST folder, plain preferred over ``.gz``; None if any is missing."""
+    found = []
+    for stem in IDX_FILES:
+        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return found
+
+
+def read_idx_folder(folder: Path) -> ArraySplits:
+    """Read the four IDX files of a (Fashion-)MNIST folder: images become ``[N, 1, 28, 28]``."""
+    paths = find_idx_files(folder)
+    if paths is None:
+        raise UserError(f"{folder} lacks the IDX files {', '.join(IDX_FILES)} (.gz or plain)")
+    train_images, train_labels, test_images, test_labels = (
+        read_idx(path, ndim) for path, ndim in zip(paths, (3, 1, 3, 1), strict=True)
+    )
+    for images, labels, path in (
+        (train_images, train_labels, paths[1]),
+        (test_images, test_labels, paths[3]),
+    ):
+        if len(images) != len(labels):
+            raise UserError(f"{path} holds {len(labels)} labels for {len(images)} images: {REFETCH}")
+    return ArraySplits(
+        train_images[:, None],
+        train_labels.astype(np.int64),
+        test_images[:, None],
+        test_labels.astype(np.int64),
+    )

@@ -1,0 +1,258 @@
+"""Batch iteration: in-memory splits straight from device memory, ImageFolder splits through a DataLoader.
+
+Each epoch is a pure function of ``(seed, epoch)``: the order and every random draw come from a fresh
+generator seeded from that pair, so epoch ``e`` is the same whether or not earlier epochs ran in this
+process (what makes resuming exact).
+
+Distributed training: every rank draws the same global permutation. For training it is truncated to
+a multiple of ``world_size`` (every rank takes the same number of steps, which DDP's gradient
+all-reduce needs) and rank ``r`` takes positions ``r, r + W, r + 2W, ...``. Evaluation
+(``train=False``) keeps every sample: ranks get ``r::W`` of the full order, so their sizes differ by at
+most one and the caller sums correct/total counts over ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from kdlab.errors import UserError
+
+from .augment import AugParams, apply_augmentation, sample_augmentation
+from .datasets import DatasetSplits, TensorData
+
+
+@dataclass
+class Batch:
+    """One batch: ``inputs`` float32 ``[B, C, H, W]`` normalised on the device, ``targets`` int64 ``[B]``
+    on the device, ``indices`` int64 ``[B]`` (CPU) positions in the split, ``aug`` the crop/flip applied
+    (None when not augmented, and for imagefolder whose augmentation lives in its transforms)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    aug: AugParams | None
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator that depends on ``(seed, epoch)`` only (hashed, so nearby pairs are unrelated)."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _epoch_plan(
+    n: int, seed: int, epoch: int, shuffle: bool, rank: int, world_size: int
+) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """The epoch's generator, its global order of the ``n`` samples, and this rank's positions in it.
+
+    The generator has drawn the permutation; later draws (augmentation) continue from it for the
+    whole global order, so they too agree across ranks and world sizes.
+    """
+    generator = epoch_generator(seed, epoch)
+    if shuffle:
+        order = torch.randperm(n, generator=generator)
+        order = order[: n - n % world_size]
+    else:
+        order = torch.arange(n)
+    return generator, order, torch.arange(rank, len(order), world_size)
+
+
+def _shard_size(n: int, shuffle: bool, rank: int, world_size: int) -> int:
+    """How many of the ``n`` samples rank ``rank`` gets per epoch (matches ``_epoch_plan``)."""
+    kept = n - n % world_size if shuffle else n
+    return len(range(rank, kept, world_size))
+
+
+def _num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+
+
+class TensorLoader:
+    """Batches of a :class:`TensorData` split that lives on the device; augmentation runs there too."""
+
+    def __init__(
+        self,
+        splits: DatasetSplits,
+        data: TensorData,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        augment: bool,
+        rank: int,
+        world_size: int,
+        channels_last: bool,
+        drop_last: bool,
+    ) -> None:
+        self.data = data.to(device)  # once: batches are gathered on the device
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.channels_last = channels_last
+        self.pad, self.flip = splits.pad, splits.flip
+        self.augment = train and augment and (splits.pad > 0 or splits.flip)
+        self.mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        return _shard_size(len(self.data), self.train, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.data)
+        generator, order, positions = _epoch_plan(
+            n, self.seed, self.epoch, self.train, self.rank, self.world_size
+        )
+        aug = (
+            sample_augmentation(len(order), self.pad, self.flip, generator)[positions]
+            if self.augment
+            else None
+        )
+        local = order[positions]
+        local_on_device = local.to(self.data.images.device)
+        for batch in range(len(self)):
+            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            images = self.data.images[local_on_device[window]]
+            batch_aug = aug[window] if aug is not None else None
+            if batch_aug is not None:
+                images = apply_augmentation(images, batch_aug, self.pad)
+            inputs = (images.float() / 255 - self.mean) / self.std
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield Batch(inputs, self.data.labels[local_on_device[window]], local[window], batch_aug)
+
+
+class _IndexedDataset(Dataset):
+    """Yields ``(image, target, index)`` for an index, seeding the transform's randomness per sample.
+
+    The sampler hands over ``(index, sample_seed)``; the transforms draw from torch's global RNG, which
+    is forked and seeded per sample, so an image's augmentation depends on ``(seed, epoch, index)`` only,
+    whatever the number of workers and even with persistent workers.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int, int]:
+        index, sample_seed = item
+        if sample_seed is None:
+            image, target = self.dataset[index]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                image, target = self.dataset[index]
+        return image, target, index
+
+
+class _EpochSampler(Sampler):
+    """This rank's ``(index, sample_seed)`` pairs for the current epoch (see the module docstring)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool, rank: int, world_size: int) -> None:
+        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return _shard_size(self.n, self.shuffle, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int | None]]:
+        generator, order, positions = _epoch_plan(
+            self.n, self.seed, self.epoch, self.shuffle, self.rank, self.world_size
+        )
+        if not self.shuffle:  # evaluation transforms are deterministic
+            return iter([(int(i), None) for i in order[positions]])
+        seeds = torch.randint(0, 2**62, (len(order),), generator=generator)[positions]
+        return iter(list(zip(order[positions].tolist(), seeds.tolist(), strict=True)))
+
+
+class DatasetLoader:
+    """Batches of a torch Dataset (imagefolder/imagenet) through a DataLoader, as :class:`Batch`."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        channels_last: bool,
+        drop_last: bool,
+    ) -> None:
+        self.device, self.channels_last = device, channels_last
+        self.sampler = _EpochSampler(len(dataset), seed, train, rank, world_size)
+        self.loader = DataLoader(
+            _IndexedDataset(dataset),
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+            drop_last=drop_last,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch  # the sampler runs in this process, so persistent workers see it
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, targets, indices in self.loader:
+            inputs = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield Batch(inputs, targets.to(self.device, non_blocking=True), indices, None)
+
+
+def make_loader(
+    splits: DatasetSplits,
+    split: str,
+    batch_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    train: bool,
+    seed: int = 0,
+    augment: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 4,
+    channels_last: bool = False,
+    drop_last: bool = False,
+) -> TensorLoader | DatasetLoader:
+    """Iterate ``splits.<split>`` (``"train"`` or ``"test"``) in batches of :class:`Batch`.
+
+    ``train=True`` shuffles (and, for in-memory splits, applies the dataset's random crop/flip when
+    ``augment``); ``train=False`` keeps the order and does not augment. Call ``set_epoch(e)`` before
+    iterating epoch ``e``. ``num_workers`` only matters for Dataset splits (imagefolder/imagenet).
+    """
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split '{split}': choose train or test")
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size} is not positive: choose e.g. 128")
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside 0..{world_size - 1} for world size {world_size}")
+    data = getattr(splits, split)
+    device = torch.device(device)
+    if isinstance(data, TensorData):
+        return TensorLoader(
+            splits, data, batch_size, device, train, seed, augment, rank, world_size, channels_last, drop_last
+        )
+    return DatasetLoader(
+        data, batch_size, device, train, seed, rank, world_size, num_workers, channels_last, drop_last
+    )
