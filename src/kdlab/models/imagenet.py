@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchvision.models
 from torch import nn
 
 from kdlab.models.base import MODELS, Classifier
@@ -42,6 +41,8 @@ class TorchvisionClassifier(Classifier):
 
     def __init__(self, name: str, num_classes: int, in_channels: int = 3) -> None:
         super().__init__(num_classes, in_channels)
+        import torchvision.models  # imported here: it takes seconds, and most runs never need it
+
         # weights=None: never download; every kdlab model starts from random weights.
         body = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if in_channels != 3:

@@ -1,0 +1,121 @@
+"""The command line end to end on data in the official formats: train, distill (kl, mse), eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import write_cifar100
+
+from kdlab.cli import main
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def kdlab(*args: str) -> None:
+    """Run the CLI in-process; a non-zero exit fails the test with its code."""
+    try:
+        main([str(arg) for arg in args])
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise AssertionError(f"kdlab {' '.join(map(str, args))} exited with {exit_.code}") from None
+
+
+def assert_complete_run(run: Path, student: bool) -> dict:
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), f"{run} lacks {name}"
+    summary = json.loads((run / "summary.json").read_text())
+    keys = {"test_acc_last", "test_acc_best", "train_acc", "epochs", "seed", "wall_time_s"}
+    assert keys <= set(summary)
+    assert ("logit_distance" in summary) == student
+    checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == summary["epochs"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == list(range(1, summary["epochs"] + 1))
+    assert all("test_acc" in row for row in rows)
+    return summary
+
+
+def test_cifar100_train_distill_kl_mse_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cifar100(tmp_path / "data", n_train=300, n_test=100)
+    common = [
+        "--dataset",
+        "cifar100",
+        "--data-dir",
+        tmp_path / "data",
+        "--batch-size",
+        50,
+        "--set",
+        "progress=false",
+    ]
+    teacher = tmp_path / "teacher"
+    kdlab("train", "--model", "wrn-10-2", "--epochs", 2, "--out", teacher, *common)
+    assert_complete_run(teacher, student=False)
+    for loss in ("kl", "mse"):
+        student = tmp_path / f"student-{loss}"
+        kdlab("distill", "--teacher", teacher, "--model", "wrn-10-1", "--loss", loss, "--tau", "4",
+              "--epochs", 1, "--out", student, *common)  # fmt: skip
+        summary = assert_complete_run(student, student=True)
+        assert summary["loss"] == loss and summary["logit_distance"] > 0
+        row = json.loads((student / "metrics.jsonl").read_text().splitlines()[0])
+        assert f"train_{loss}" in row and "train_ce" not in row  # alpha = 1: no CE term
+    capsys.readouterr()
+    kdlab("eval", tmp_path / "student-mse", "--data-dir", tmp_path / "data")
+    printed = capsys.readouterr().out
+    last = json.loads((tmp_path / "student-mse" / "summary.json").read_text())["test_acc_last"]
+    assert f"cifar100 test accuracy {last:.2f}%" in printed
+
+
+def test_distill_logs_each_term_and_leaves_teacher_untouched(tmp_path: Path) -> None:
+    common = ["--dataset", "digits", "--set", "progress=false", "--epochs", 1]
+    kdlab("train", "--model", "convnet-8", "--out", tmp_path / "t", *common)
+    before = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    kdlab("distill", "--teacher", tmp_path / "t", "--model", "convnet-4", "--alpha", 0.5, "--tau", "inf",
+          "--out", tmp_path / "s", *common)  # fmt: skip
+    row = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train_loss"] == pytest.approx(row["train_ce"] + row["train_kl"], rel=1e-5)
+    after = torch.load(tmp_path / "t" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_digits_teacher_learns(tmp_path: Path) -> None:
+    kdlab("train", "--dataset", "digits", "--model", "convnet-8", "--epochs", 6, "--out", tmp_path / "t",
+          "--set", "progress=false")  # fmt: skip
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["test_acc_best"] > 70.0  # chance is 10%
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist (CI installs it)"
+)
+def test_fashion_mnist_from_debian_package_learns(tmp_path: Path) -> None:
+    kdlab("train", "--dataset", "fashion-mnist", "--subset", 3000, "--model", "convnet-8", "--epochs", 5,
+          "--out", tmp_path / "t", "--set", "progress=false", "--set", "data.test_subset=2000")  # fmt: skip
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["train_images"] == 3000
+    assert summary["test_acc_best"] > 60.0  # chance is 10%
+
+
+def test_config_file_flags_and_set_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model: convnet-4\ndata: {name: digits}\noptim: {epochs: 3, lr: 0.2}\nprogress: false\n"
+    )
+    kdlab("train", "--config", config, "--epochs", 1, "--set", "optim.lr=0.05", "--out", tmp_path / "r")
+    import yaml
+
+    resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (
+        resolved["model"] == "convnet-4"
+        and resolved["optim"]["epochs"] == 1
+        and resolved["optim"]["lr"] == 0.05
+    )
+    assert resolved["run_info"]["torch"] == str(torch.__version__)
