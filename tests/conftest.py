@@ -1,8 +1,39 @@
-"""Shared test setup: explicit CPU threads (see kdlab.cli._set_cpu_threads) and determinism."""
+"""Shared test setup: one CPU thread everywhere, and the determinism switch restored after each test.
+
+One thread: the tests run tiny models, where a second thread gains nothing, and on a busy 2-core
+machine two threads per process were measured to make steps 10-100x slower. Setting
+OMP_NUM_THREADS also reaches the kdlab processes the tests start (kdlab.cli honours it).
+"""
 
 import os
+from collections.abc import Iterator
 
+import pytest
 import torch
 
-if "OMP_NUM_THREADS" not in os.environ:
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism() -> Iterator[None]:
+    """Runs with ``deterministic: true`` switch torch's global flag on; give each test a clean one."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a test module, in this process and in the kdlab processes it starts
+    (kdlab.cli.main honours OMP_NUM_THREADS; torchrun's workers get 1 anyway). For tests that compare
+    runs bitwise (results depend on the thread count) or run tiny models, where a second thread
+    gains nothing and, on a shared 2-core machine, was measured to make steps up to 20x slower.
+    Also restores the deterministic-algorithms switch that `deterministic: true` runs set globally."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from kdlab.config import build_config
-from kdlab.errors import UserError
+from kdlab.errors import RunInterrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -44,6 +44,11 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help="key=value ov
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last checkpoint")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="delete what --out holds and start again")]
 Download = Annotated[bool, typer.Option("--download", help="download the dataset when it is not found")]
+# main() acts on --nproc before typer parses (it relaunches the command line), so the commands never
+# read it; declared here for --help.
+NProc = Annotated[
+    int, typer.Option("--nproc", help="run N data-parallel processes via torch.distributed.run", min=1)
+]
 
 
 def parse_tau(text: str | None) -> float | None:
@@ -85,6 +90,8 @@ def run_flags(**flags: Any) -> dict[str, Any]:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # one line per run, not one per process
+        return
     keys = ("test_acc_best", "test_acc_last", "train_acc", "logit_distance", "wall_time_s")
     parts = [f"{key}={summary[key]:.4g}" for key in keys if isinstance(summary.get(key), (int, float))]
     typer.echo("done: " + " ".join(parts))
@@ -108,6 +115,7 @@ def train(
     set_: Overrides = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    nproc: NProc = 1,
 ) -> None:
     """Train a model with cross-entropy (a teacher, or a student's no-KD baseline)."""
     from kdlab.engine import train as run_training
@@ -142,6 +150,7 @@ def distill(
     set_: Overrides = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    nproc: NProc = 1,
 ) -> None:
     """Distill a student from a teacher with the ce, kl or mse loss."""
     from kdlab.engine import train as run_training
@@ -185,6 +194,157 @@ def demo(
     run_demo(out=out, quick=quick, data_dir=data_dir, device=device or "auto")
 
 
+# --- experiments: recipes, sweeps, chains, analysis, reports, the claim check ---------------------
+
+Jobs = Annotated[int, typer.Option("--jobs", help="parallel processes (torch threads: cores // jobs each)")]
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes (EXPERIMENT-SCALE; scale small = Fashion-MNIST on a CPU, paper = CIFAR-100)."""
+    from kdlab.experiments.recipes import load_recipe, plan_sweep, recipe_names
+
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        runs = len(plan_sweep(recipe, Path("sweeps") / name).students)
+        typer.echo(f"{name:24s} {', '.join(recipe.claims):8s} {runs:3d} runs  {recipe.description}")
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="recipe name (see `kdlab recipes`) or recipe .yaml file")],
+    out: Annotated[str | None, typer.Option("--out", help="sweep folder (default sweeps/RECIPE)")] = None,
+    jobs: Jobs = 1,
+    shard: Annotated[str | None, typer.Option("--shard", help="I/N: run shard I (0-based) of N")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="student seeds 0..K-1")] = None,
+    set_: Overrides = None,
+    lockstep: Annotated[
+        bool, typer.Option(help="one teacher pass per batch for students that share it")
+    ] = True,
+    teachers_only: Annotated[
+        bool, typer.Option("--teachers-only", help="train the teachers, no students")
+    ] = False,
+    teachers_dir: Annotated[str | None, typer.Option("--teachers-dir", help="default OUT/teachers")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the runs (of this shard), train nothing")
+    ] = False,
+) -> None:
+    """Run a recipe: its teachers once, then its students; finished runs are skipped, interrupted ones resumed."""
+    from kdlab.experiments.recipes import load_recipe, parse_shard, plan_sweep, select_shard
+    from kdlab.experiments.sweep import run_plan
+
+    plan = plan_sweep(
+        load_recipe(recipe, set_), out or Path("sweeps") / Path(recipe).stem, seeds, teachers_dir
+    )
+    shard_pair = parse_shard(shard) if shard else None
+    if dry_run:
+        students = select_shard(plan.students, *shard_pair) if shard_pair else plan.students
+        for run in [*plan.teachers_for(students), *students]:
+            typer.echo(run.config.out)
+        return
+    summaries = run_plan(plan, jobs, shard_pair, lockstep, teachers_only, log=typer.echo)
+    for name, summary in summaries.items():
+        distance = summary.get("logit_distance")
+        typer.echo(
+            f"{name:40s} test acc best {summary['test_acc_best']:6.2f}  last {summary['test_acc_last']:6.2f}"
+            + (f"  logit distance {distance:.3f}" if isinstance(distance, (int, float)) else "")
+        )
+    typer.echo(f"next: kdlab report {plan.out}")
+
+
+@app.command()
+def chain(
+    stage: Annotated[list[str], typer.Option("--stage", help="MODEL:LOSS[:key=value,...], in order")],
+    out: Annotated[str, typer.Option("--out", help="folder of the stage run folders")],
+    teacher: Annotated[list[str] | None, typer.Option("--teacher", help="teacher of the first stage")] = None,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
+    subset: Subset = None,
+    label_noise: LabelNoise = None,
+    device: Device = None,
+    download: Download = False,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+) -> None:
+    """Sequential distillation: each --stage trains into OUT/stageI-... and teaches the next stage."""
+    from kdlab.experiments.chain import parse_stage, run_chain
+
+    flags = run_flags(
+        **{key: value for key, value in locals().items() if key not in ("stage", "out", "teacher")}
+    )
+    first_teacher = None if not teacher else teacher[0] if len(teacher) == 1 else list(teacher)
+    stages = [parse_stage(text) for text in stage]
+    for summary in run_chain(stages, out, config, flags, set_, first_teacher, log=typer.echo):
+        _print_summary(summary)
+
+
+@app.command()
+def analyze(
+    runs: Annotated[list[str], typer.Argument(help="run folders (e.g. teacher-free, KL and MSE students)")],
+    teacher: Annotated[
+        list[str] | None, typer.Option("--teacher", help="default: the first run's teacher")
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="default RUN1/analysis")] = None,
+    classes: Annotated[str, typer.Option("--classes", help="the three classes of the projection")] = "0,1,2",
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Logit distance, penultimate norm, agreement, ECE, entropy and the 3-class projection, on the training set."""
+    from kdlab.analysis.analyze import analyze_runs
+
+    try:
+        chosen = [int(part) for part in classes.split(",")]
+    except ValueError:
+        raise UserError(f"--classes {classes!r} must be three class indices, e.g. --classes 0,1,2") from None
+    spec = None if not teacher else teacher[0] if len(teacher) == 1 else list(teacher)
+    results = analyze_runs(runs, spec, out, chosen, data_dir, device or "auto", log=typer.echo)
+    for entry in results["runs"].values():
+        parts = [
+            f"train acc {entry['train_acc']:.2f}%",
+            f"ECE {entry['ece']:.2f}%",
+            f"entropy {entry['entropy_mean']:.3f}",
+        ]
+        if "agreement" in entry:
+            parts.append(f"agreement {entry['agreement']:.2f}%")
+        if "logit_distance" in entry:
+            parts.append(f"logit distance {entry['logit_distance']['mean']:.3f}")
+        typer.echo(f"{entry['label']:24s} " + ", ".join(parts))
+
+
+@app.command()
+def report(
+    folder: Annotated[str, typer.Argument(help="sweep folder (run folders are found recursively)")],
+    out: Annotated[str | None, typer.Option("--out", help="default: FOLDER")] = None,
+) -> None:
+    """report.md + results.csv: mean +- std over seeds, alpha x tau heatmap, tau curves, KL vs MSE."""
+    from kdlab.experiments.report import write_report
+
+    write_report(folder, out, log=typer.echo)
+
+
+@app.command()
+def reproduce(
+    preset: Annotated[
+        str, typer.Option("--preset", help="tiny (smoke test), small (CPU, ~1 h) or paper")
+    ] = "tiny",
+    claims: Annotated[str | None, typer.Option("--claims", help="e.g. C1,C5 (default: all nine)")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="default reproduce-PRESET")] = None,
+    jobs: Jobs = 1,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="student seeds (default: the preset's)")
+    ] = None,
+    set_: Overrides = None,
+) -> None:
+    """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
+    from kdlab.experiments.reproduce import reproduce as run_reproduce
+
+    run_reproduce(preset, claims, out, jobs, set_, seeds, log=typer.echo)
+
+
 def _set_cpu_threads() -> None:
     # Without an explicit setting, small CPU tensor operations were measured several times slower
     # on our 2-core machines; OMP_NUM_THREADS, when given, wins.
@@ -195,13 +355,26 @@ def _set_cpu_threads() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    """Entry point: user mistakes become one line on stderr and exit code 2; a run stopped by
+    SIGTERM/SIGINT says where it saved and exits 128 + signal. ``--nproc N`` relaunches the command
+    line as N processes (kdlab.distributed). With several processes only rank 0 prints."""
+    from kdlab import distributed
+
     _set_cpu_threads()
+    quiet = distributed.env_rank() != 0
     try:
-        app(args=argv, prog_name="kdlab")
+        launched, args = distributed.launch_if_requested(sys.argv[1:] if argv is None else list(argv))
+        if launched is not None:
+            sys.exit(launched)
+        app(args=args, prog_name="kdlab")
     except UserError as error:
-        typer.echo(f"kdlab: error: {error}", err=True)
+        if not quiet:
+            typer.echo(f"kdlab: error: {error}", err=True)
         sys.exit(2)
+    except RunInterrupted as interrupted:  # SIGTERM/SIGINT during training, after its checkpoint
+        if not quiet:
+            typer.echo(f"kdlab: {interrupted}", err=True)
+        sys.exit(interrupted.exit_code)
     except KeyboardInterrupt:
         typer.echo("kdlab: interrupted; resume with --resume", err=True)
         sys.exit(130)

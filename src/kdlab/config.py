@@ -40,6 +40,9 @@ class DistillConfig:
     loss: str = "ce"  # ce | kl | mse
     alpha: float = 1.0  # weight of the KD term; (1 - alpha) weights cross-entropy
     tau: float = 4.0  # temperature; inf = logit matching, 0 = label matching
+    cache: bool = False  # look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache)
+    cache_dir: str | None = None  # default $KDLAB_CACHE_DIR/teacher-logits
+    cache_limit_gb: float = 8.0  # refuse to build a cache larger than this
 
 
 @dataclass
@@ -135,10 +138,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
     elif annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads `amp: off` / `--set amp=off` as False
+            return "on" if value else "off"
+        if isinstance(value, (str, int, float)):
             return str(value)
     type_name = getattr(annotation, "__name__", str(annotation))
-    raise UserError(f"{key}={value!r} is not a valid {type_name}")
+    raise UserError(f"{key}={value!r} is not a valid {type_name}: give {key} a {type_name} value")
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -154,7 +159,7 @@ def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> 
     if unknown:
         key = unknown[0]
         raise UserError(
-            f"unknown config key '{prefix}{key}'{did_you_mean(str(key), hints)}: valid keys are "
+            f"unknown config key '{prefix}{key}'{did_you_mean(prefix + str(key), [prefix + n for n in hints])}: valid keys are "
             + ", ".join(prefix + name for name in hints)
         )
     values = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +22,11 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from kdlab import distributed
+from kdlab.cache import TeacherLogitCache, open_logit_cache
 from kdlab.config import RunConfig, to_yaml
-from kdlab.data import DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
-from kdlab.errors import UserError
+from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
+from kdlab.errors import RunInterrupted, UserError
 from kdlab.losses import loss_terms, needs_teacher
 from kdlab.models import count_parameters, create_model
 from kdlab.runs import (
@@ -93,6 +97,12 @@ class Student:
     test_acc_best: float = -1.0
     best_epoch: int = 0
     writer: Any = None
+    progress: dict[str, Any] | None = None  # running sums of an epoch a mid-epoch checkpoint stopped in
+
+
+# With several processes every rank must stop at the same step, so the stop flag is agreed by an
+# all-reduce, every this many steps rather than every step (each agreement is a device sync).
+STOP_CHECK_STEPS = 20
 
 
 @dataclass
@@ -104,9 +114,10 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, tensor: Tensor) -> Tensor:
+    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """In place over all ranks (``op`` sum, min or max); the identity in a one-process run."""
         if self.size > 1:
-            torch.distributed.all_reduce(tensor)
+            torch.distributed.all_reduce(tensor, getattr(torch.distributed.ReduceOp, op.upper()))
         return tensor
 
 
@@ -168,13 +179,21 @@ class Trainer:
     def __init__(self, configs: list[RunConfig]) -> None:
         self.configs = configs
         lead = configs[0]
+        # Under torchrun this joins the process group and takes this process's GPU (cuda:LOCAL_RANK).
+        self.device = distributed.init_from_env(resolve_device(lead.device))
         self.world = current_world()
-        self.device = resolve_device(lead.device)
-        if self.device.type == "cuda" and self.world.size > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT (see stop_on_signals)
+        if self.world.size > 1 and self.device.type != "cuda" and any(c.sync_bn for c in configs):
+            raise UserError(
+                "sync_bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel; drop --set sync_bn=true "
+                "(each process then normalises with its own batch statistics)"
+            )
         if lead.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.splits, self.clean_labels, self.noise_record = load_data(lead, self.world)
+        for split in ("train", "test"):  # once, so that every loader below shares one device copy
+            if isinstance(getattr(self.splits, split), TensorData):
+                setattr(self.splits, split, getattr(self.splits, split).to(self.device))
         if len(self.splits.train) < lead.optim.batch_size * self.world.size:
             raise UserError(
                 f"batch size {lead.optim.batch_size} x {self.world.size} process(es) is larger than the "
@@ -192,7 +211,6 @@ class Trainer:
         eval_batch = max(256, 2 * lead.optim.batch_size)
         self.test_loader = make_loader(self.splits, "test", eval_batch, train=False, **loader_args)
         self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
-        self.autocast = lambda: autocast_context(lead, self.device)
         self.teacher = load_teacher(lead.kd.teacher, self.device) if lead.kd.teacher else None
         if self.teacher is not None:
             if self.teacher.num_classes != self.splits.num_classes:
@@ -203,10 +221,29 @@ class Trainer:
             if lead.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
+        if self.teacher is not None and lead.compile:  # the teacher's forward is most of a KD step
+            self.teacher = torch.compile(self.teacher)
+        self.logit_cache: TeacherLogitCache | None = None
+        if self.teacher is not None and self.teacher_needed and lead.kd.cache:
+            self.logit_cache = open_logit_cache(
+                lead, self.train_loader, self.teacher, self.live_teacher_logits, self.splits.num_classes,
+                self.device, world_size=self.world.size, batch_size=eval_batch,
+            )  # fmt: skip
 
     # -- teacher -----------------------------------------------------------------------------
 
-    def teacher_logits(self, inputs: Tensor) -> Tensor:
+    def autocast(self) -> contextlib.AbstractContextManager:
+        # A method, not a lambda stored on self: that made a reference cycle, and DataLoader workers
+        # freed by the cyclic garbage collector were measured to take 5 s each to shut down.
+        return autocast_context(self.configs[0], self.device)
+
+    def teacher_logits(self, batch: Batch) -> Tensor:
+        """float32 ``[B, K]`` teacher logits of a training-split batch: from the cache when there is one."""
+        if self.logit_cache is not None:
+            return self.logit_cache.lookup(batch.indices, batch.aug)
+        return self.live_teacher_logits(batch.inputs)
+
+    def live_teacher_logits(self, inputs: Tensor) -> Tensor:
         """The frozen teacher's float32 logits; cloned out of inference mode so autograd may read them."""
         with torch.inference_mode(), self.autocast():
             logits = self.teacher(inputs)
@@ -218,11 +255,12 @@ class Trainer:
         if not config.out:
             raise UserError("no output folder: pass --out RUN")
         run = RunFolder(config.out)
-        can_resume = prepare_run_folder(run, resume, overwrite) if self.world.is_main else resume
         torch.manual_seed(config.seed)  # the same initial weights standalone or in lockstep
         model = create_model(
             config.model, self.splits.num_classes, self.splits.in_channels, self.splits.image_size
         )
+        # Only now, with every input checked, may --overwrite delete what --out holds.
+        can_resume = distributed.main_process_decides(lambda: prepare_run_folder(run, resume, overwrite))
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -259,9 +297,13 @@ class Trainer:
         student.test_acc_best = float(checkpoint["test_acc_best"])
         student.best_epoch = int(checkpoint["best_epoch"])
         student.metrics = [row for row in student.run.metrics() if row["epoch"] <= student.start_epoch]
+        student.progress = checkpoint.get("epoch_progress")
         torch.set_rng_state(checkpoint["rng_cpu"])
 
-    def checkpoint(self, student: Student, epoch: int) -> dict[str, Any]:
+    def checkpoint(
+        self, student: Student, epoch: int, progress: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What ``last.pt``/``best.pt`` hold after ``epoch`` finished epochs (plus ``progress`` when mid-epoch)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "model_name": student.config.model,
@@ -275,6 +317,7 @@ class Trainer:
             "test_acc_best": student.test_acc_best,
             "best_epoch": student.best_epoch,
             "rng_cpu": torch.get_rng_state(),
+            "epoch_progress": progress,
         }
 
     # -- the loop ----------------------------------------------------------------------------
@@ -282,12 +325,16 @@ class Trainer:
     def fit(self, students: list[Student]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         lead = self.configs[0]
-        starts = {student.start_epoch for student in students}
+        starts = {(student.start_epoch, (student.progress or {}).get("step", 0)) for student in students}
         if len(starts) > 1:
             raise UserError("lockstep students are at different epochs: resume them separately")
-        first_epoch = starts.pop()
-        for epoch in range(first_epoch, lead.optim.epochs):
-            self.train_epoch(students, epoch)
+        first_epoch = starts.pop()[0]
+        with self.stop_on_signals():
+            for epoch in range(first_epoch, lead.optim.epochs):
+                self.train_epoch(students, epoch)
+                signum = self.agreed_stop_signal()
+                if signum is not None:
+                    raise self.interrupted(students, signum, f"after epoch {epoch + 1}")
         summaries = self.finish(students, time.perf_counter() - start)
         for student in students:
             if student.writer is not None:
@@ -303,16 +350,16 @@ class Trainer:
                 group["lr"] = lr_at(student.config, epoch)
             student.module.train()
         zero = torch.zeros((), device=self.device)
-        sums: list[dict[str, Tensor]] = [{} for _ in students]
-        correct = [zero.clone() for _ in students]
-        first_bad_step = [torch.full((), -1, device=self.device) for _ in students]
-        seen = 0
+        sums, correct, first_bad_step, seen, first_step = self.epoch_start_sums(students)
+        stop_check_steps = 1 if self.world.size == 1 else STOP_CHECK_STEPS
         bar = tqdm(
             self.train_loader, desc=f"epoch {epoch + 1}/{lead.optim.epochs}", leave=False,
             disable=None if lead.progress and self.world.is_main else True, unit="batch",
         )  # fmt: skip
         for step, batch in enumerate(bar):
-            teacher_logits = self.teacher_logits(batch.inputs) if self.teacher_needed else None
+            if step < first_step:
+                continue  # replays the epoch's fixed order up to where a mid-epoch checkpoint stopped
+            teacher_logits = self.teacher_logits(batch) if self.teacher_needed else None
             for index, student in enumerate(students):
                 with self.autocast():
                     logits = student.module(batch.inputs)
@@ -333,15 +380,16 @@ class Trainer:
                     bad, torch.full_like(first_bad_step[index], step), first_bad_step[index]
                 )
             seen += len(batch.targets)
-        train_time = time.perf_counter() - epoch_start
+            if (step + 1) % stop_check_steps == 0 and step + 1 < len(self.train_loader):
+                signum = self.agreed_stop_signal()
+                if signum is not None:
+                    self.raise_if_not_finite(students, first_bad_step, epoch)
+                    self.save_mid_epoch(students, epoch, step + 1, sums, correct, seen)
+                    raise self.interrupted(students, signum, f"at epoch {epoch + 1}, step {step + 1}")
         count = self.world.all_reduce(torch.tensor(float(seen), device=self.device)).item()
+        train_time = time.perf_counter() - epoch_start  # after .item(), so the device's queue is done too
+        self.raise_if_not_finite(students, first_bad_step, epoch)
         for index, student in enumerate(students):
-            bad_step = int(first_bad_step[index].item())
-            if bad_step >= 0:
-                raise UserError(
-                    f"{student.run.path}: the loss became NaN or inf at epoch {epoch + 1}, step {bad_step + 1}; the last "
-                    "good checkpoint is kept: lower --lr or check the data, then --resume"
-                )
             names = sorted(sums[index])
             stacked = self.world.all_reduce(torch.stack([sums[index][n] for n in names] + [correct[index]]))
             values = (stacked / count).tolist()
@@ -358,6 +406,115 @@ class Trainer:
                 "train_images_per_s": count / train_time,
             }
             self.end_epoch(student, row)
+
+    # -- stopping: non-finite losses and signals ---------------------------------------------
+
+    def raise_if_not_finite(self, students: list[Student], first_bad_step: list[Tensor], epoch: int) -> None:
+        """A UserError naming epoch and step if a student's loss was NaN or inf (on any rank).
+
+        Raised before anything of the epoch is saved, so ``last.pt`` stays the last good checkpoint.
+        """
+        never = 2**62
+        for index, student in enumerate(students):
+            step = first_bad_step[index].clone()
+            step = self.world.all_reduce(torch.where(step < 0, torch.full_like(step, never), step), "min")
+            if int(step.item()) != never:
+                last = student.run.last_checkpoint
+                kept = (
+                    f"{last} keeps the last good state: lower --lr or check the data, then --resume"
+                    if last.is_file()
+                    else "no checkpoint was saved: lower --lr or check the data, then --overwrite"
+                )
+                raise UserError(
+                    f"{student.run.path}: the loss became NaN or inf at epoch {epoch + 1}, step "
+                    f"{int(step.item()) + 1}; {kept}"
+                )
+
+    def epoch_start_sums(
+        self, students: list[Student]
+    ) -> tuple[list[dict[str, Tensor]], list[Tensor], list[Tensor], int, int]:
+        """Per student: loss-term sums, correct count, first non-finite step (-1: none); then samples
+        seen and steps done. Zero at an epoch's start; after a mid-epoch checkpoint its totals (over
+        all ranks, kept by rank 0; the other ranks start from zero) and its step."""
+        zero = torch.zeros((), device=self.device)
+        saved = [student.progress for student in students]
+        for student in students:
+            student.progress = None  # used once: the next epoch starts from zero
+        keep = self.world.is_main and saved[0] is not None
+        sums = [
+            {
+                name: value.to(self.device) if keep else zero.clone()
+                for name, value in progress["sums"].items()
+            }
+            if progress is not None
+            else {}
+            for progress in saved
+        ]
+        correct = [progress["correct"].to(self.device) if keep else zero.clone() for progress in saved]
+        first_bad_step = [torch.full((), -1, device=self.device) for _ in students]
+        seen = saved[0]["seen"] if keep else 0
+        return sums, correct, first_bad_step, seen, saved[0]["step"] if saved[0] is not None else 0
+
+    def save_mid_epoch(
+        self,
+        students: list[Student],
+        epoch: int,
+        step: int,
+        sums: list[dict[str, Tensor]],
+        correct: list[Tensor],
+        seen: int,
+    ) -> None:
+        """``last.pt`` of each student after ``step`` steps of ``epoch`` (0-based), with the running
+        sums of all ranks, so that ``--resume`` continues the epoch at the next step."""
+        seen_total = int(self.world.all_reduce(torch.tensor(seen, device=self.device)).item())
+        for index, student in enumerate(students):
+            names = sorted(sums[index])
+            totals = self.world.all_reduce(torch.stack([sums[index][n] for n in names] + [correct[index]]))
+            progress = {
+                "step": step,
+                "seen": seen_total,
+                "sums": {name: total.clone() for name, total in zip(names, totals[:-1], strict=True)},
+                "correct": totals[-1].clone(),
+            }
+            if self.world.is_main:
+                atomic_torch_save(self.checkpoint(student, epoch, progress), student.run.last_checkpoint)
+
+    def agreed_stop_signal(self) -> int | None:
+        """The signal that asked this run to stop, or None; with several processes, agreed by all
+        ranks (a collective: every rank must call it at the same step)."""
+        if self.world.size == 1:
+            return self.stop_signal
+        flag = torch.tensor(self.stop_signal or 0, device=self.device)
+        return int(self.world.all_reduce(flag, "max").item()) or None
+
+    def interrupted(self, students: list[Student], signum: int, when: str) -> RunInterrupted:
+        folders = ", ".join(str(student.run.path) for student in students)
+        return RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} {when}; checkpoint saved in {folders}: "
+            "continue with --resume",
+            signum,
+        )
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Any:
+        """While training, SIGTERM and SIGINT ask the loop to stop after the current step, save a
+        checkpoint and raise :class:`RunInterrupted`; a second SIGINT (Ctrl-C twice) stops at once,
+        keeping the previous checkpoint. Handlers can only be set from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = self.stop_signal or signum
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def end_epoch(self, student: Student, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
@@ -409,7 +566,7 @@ class Trainer:
             student.module.eval()
         count = 0
         for batch in self.clean_train_loader:
-            teacher_logits = self.teacher_logits(batch.inputs) if self.teacher is not None else None
+            teacher_logits = self.teacher_logits(batch) if self.teacher is not None else None
             clean = (
                 self.clean_labels[batch.indices.cpu()].to(self.device)
                 if self.clean_labels is not None
@@ -486,6 +643,8 @@ def _check_lockstep(configs: list[RunConfig]) -> None:
                 raise UserError(f"lockstep students must share '{key}': run them separately")
         if config.kd.teacher != lead.kd.teacher:
             raise UserError("lockstep students must share the teacher: run them separately")
+        if config.kd.cache != lead.kd.cache:  # the cache replaces the teacher for the whole group
+            raise UserError("lockstep students must share 'kd.cache': run them separately")
         if (config.optim.batch_size, config.optim.epochs) != (lead.optim.batch_size, lead.optim.epochs):
             raise UserError(
                 "lockstep students must share optim.batch_size and optim.epochs: run them separately"

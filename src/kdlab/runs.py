@@ -99,6 +99,19 @@ def environment() -> dict[str, str | None]:
     }
 
 
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words a user can act on."""
+    import pickle
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "not a PyTorch zip archive: truncated or corrupt"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain containers, which weights-only loading refuses"
+    text = str(error).strip()
+    return text.splitlines()[0][:120] if text else type(error).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A kdlab checkpoint dict, or a UserError for a missing, corrupt or foreign file."""
     path = Path(path)
@@ -107,15 +120,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"cannot read checkpoint {path} ({reason}): it is corrupt, truncated or not a safe "
-            "weights-only file; use another checkpoint or --resume from last.pt"
+            f"cannot read checkpoint {path} ({unreadable_reason(path, error)}): use another checkpoint "
+            "(a run's checkpoints/best.pt, or the teacher run again), or --overwrite to start the run again"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{path} is not a kdlab checkpoint (no '{CHECKPOINT_FORMAT}' marker): pass a kdlab run folder or "
-            "checkpoint, or load foreign weights in Python with model.load_state_dict"
+            "checkpoint; for torchvision weights use --teacher torchvision:MODEL=PATH"
         )
     return checkpoint
 

@@ -40,6 +40,11 @@ class TensorData:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def __post_init__(self) -> None:
+        # Readers may hand over views with odd strides (a stride-0 channel axis for one-channel
+        # data); a plain layout keeps gathers cheap and every pass on the same kernels.
+        self.images = self.images.contiguous()
+
     def __len__(self) -> int:
         return len(self.labels)
 

@@ -101,6 +101,16 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, C, H, W]`` -> the normalised float32 model input (channels_last if asked).
+
+        The one place this happens: the teacher-logit cache builds its inputs here too, so cached
+        and live logits see bit-identical inputs."""
+        inputs = (images.float() / 255 - self.mean) / self.std
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
+
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""
@@ -127,10 +137,9 @@ class TensorLoader:
             batch_aug = aug[window] if aug is not None else None
             if batch_aug is not None:
                 images = apply_augmentation(images, batch_aug, self.pad)
-            inputs = (images.float() / 255 - self.mean) / self.std
-            if self.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            yield Batch(inputs, self.data.labels[local_on_device[window]], local[window], batch_aug)
+            yield Batch(
+                self.prepare(images), self.data.labels[local_on_device[window]], local[window], batch_aug
+            )
 
 
 class _IndexedDataset(Dataset):

@@ -1,0 +1,282 @@
+"""An exact teacher-logit cache: the frozen teacher's logits for every (image, crop offset, flip).
+
+With padding ``p`` and flips, in-memory augmentation has ``V = (2p + 1)^2 * 2`` possible views of
+each image (50 for Fashion-MNIST, p = 2; 162 for CIFAR, p = 4). The teacher is frozen, so its logits
+for all ``N * V`` views can be computed once (batched, inference mode, on the training device, with
+the same autocast as the live teacher) and then looked up by ``(batch.indices, batch.aug)`` instead of
+running the teacher: every student of every seed reads the same file.
+
+Storage is float16, in a ``.npy`` file that is memory-mapped, shape ``[N, V, K]``; view ``v`` of a
+crop at ``(dy, dx)`` with flip ``f`` is ``(dy * (2p + 1) + dx) * F + f`` (``F`` = 2 with flips, else 1).
+Why float16 rather than bfloat16: it keeps 11 significant bits against bfloat16's 8, so its rounding
+error is 8x smaller (relative 2^-11 ~ 4.9e-4), and its range (|z| <= 65504) is far beyond any
+classifier's logits; the build refuses teacher logits outside it. When the teacher itself runs under
+bfloat16 autocast (the default on CUDA), its logits are bfloat16 values, which float16 holds exactly
+for ``6.1e-5 <= |z| <= 65504``: there the cache is bitwise the live teacher.
+
+The file lives in ``kd.cache_dir`` (default ``$KDLAB_CACHE_DIR/teacher-logits``) under a name
+derived from everything the logits depend on: the teacher's weights and architecture, the training
+images' bytes (so dataset, subset and data folder), normalisation, ``pad``/``flip``, precision,
+memory format, compilation, device type and torch version. The build prints the size first and
+refuses above ``kd.cache_limit_gb``; it writes to a temporary file renamed into place, so an
+interrupted build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from kdlab.data import AugParams, apply_augmentation, cache_dir
+from kdlab.data.loader import TensorLoader
+from kdlab.errors import UserError
+from kdlab.runs import atomic_write_json
+
+CACHE_FORMAT = "kdlab-teacher-logits-v1"
+STORAGE_DTYPE = np.float16
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class ViewGrid:
+    """The finite augmentation space: crops at ``(dy, dx)`` in ``0..2*pad`` squared, times flips."""
+
+    pad: int
+    flip: bool
+
+    @property
+    def side(self) -> int:
+        return 2 * self.pad + 1
+
+    @property
+    def flips(self) -> int:
+        return 2 if self.flip else 1
+
+    @property
+    def num_views(self) -> int:
+        """``V = (2p + 1)^2 * F``."""
+        return self.side * self.side * self.flips
+
+    def view_index(self, aug: AugParams | None, batch_size: int) -> Tensor:
+        """int64 ``[B]``: ``(dy * (2p + 1) + dx) * F + flip``; no augmentation is the centre crop unflipped."""
+        if aug is None:
+            return torch.full(
+                (batch_size,), (self.pad * self.side + self.pad) * self.flips, dtype=torch.int64
+            )
+        return (aug.dy * self.side + aug.dx) * self.flips + aug.flip.long()
+
+    def views(self) -> list[tuple[int, int, bool]]:
+        """Every ``(dy, dx, flip)`` in view-index order."""
+        return [
+            (dy, dx, bool(flip))
+            for dy in range(self.side)
+            for dx in range(self.side)
+            for flip in range(self.flips)
+        ]
+
+
+def cache_size_bytes(num_images: int, grid: ViewGrid, num_classes: int) -> int:
+    """``N * V * K * 2`` bytes (float16)."""
+    return num_images * grid.num_views * num_classes * np.dtype(STORAGE_DTYPE).itemsize
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _sha256_tensors(digest: Any, tensors: dict[str, Tensor]) -> None:
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's architecture (its repr) and every tensor of its state_dict."""
+    module = getattr(module, "_orig_mod", module)  # a torch.compile wrapper: hash what it wraps
+    digest = hashlib.sha256(repr(module).encode())
+    _sha256_tensors(digest, module.state_dict())
+    return digest.hexdigest()
+
+
+class TeacherLogitCache:
+    """Cached teacher logits, ``table`` float16 ``[N, V, K]`` (a memory map, or a copy on a GPU)."""
+
+    def __init__(self, table: Tensor, grid: ViewGrid, path: Path, device: torch.device) -> None:
+        self.table, self.grid, self.path, self.device = table, grid, path, device
+        self.flat = table.reshape(-1, table.shape[-1])  # row i * V + v
+
+    def lookup(self, indices: Tensor, aug: AugParams | None) -> Tensor:
+        """float32 ``[B, K]`` on the device: the teacher's logits for images ``indices`` seen through ``aug``.
+
+        ``indices`` int64 ``[B]`` are positions in the training split (``Batch.indices``); ``aug`` the
+        batch's crop/flip draws (``None``: the unaugmented image). The row numbers are computed on the
+        CPU, where the draws are, and copied from pinned memory, so the step never waits on the device.
+        """
+        rows = indices.cpu() * self.grid.num_views + self.grid.view_index(aug, len(indices))
+        if self.flat.is_cuda:
+            rows = rows.pin_memory().to(self.flat.device, non_blocking=True)
+        return self.flat.index_select(0, rows).to(self.device, non_blocking=True).float()
+
+
+def _inputs(images: Tensor, grid: ViewGrid, dy: int, dx: int, flip: bool, loader: TensorLoader) -> Tensor:
+    """One view of ``images`` (uint8 ``[B, C, H, W]``), normalised by the loader's own ``prepare``."""
+    count = len(images)
+    aug = AugParams(
+        torch.full((count,), dy, dtype=torch.int64),
+        torch.full((count,), dx, dtype=torch.int64),
+        torch.full((count,), flip, dtype=torch.bool),
+    )
+    viewed = apply_augmentation(images, aug, grid.pad) if grid.pad > 0 or grid.flip else images
+    return loader.prepare(viewed)
+
+
+def _build(
+    path: Path,
+    images: Tensor,
+    grid: ViewGrid,
+    num_classes: int,
+    teacher_fn: Callable[[Tensor], Tensor],
+    loader: TensorLoader,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Fill ``path`` with the teacher's logits of every view, written block by block (``[c, V, K]``)."""
+    shape = (len(images), grid.num_views, num_classes)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        table = np.lib.format.open_memmap(temporary, mode="w+", dtype=STORAGE_DTYPE, shape=shape)
+        views = grid.views()
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(
+            starts, desc="teacher-logit cache", unit="block", disable=None if progress else True
+        ):
+            # Gathered by an index tensor, as TensorLoader does: the batch then has the loader's strides,
+            # which decide the convolution kernel and so the last bit of the logits.
+            chunk = images[torch.arange(start, min(start + batch_size, len(images)), device=images.device)]
+            block = torch.stack(
+                [teacher_fn(_inputs(chunk, grid, dy, dx, flip, loader)) for dy, dx, flip in views], dim=1
+            )  # [c, V, K] float32
+            peak = block.abs().max().item()  # a sync per block: building, not training
+            if not peak <= FLOAT16_MAX:  # also catches NaN
+                raise UserError(
+                    f"the teacher's logits reach {peak:g}, outside float16's range (65504): they cannot be "
+                    "cached exactly; drop kd.cache and run the live teacher"
+                )
+            table[start : start + len(chunk)] = block.to(torch.float16).cpu().numpy()
+        table.flush()
+        del table
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def open_logit_cache(
+    config: Any,
+    loader: Any,
+    teacher: nn.Module,
+    teacher_fn: Callable[[Tensor], Tensor],
+    num_classes: int,
+    device: torch.device,
+    world_size: int = 1,
+    batch_size: int = 256,
+) -> TeacherLogitCache:
+    """Open the cache for this teacher and training split, building it first when it does not exist.
+
+    ``config`` is the lead :class:`~kdlab.config.RunConfig`; ``loader`` the training loader (its
+    device-resident images, normalisation and crop/flip settings define the views); ``teacher_fn``
+    maps normalised inputs to float32 logits exactly as the live teacher path does.
+    """
+    from kdlab.engine import autocast_context  # here: the engine imports this module
+
+    if not isinstance(loader, TensorLoader):
+        raise UserError(
+            f"kd.cache needs an in-memory dataset with crop/flip augmentation, not {config.data.name} (its "
+            "random resized crops have no finite set of views): drop kd.cache"
+        )
+    if world_size > 1:
+        raise UserError("kd.cache runs in one process only: drop kd.cache or train on one device")
+    limit_gb = config.kd.cache_limit_gb
+    if not limit_gb > 0:
+        raise UserError(f"kd.cache_limit_gb={limit_gb} must be positive, e.g. 8")
+    grid = ViewGrid(loader.pad, loader.flip) if loader.augment else ViewGrid(0, False)
+    images = loader.data.images
+    key = {
+        "format": CACHE_FORMAT,
+        "teacher": module_fingerprint(teacher),
+        "dataset": config.data.name,
+        "subset": config.data.subset,
+        "subset_seed": config.data.subset_seed,
+        "images": hashlib.sha256(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
+        "num_images": len(images),
+        "num_classes": num_classes,
+        "mean": loader.mean.flatten().tolist(),
+        "std": loader.std.flatten().tolist(),
+        "pad": grid.pad,
+        "flip": grid.flip,
+        "precision": "bf16" if isinstance(autocast_context(config, device), torch.autocast) else "fp32",
+        "channels_last": config.channels_last,
+        "compile": config.compile,
+        "device": device.type,
+        "torch": torch.__version__,
+        "storage": np.dtype(STORAGE_DTYPE).name,
+    }
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(config.kd.cache_dir).expanduser() if config.kd.cache_dir else cache_dir() / "teacher-logits"
+    path = folder / f"{config.data.name}-{name}.npy"
+    size = cache_size_bytes(len(images), grid, num_classes)
+    describe = (
+        f"{len(images)} images x {grid.num_views} views ({grid.side}x{grid.side} crops x {grid.flips} "
+        f"flips) x {num_classes} classes x 2 B = {_megabytes(size)}"
+    )
+    if path.is_file():
+        print(f"teacher-logit cache: reusing {path} ({describe})")
+    else:
+        print(f"teacher-logit cache: {describe} -> {path}")
+        if size > limit_gb * 1e9:
+            raise UserError(
+                f"the teacher-logit cache would take {_megabytes(size)}, above kd.cache_limit_gb={limit_gb:g}: "
+                f"raise it (--set kd.cache_limit_gb={size / 1e9 * 1.1:.2g}) or drop kd.cache"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise UserError(
+                f"the teacher-logit cache needs {_megabytes(size)} but {folder} has {_megabytes(free)} free: "
+                "free space, set kd.cache_dir elsewhere, or drop kd.cache"
+            )
+        start = time.perf_counter()
+        _build(path, images, grid, num_classes, teacher_fn, loader, batch_size, config.progress)
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {
+                **key,
+                "shape": [len(images), grid.num_views, num_classes],
+                "build_time_s": time.perf_counter() - start,
+            },
+        )
+    array = np.load(path, mmap_mode="c", allow_pickle=False)  # copy-on-write: the file is never modified
+    expected = (len(images), grid.num_views, num_classes)
+    if array.shape != expected or array.dtype != STORAGE_DTYPE:
+        raise UserError(
+            f"{path} holds {array.dtype} {list(array.shape)}, not float16 {list(expected)}: delete it to rebuild"
+        )
+    table = torch.from_numpy(array)
+    if device.type != "cpu":  # a GPU gathers from its own memory; the CPU reads the map directly
+        table = table.to(device)
+    return TeacherLogitCache(table, grid, path, device)
