@@ -1,0 +1,210 @@
+"""8 students of an alpha x tau grid on one teacher: sequential runs, lockstep, lockstep + cache.
+
+Arms, all through kdlab's public engine, all measured in this run:
+
+1. sequential: ``train(config)`` for each grid point (the teacher runs once per batch per student);
+2. lockstep: ``train_lockstep(configs)`` (one teacher forward per batch feeds all 8 students);
+3. lockstep + teacher-logit cache, seed A: builds the cache, then trains;
+4. lockstep + teacher-logit cache, seed B: reuses seed A's cache (no teacher forward at all).
+
+Beside each ratio (against 1.) is its compute ceiling: with teacher forward T and student train
+step S per image, lockstep gains at most N(T+S)/(T+NS) and lockstep + cache at most N(T+S)/(NS),
+with T and S counted in FLOPs (``torch.utils.flop_counter``) and, second, in measured seconds (a
+student step costs more time per FLOP than a teacher forward: backward, BN and activations). The epochs ratio (``Trainer.train_epoch`` calls: the
+steps and the test set) is the one the ceiling describes; the runs ratio adds what a whole run also
+does (setup, the cache build, a final clean pass over the training set with the teacher). Each is
+given in wall and in CPU seconds (CPU time barely moves when other processes share the cores).
+
+    .venv/bin/python benchmarks/grid.py --images 256 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from common import (
+    Seconds,
+    flops_per_image,
+    lockstep_ceiling,
+    machine,
+    register_dataset,
+    run_config,
+    save_random_teacher,
+    seconds_per_image,
+    set_threads,
+    timed,
+)
+
+from kdlab.config import RunConfig
+from kdlab.engine import Trainer, train, train_lockstep
+
+ALPHAS = (0.5, 0.9)
+TAUS = (1.0, 3.0, 20.0, math.inf)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256, help="training images")
+    parser.add_argument("--test-images", type=int, default=128)
+    parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist (50 views) or synthetic (162)")
+    parser.add_argument("--teacher", default="wrn-28-4")
+    parser.add_argument("--student", default="wrn-16-2")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--amp", default="bf16", help="bf16 (kdlab's fast CPU path) or auto (fp32 on CPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    return parser.parse_args()
+
+
+def grid_configs(
+    dataset: str, teacher: Path, folder: Path, seed: int, args: argparse.Namespace, cache: bool
+) -> list[RunConfig]:
+    """One KL student per (alpha, tau) of the grid, all with the same seed, data order and teacher."""
+    return [
+        run_config(
+            dataset,
+            args.student,
+            folder / f"alpha{alpha}-tau{tau}",
+            device=args.device,
+            amp=args.amp,
+            seed=seed,
+            kd={
+                "teacher": str(teacher),
+                "loss": "kl",
+                "alpha": alpha,
+                "tau": tau,
+                "cache": cache,
+                "cache_dir": str(folder.parent / "cache"),
+            },
+            optim={"batch_size": args.batch_size, "epochs": args.epochs},
+        )  # fmt: skip
+        for alpha, tau in itertools.product(ALPHAS, TAUS)
+    ]
+
+
+class EpochClock:
+    """Adds up the Seconds of every ``Trainer.train_epoch`` call (steps + test set) while installed.
+
+    An instrument, not a change: the engine runs as it always does, inside a timer.
+    """
+
+    def __init__(self) -> None:
+        self.total = Seconds(0.0, 0.0)
+        self.original = Trainer.train_epoch
+
+    def __enter__(self) -> EpochClock:
+        clock = self
+
+        def timed_epoch(trainer: Trainer, students: list, epoch: int) -> None:
+            seconds, _ = timed(lambda: clock.original(trainer, students, epoch))
+            clock.total += seconds
+
+        Trainer.train_epoch = timed_epoch
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Trainer.train_epoch = self.original
+
+
+def measure(arm: str, configs: list[RunConfig]) -> dict[str, Seconds]:
+    """Whole-run and epoch Seconds of one arm: 8 ``train`` calls, or one ``train_lockstep``."""
+    with EpochClock() as clock:
+        if arm == "sequential":
+            runs = [timed(lambda config=config: train(config))[0] for config in configs]
+            run = sum(runs[1:], runs[0])
+        else:
+            run, _ = timed(lambda: train_lockstep(configs))
+    print(f"  {arm}: {run.wall:.1f} s wall, {run.cpu:.1f} s CPU", flush=True)
+    return {"run": run, "epochs": clock.total}
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    dataset, splits = register_dataset(args.data, args.images, args.test_images)
+    teacher_flops = flops_per_image(args.teacher, splits, train=False)
+    student_flops = flops_per_image(args.student, splits, train=True)
+    students = len(ALPHAS) * len(TAUS)
+    amp = args.amp == "bf16"
+    teacher_seconds = seconds_per_image(args.teacher, splits, train=False, batch=args.batch_size, amp=amp)
+    student_seconds = seconds_per_image(args.student, splits, train=True, batch=args.batch_size, amp=amp)
+    # Ceilings from FLOPs (time proportional to FLOPs) and from the measured per-image seconds of a
+    # teacher forward and a student step (which also carry BN, activations, the optimiser-free step).
+    ceilings = {
+        kind: {
+            "lockstep": lockstep_ceiling(students, teacher_cost, student_cost),
+            "cache": (teacher_cost + student_cost) / student_cost,  # N (T + S) / (N S)
+        }
+        for kind, teacher_cost, student_cost in (
+            ("FLOPs", teacher_flops, student_flops),
+            ("time", teacher_seconds, student_seconds),
+        )
+    }
+    views = (2 * splits.pad + 1) ** 2 * (2 if splits.flip else 1)
+    print(f"machine: {machine()}")
+    print(
+        f"grid: {students} KL students (alpha {ALPHAS} x tau {TAUS}), {args.student} on {args.teacher}; "
+        f"{args.data} {args.images} training / {args.test_images} test images, {args.epochs} epoch(s), batch "
+        f"{args.batch_size}, amp {args.amp}; T = {teacher_flops / 1e9:.3f} GFLOP/image (teacher forward), "
+        f"S = {student_flops / 1e9:.3f} GFLOP/image (student step)"
+    )
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        teacher = save_random_teacher(folder / "teacher.pt", args.teacher, splits)
+        arms = {  # name -> (folder, seed, cache)
+            "sequential": ("sequential", 1, False),
+            "lockstep": ("lockstep", 1, False),
+            "lockstep + cache, seed A (builds it)": ("cacheA", 1, True),
+            "lockstep + cache, seed B (reuses it)": ("cacheB", 2, True),
+        }
+        results = {
+            name: measure(name, grid_configs(dataset, teacher, folder / sub, seed, args, cache))
+            for name, (sub, seed, cache) in arms.items()
+        }
+        (record,) = [json.loads(path.read_text()) for path in (folder / "cache").glob("*.json")]
+    base = results["sequential"]
+    print(
+        f"\nmeasured per image: teacher forward {1e3 * teacher_seconds:.1f} ms, student step "
+        f"{1e3 * student_seconds:.1f} ms (T/S: {teacher_seconds / student_seconds:.2f} in time, "
+        f"{teacher_flops / student_flops:.2f} in FLOPs)"
+    )
+    print(
+        "speed-up over sequential runs: 'runs' = whole runs (with setup, cache build and the final clean pass "
+        "over the training set), 'epochs' = train_epoch calls (steps + test set), what the ceilings describe; "
+        "'reached' = epochs CPU speed-up / ceiling"
+    )
+    print(
+        f"{'arm':<38} {'runs wall':>9} {'CPU':>6} {'epochs wall':>11} {'CPU':>6} "
+        f"{'FLOP ceiling':>12} {'reached':>7} {'time ceiling':>12} {'reached':>7}"
+    )
+    for name, result in results.items():
+        ratio = {
+            (part, clock): getattr(base[part], clock) / getattr(result[part], clock)
+            for part in ("run", "epochs")
+            for clock in ("wall", "cpu")
+        }
+        line = (
+            f"{name:<38} {ratio['run', 'wall']:>8.2f}x {ratio['run', 'cpu']:>5.2f}x "
+            f"{ratio['epochs', 'wall']:>10.2f}x {ratio['epochs', 'cpu']:>5.2f}x"
+        )
+        arm = "cache" if "cache" in name else name
+        for kind in ("FLOPs", "time"):
+            ceiling = ceilings[kind].get(arm)
+            if ceiling:
+                line += f" {ceiling:>11.2f}x {100 * ratio['epochs', 'cpu'] / ceiling:>6.0f}%"
+        print(line)
+    print(
+        f"\ncache build (in seed A's runs, not its epochs): {record['build_time_s']:.1f} s for {views} views x "
+        f"{args.images} images = {views} teacher passes over the data; it pays off after {views} "
+        f"student-epochs of sequential runs with a live teacher, or {views} epochs of a lockstep group."
+    )
+
+
+if __name__ == "__main__":
+    main()
