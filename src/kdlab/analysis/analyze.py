@@ -1,0 +1,258 @@
+"""``kdlab analyze``: what trained students learned, measured on the clean training set.
+
+Per run: the distribution of ``||z^s - z^t||_2``, of the penultimate norm ``||r||_2``, top-1
+agreement with the teacher, ECE (15 bins), mean predictive entropy and accuracy; and the 3-class
+pre-logit projection of Mueller, Kornblith and Hinton (2019): the penultimate features of three
+classes' training images projected onto the plane through those classes' template vectors. The
+teacher is analysed the same way (its features too, unless it is an ensemble), and the per-sample
+distance between a student's and the teacher's projected points measures how closely the student
+follows the teacher. Outputs: ``analysis.json``, ``projection.png``, ``logit_distance.png``,
+``penultimate_norm.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdlab.analysis.metrics import (
+    agreement,
+    describe,
+    expected_calibration_error,
+    histogram,
+    logit_distances,
+    predictive_entropy,
+    project_onto_plane,
+    template_plane,
+    wasserstein_1d,
+)
+from kdlab.analysis.plots import plot_histograms, plot_projections
+from kdlab.analysis.records import read_config, run_label
+from kdlab.errors import UserError
+from kdlab.runs import atomic_write_json
+from kdlab.teacher import load_teacher
+
+HISTOGRAM_BINS = 40
+ECE_BINS = 15
+MAX_PLOTTED_PER_CLASS = 300  # points per class in projection.png (all samples enter the numbers)
+
+
+@dataclass
+class ModelOutputs:
+    """A model's float64 outputs on the training set: logits ``[N, K]``, features ``[N, D]`` (None
+    for an ensemble) and classifier weight ``[K, D]`` (None for an ensemble)."""
+
+    logits: Tensor
+    features: Tensor | None
+    weight: Tensor | None
+
+
+@torch.no_grad()
+def collect_outputs(model: nn.Module, loader: Any) -> ModelOutputs:
+    """Run ``model`` (eval mode) over ``loader``; features come from ``model.forward_features``."""
+    model.eval()
+    has_features = hasattr(model, "forward_features") and hasattr(model, "classifier")
+    logits, features = [], []
+    for batch in loader:
+        if has_features:
+            feature = model.forward_features(batch.inputs)
+            features.append(feature.double().cpu())
+            logits.append(model.classifier(feature).double().cpu())
+        else:
+            logits.append(model(batch.inputs).double().cpu())
+    weight = model.classifier.weight.detach().double().cpu() if has_features else None
+    return ModelOutputs(torch.cat(logits), torch.cat(features) if has_features else None, weight)
+
+
+def _shared_edges(arrays: list[np.ndarray], bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    low = min(float(array.min()) for array in arrays)
+    high = max(float(array.max()) for array in arrays)
+    return np.linspace(low, high if high > low else low + 1.0, bins + 1)
+
+
+def _projection(outputs: ModelOutputs, mask: Tensor, classes: Sequence[int]) -> dict[str, Any] | None:
+    if outputs.features is None or outputs.weight is None:
+        return None
+    origin, basis = template_plane(outputs.weight, classes)
+    return {
+        "points": project_onto_plane(outputs.features[mask], origin, basis),
+        "templates": project_onto_plane(outputs.weight[list(classes)], origin, basis),
+    }
+
+
+def _projection_summary(projection: dict[str, Any], labels: Tensor, classes: Sequence[int]) -> dict[str, Any]:
+    points = projection["points"]
+    per_class = {}
+    for index, cls in enumerate(classes):
+        chosen = points[labels == index]
+        centre = chosen.mean(dim=0)
+        per_class[str(cls)] = {
+            "centroid": centre.tolist(),
+            "spread": (chosen - centre).norm(dim=1).mean().item(),  # mean distance to the centroid
+        }
+    return {"templates": projection["templates"].tolist(), "classes": per_class}
+
+
+def analyze_runs(
+    runs: Sequence[str | Path],
+    teacher: str | list[str] | None = None,
+    out: str | Path | None = None,
+    classes: Sequence[int] = (0, 1, 2),
+    data_dir: str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Analyse ``runs`` against ``teacher`` (default: the first run's ``kd.teacher``); write the outputs to
+    ``out`` (default: the first run's folder + ``/analysis``) and return the JSON-ready numbers."""
+    from kdlab.data import load_dataset, make_loader
+    from kdlab.engine import resolve_device
+
+    if not runs:
+        raise UserError("kdlab analyze needs at least one run folder")
+    configs = [read_config(run) for run in runs]
+    data = configs[0].data
+    for run, config in zip(runs, configs, strict=True):
+        same = (config.data.name, config.data.subset, config.data.subset_seed) == (
+            data.name,
+            data.subset,
+            data.subset_seed,
+        )
+        if not same:
+            raise UserError(
+                f"{run} was trained on other data than {runs[0]}: analyse runs of one dataset together"
+            )
+    teacher = teacher if teacher is not None else configs[0].kd.teacher
+    target = resolve_device(device)
+    splits = load_dataset(
+        data.name,
+        data_dir or data.data_dir,
+        subset=data.subset,
+        subset_seed=data.subset_seed,
+        image_size=data.image_size,
+    )
+    loader = make_loader(splits, "train", 512, device=target, train=False)
+    labels = torch.cat(
+        [batch.targets.cpu() for batch in loader]
+    )  # clean: noise is applied by the engine only
+    class_names = [splits.class_names[c] if splits.class_names else str(c) for c in classes]
+    mask = torch.isin(labels, torch.tensor(list(classes)))
+    position = {cls: index for index, cls in enumerate(classes)}
+    projected_labels = torch.tensor([position[int(label)] for label in labels[mask]])
+
+    def outputs_of(spec: str | list[str]) -> ModelOutputs:
+        return collect_outputs(load_teacher(spec, target), loader)
+
+    with_model = len({config.model for config in configs}) > 1
+    entries: list[tuple[str, str, ModelOutputs]] = []
+    if teacher:
+        log(f"analyze: teacher {teacher}")
+        entries.append(("teacher", "teacher", outputs_of(teacher)))
+    for run, config in zip(runs, configs, strict=True):
+        log(f"analyze: {run}")
+        entries.append((str(run), run_label(config, with_model), outputs_of(str(run))))
+    teacher_outputs = entries[0][2] if teacher else None
+
+    norms = {
+        name: outputs.features.norm(dim=1).numpy()
+        for name, _, outputs in entries
+        if outputs.features is not None
+    }
+    distances = (
+        {
+            name: logit_distances(outputs.logits, teacher_outputs.logits).numpy()
+            for name, _, outputs in entries[1:]
+        }
+        if teacher_outputs is not None
+        else {}
+    )
+    norm_edges = _shared_edges(list(norms.values())) if norms else None
+    distance_edges = _shared_edges(list(distances.values())) if distances else None
+    projections = {name: _projection(outputs, mask, classes) for name, _, outputs in entries}
+    teacher_projection = projections.get("teacher")
+
+    results: dict[str, Any] = {
+        "dataset": data.name,
+        "train_images": len(labels),
+        "teacher": teacher,
+        "classes": list(classes),
+        "class_names": class_names,
+        "runs": {},
+    }
+    for name, label, outputs in entries:
+        entry: dict[str, Any] = {
+            "label": label,
+            "train_acc": 100.0 * (outputs.logits.argmax(dim=1) == labels).double().mean().item(),
+            "ece": expected_calibration_error(outputs.logits, labels, ECE_BINS),
+            "entropy_mean": predictive_entropy(outputs.logits).mean().item(),
+        }
+        if name in norms:
+            entry["penultimate_norm"] = {
+                **describe(norms[name]),
+                "histogram": histogram(norms[name], norm_edges),
+            }
+            if "teacher" in norms and name != "teacher":
+                entry["penultimate_norm_w1_to_teacher"] = wasserstein_1d(norms[name], norms["teacher"])
+        if name in distances:
+            entry["logit_distance"] = {
+                **describe(distances[name]),
+                "histogram": histogram(distances[name], distance_edges),
+            }
+            entry["agreement"] = agreement(outputs.logits, teacher_outputs.logits)
+        projection = projections[name]
+        if projection is not None:
+            entry["projection"] = _projection_summary(projection, projected_labels, classes)
+            if teacher_projection is not None and name != "teacher":
+                gap = (projection["points"] - teacher_projection["points"]).norm(dim=1)
+                entry["projection_distance_to_teacher"] = gap.mean().item()
+        results["runs"][name] = entry
+
+    out = Path(out) if out else Path(runs[0]) / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    _plot(entries, results, projections, projected_labels, class_names, out)
+    atomic_write_json(out / "analysis.json", results)
+    log(f"analyze: wrote {out / 'analysis.json'} and plots")
+    return results
+
+
+def _plot(
+    entries: list[tuple[str, str, ModelOutputs]],
+    results: dict[str, Any],
+    projections: dict[str, dict[str, Any] | None],
+    projected_labels: Tensor,
+    class_names: list[str],
+    out: Path,
+) -> None:
+    generator = torch.Generator().manual_seed(0)  # the same plotted subsample every time
+    keep = torch.zeros(len(projected_labels), dtype=torch.bool)
+    for index in range(len(class_names)):
+        members = (projected_labels == index).nonzero().flatten()
+        keep[members[torch.randperm(len(members), generator=generator)[:MAX_PLOTTED_PER_CLASS]]] = True
+    panels = [
+        {
+            "title": label,
+            "points": projections[name]["points"][keep].numpy(),
+            "labels": projected_labels[keep].numpy(),
+            "templates": projections[name]["templates"].numpy(),
+        }
+        for name, label, _ in entries
+        if projections[name] is not None
+    ]
+    if panels:
+        plot_projections(panels, class_names, out / "projection.png")
+    for key, filename, xlabel in [
+        ("logit_distance", "logit_distance.png", "||z_s - z_t||_2 (training set)"),
+        ("penultimate_norm", "penultimate_norm.png", "||r||_2 (penultimate features, training set)"),
+    ]:
+        series = [
+            {"label": results["runs"][name]["label"], **results["runs"][name][key]["histogram"]}
+            for name, _, _ in entries
+            if key in results["runs"][name]
+        ]
+        if series:
+            plot_histograms(series, xlabel, out / filename)

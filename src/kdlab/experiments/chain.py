@@ -1,0 +1,100 @@
+"""``kdlab chain``: sequential distillation of any length, each stage an ordinary run folder.
+
+A stage is ``MODEL:LOSS[:key=value,...]``, e.g. ``wrn-28-4:ce``, ``wrn-16-4:kl:tau=3``,
+``wrn-16-2:mse`` or ``convnet-8:kl:tau=3,alpha=0.9,optim.epochs=5``. ``alpha`` and ``tau`` are short
+for ``kd.alpha`` and ``kd.tau``; any other dotted config key may be given. Stage ``i`` trains into
+``OUT/stage{i}-MODEL-LOSS...`` and becomes the teacher of stage ``i + 1``; the first stage reads
+``--teacher`` when its loss needs one. Finished stages are reused, interrupted ones resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdlab.config import RunConfig, build_config, merge
+from kdlab.errors import UserError
+from kdlab.experiments.recipes import run_name
+
+_SHORT_KEYS = {"alpha": "kd.alpha", "tau": "kd.tau", "epochs": "optim.epochs", "lr": "optim.lr"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    model: str
+    loss: str
+    overrides: tuple[str, ...] = ()  # "kd.tau=3", ...
+
+
+def parse_stage(text: str) -> Stage:
+    """``"wrn-16-4:kl:tau=3,alpha=0.9"`` -> ``Stage("wrn-16-4", "kl", ("kd.tau=3", "kd.alpha=0.9"))``."""
+    model, _, rest = str(text).partition(":")
+    loss, _, options = rest.partition(":")
+    if not model.strip() or not loss.strip():
+        raise UserError(
+            f"--stage {text!r} is malformed: write MODEL:LOSS[:key=value,...], e.g. --stage wrn-16-4:kl:tau=3"
+        )
+    overrides = []
+    for option in filter(None, (part.strip() for part in options.split(","))):
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise UserError(f"--stage {text!r}: option {option!r} must be key=value, e.g. tau=3")
+        overrides.append(f"{_SHORT_KEYS.get(key.strip(), key.strip())}={value}")
+    return Stage(model.strip(), loss.strip(), tuple(overrides))
+
+
+def plan_chain(
+    stages: list[Stage],
+    out: str | Path,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    teacher: str | list[str] | None = None,
+) -> list[RunConfig]:
+    """One config per stage (``build_config`` of the shared file, flags and overrides, then the
+    stage's model, loss and options); stage ``i``'s folder is stage ``i + 1``'s ``kd.teacher``."""
+    if not stages:
+        raise UserError("a chain needs at least one --stage MODEL:LOSS, e.g. --stage wrn-28-4:ce")
+    out = Path(out)
+    configs: list[RunConfig] = []
+    previous: str | list[str] | None = teacher
+    for index, stage in enumerate(stages):
+        if stage.loss != "ce" and previous is None:
+            raise UserError(
+                f"stage 1 ({stage.model}:{stage.loss}) needs a teacher: start the chain with a ce stage "
+                "or pass --teacher RUN"
+            )
+        stage_flags = {"model": stage.model, "kd": {"loss": stage.loss, "teacher": previous}}
+        try:
+            config = build_config(
+                config_file, merge(flags or {}, stage_flags), [*(overrides or []), *stage.overrides]
+            )
+        except UserError as error:
+            raise UserError(f"--stage {index + 1} ({stage.model}:{stage.loss}): {error}") from None
+        config.out = str(
+            out / f"stage{index + 1}-{run_name({'model': stage.model}, config, with_seed=False)}"
+        )
+        configs.append(config)
+        previous = config.out
+    return configs
+
+
+def run_chain(
+    stages: list[Stage],
+    out: str | Path,
+    config_file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    teacher: str | list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train the stages in order (each resuming if interrupted, skipped if finished); their summaries."""
+    from kdlab.engine import train
+
+    summaries = []
+    for index, config in enumerate(plan_chain(stages, out, config_file, flags, overrides, teacher)):
+        log(f"chain: stage {index + 1}/{len(stages)} {Path(config.out or '').name}")
+        summaries.append(train(config, resume=True))
+    return summaries

@@ -1,0 +1,401 @@
+"""Recipes: one experiment as a YAML file, expanded into ordinary run configurations.
+
+A recipe is a run configuration (the keys of ``kdlab.config.RunConfig``: the *base* every student
+starts from) plus five recipe keys::
+
+    description: what the experiment shows
+    claims: [C1, C2]          # the claims of shared/PAPER.md it serves (informational)
+    seeds: 1                  # default number of student seeds (seeds 0..K-1); --seeds overrides
+    teachers:                 # named teachers, each trained once into TEACHERS/NAME and shared;
+      large: {model: wrn-28-4}    # a teacher is the base without `kd`, plus its entry (loss ce)
+      medium-from-large: {model: wrn-16-4, kd: {teacher: large, loss: kl, tau: 3}}
+    grid:                     # dotted keys -> lists: the cartesian product, each point one run
+      kd.alpha: [0.1, 0.5, 1.0]
+      kd.tau: [1, 3, inf]
+    runs:                     # extra single runs (their union with the grid)
+      - {kd.loss: mse}
+
+A student's ``kd.teacher`` (a name or a list of names = an ensemble) names recipe teachers; anything
+else is taken as the path of an existing run folder or checkpoint. Every student is ``base + one
+grid point or run entry + seed``; its folder name is derived from what the entry sets plus the
+canonical loss tokens, e.g. ``kl-a0.9-t20-s0``, ``convnet-4-mse-a1-s1``, ``from-t1+t2-kl-a1-t20-s0``.
+The name depends only on the run itself, so the same run in two recipes gets the same name.
+
+``--set key=value`` edits the recipe document before expansion: ``--set optim.epochs=2`` changes the
+base (and so every teacher that does not set its own epochs), ``--set teachers.large.optim.epochs=3``
+one teacher, ``--set grid.kd.tau=[1,inf]`` one grid axis. Grid and run entries win over the base.
+
+Shipped recipes are named ``EXPERIMENT-SCALE``: ``small`` (Fashion-MNIST, sized for a 2-core CPU) and
+``paper`` (CIFAR-100, WRN-28-4 teacher, the paper's 200-epoch recipe); ``kdlab recipes`` lists them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override
+from kdlab.errors import UserError, did_you_mean
+
+RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
+TEACHERS_FOLDER = "teachers"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: ``base`` is a nested config dict, ``grid`` maps dotted keys to value lists."""
+
+    name: str
+    description: str = ""
+    claims: list[str] = field(default_factory=list)
+    seeds: int = 1
+    base: dict[str, Any] = field(default_factory=dict)
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    document: dict[str, Any] = field(default_factory=dict)  # the YAML after --set, for the record
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: ``name`` is its folder relative to the sweep folder."""
+
+    name: str
+    config: RunConfig
+    teachers: tuple[str, ...] = ()  # recipe teachers it reads (direct dependencies)
+
+
+@dataclass
+class SweepPlan:
+    """Teachers (in training order: every teacher after those it reads) and students (sorted by name)."""
+
+    recipe: Recipe
+    out: Path
+    teachers: dict[str, PlannedRun]
+    students: list[PlannedRun]
+
+    def teachers_for(self, students: list[PlannedRun]) -> list[PlannedRun]:
+        """The teachers ``students`` need, their own teachers included, in training order."""
+        needed: set[str] = set()
+        pending = [name for student in students for name in student.teachers]
+        while pending:
+            name = pending.pop()
+            if name not in needed:
+                needed.add(name)
+                pending.extend(self.teachers[name].teachers)
+        return [run for name, run in self.teachers.items() if name in needed]
+
+
+# --- finding and loading recipes ----------------------------------------------------------------
+
+
+def _shipped() -> dict[str, Any]:
+    folder = resources.files("kdlab") / "recipes"
+    if not folder.is_dir():
+        return {}
+    return {item.name[: -len(".yaml")]: item for item in folder.iterdir() if item.name.endswith(".yaml")}
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with kdlab, sorted."""
+    return sorted(_shipped())
+
+
+def recipe_document(spec: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(name, YAML document)`` of a shipped recipe (by name) or of a recipe file."""
+    path = Path(spec)
+    shipped = _shipped()
+    if str(spec) in shipped:
+        return str(spec), yaml.safe_load(shipped[str(spec)].read_text()) or {}
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path.stem, load_yaml(path)
+    raise UserError(
+        f"unknown recipe '{spec}'{did_you_mean(str(spec), shipped)}: choose one of "
+        f"{', '.join(sorted(shipped))} (see `kdlab recipes`), or pass a recipe .yaml file"
+    )
+
+
+def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """A shipped recipe by name (``grid-small``) or a recipe YAML file, with ``--set`` overrides applied."""
+    name, document = recipe_document(spec)
+    for text in overrides or []:
+        document = merge(document, parse_override(text))
+    return parse_recipe(document, name)
+
+
+def parse_recipe(document: dict[str, Any], name: str = "recipe") -> Recipe:
+    """Split a recipe document into its base config and recipe keys, checking every key."""
+    if not isinstance(document, dict):
+        raise UserError(f"recipe {name} must be a mapping of keys, got {type(document).__name__}")
+    config_keys = set(RunConfig.__dataclass_fields__)
+    unknown = [key for key in document if key not in config_keys and key not in RECIPE_KEYS]
+    if unknown:
+        valid = sorted(config_keys) + list(RECIPE_KEYS)
+        raise UserError(
+            f"unknown recipe key '{unknown[0]}' in {name}{did_you_mean(str(unknown[0]), valid)}: valid keys are "
+            + ", ".join(valid)
+        )
+    base = {key: value for key, value in document.items() if key in config_keys}
+    from_dict(base)  # unknown or mistyped config keys fail here, with the valid ones listed
+    teachers = document.get("teachers") or {}
+    if not isinstance(teachers, dict):
+        raise UserError(
+            f"{name}: 'teachers' must map teacher names to configs, e.g. teachers: {{large: {{model: wrn-28-4}}}}"
+        )
+    for teacher in teachers:
+        if not isinstance(teacher, str) or not _SAFE_NAME.match(teacher) or "." in teacher:
+            raise UserError(
+                f"{name}: teacher name {teacher!r} must be a folder name of letters, digits, '-', '_' or '+' (no dots)"
+            )
+    grid = flatten(_mapping(document.get("grid") or {}, f"{name}: grid"))
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(
+                f"{name}: grid key '{key}' must map to a non-empty list of values, e.g. {key}: [1, 2]"
+            )
+    runs = document.get("runs") or []
+    if not isinstance(runs, list):
+        raise UserError(f"{name}: 'runs' must be a list of config entries, e.g. runs: [{{kd.loss: mse}}]")
+    seeds = document.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise UserError(f"{name}: seeds={seeds!r} must be a positive integer")
+    return Recipe(
+        name=name,
+        description=str(document.get("description", "")).strip(),
+        claims=[str(claim) for claim in document.get("claims") or []],
+        seeds=seeds,
+        base=base,
+        teachers={key: _mapping(value or {}, f"{name}: teacher {key}") for key, value in teachers.items()},
+        grid=grid,
+        runs=[flatten(_mapping(entry, f"{name}: runs entry")) for entry in runs],
+        document=document,
+    )
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping of config keys, got {value!r}")
+    return value
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"kd": {"tau": 3}, "optim.lr": 0.1}`` -> ``{"kd.tau": 3, "optim.lr": 0.1}`` (later keys win)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# Settings that do not change what a run computes: they may differ between an interrupted run and its
+# continuation (another machine, another data path), and a report does not group runs by them.
+RUNTIME_KEYS = (
+    "out", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
+    "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
+)  # fmt: skip
+
+
+def identity(config: RunConfig) -> dict[str, Any]:
+    """The flattened config without ``RUNTIME_KEYS``: what makes two runs the same computation."""
+    return {key: value for key, value in flatten(config.to_dict()).items() if key not in RUNTIME_KEYS}
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"kd.tau": 3}`` -> ``{"kd": {"tau": 3}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        cursor = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+    return nested
+
+
+# --- expansion ------------------------------------------------------------------------------------
+
+
+def _format_number(value: Any) -> str:
+    """0.9 -> '0.9', 1.0 -> '1', inf -> 'inf' (what folder names show)."""
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:g}"
+    return str(value)
+
+
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "_"
+
+
+def _teacher_token(value: Any) -> str:
+    items = value if isinstance(value, list) else [value]
+    return "from-" + "+".join(_sanitise(Path(str(item)).name) for item in items)
+
+
+def _entry_token(key: str, value: Any) -> str:
+    """The folder-name token of one key an entry sets (loss, alpha, tau and seed are handled apart)."""
+    if key == "model":
+        return _sanitise(str(value))
+    if key == "kd.teacher":
+        return _teacher_token(value)
+    if key == "data.label_noise":
+        return "noise-" + _sanitise(str(value).replace("asymmetric:", "asym").replace("symmetric:", "sym"))
+    return _sanitise(key.rsplit(".", 1)[-1] + _format_number(value))
+
+
+_CANONICAL_KEYS = ("kd.loss", "kd.alpha", "kd.tau", "seed", "out")
+
+
+def run_name(entry: dict[str, Any], config: RunConfig, with_seed: bool = True) -> str:
+    """``[model][-from-TEACHER][-other entry keys]-LOSS[-aALPHA][-tTAU]-sSEED``.
+
+    Loss tokens come from the resolved config (alpha when the loss reads a teacher, tau for kl),
+    the others from the keys the grid point or run entry sets.
+    """
+    keys = [key for key in entry if key not in _CANONICAL_KEYS]
+    order = {"model": 0, "kd.teacher": 1}
+    keys.sort(key=lambda key: (order.get(key, 2), key))
+    tokens = [_entry_token(key, entry[key]) for key in keys]
+    tokens.append(config.kd.loss)
+    if config.kd.loss != "ce":
+        tokens.append(f"a{_format_number(config.kd.alpha)}")
+    if config.kd.loss == "kl":
+        tokens.append(f"t{_format_number(config.kd.tau)}")
+    if with_seed:
+        tokens.append(f"s{config.seed}")
+    return "-".join(tokens)
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    if not grid:
+        return []
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _resolve_teachers(
+    value: Any, recipe: Recipe, teachers_dir: Path, where: str
+) -> tuple[Any, tuple[str, ...]]:
+    """Recipe teacher names -> their folders; other entries must be existing paths. Returns (value, names)."""
+    if value is None:
+        return None, ()
+    items = value if isinstance(value, list) else [value]
+    resolved, names = [], []
+    for item in items:
+        item = str(item)
+        if item in recipe.teachers:
+            resolved.append(str(teachers_dir / item))
+            names.append(item)
+        elif Path(item).exists():
+            resolved.append(item)
+        else:
+            raise UserError(
+                f"{where}: kd.teacher '{item}' is neither a teacher of recipe {recipe.name}"
+                f"{did_you_mean(item, recipe.teachers)} (teachers: {', '.join(recipe.teachers) or 'none'}) "
+                "nor an existing run folder or checkpoint"
+            )
+    return (resolved if isinstance(value, list) else resolved[0]), tuple(names)
+
+
+def _build(
+    data: dict[str, Any], recipe: Recipe, teachers_dir: Path, where: str
+) -> tuple[RunConfig, tuple[str, ...]]:
+    kd = dict(data.get("kd") or {})
+    kd["teacher"], names = _resolve_teachers(kd.get("teacher"), recipe, teachers_dir, where)
+    try:
+        config = from_dict({**data, "kd": kd}).validate()
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    return config, names
+
+
+def plan_sweep(
+    recipe: Recipe, out: str | Path, seeds: int | None = None, teachers_dir: str | Path | None = None
+) -> SweepPlan:
+    """Expand ``recipe`` into student runs under ``out`` (seeds 0..K-1) and teacher runs under
+    ``teachers_dir`` (default ``out/teachers``; sweeps that share it share teachers of equal name)."""
+    out = Path(out)
+    teachers_dir = Path(teachers_dir) if teachers_dir else out / TEACHERS_FOLDER
+    count = seeds if seeds is not None else recipe.seeds
+    if count < 1:
+        raise UserError(f"--seeds {count} must be at least 1")
+    teachers = _plan_teachers(recipe, teachers_dir)
+    entries = _grid_points(recipe.grid) + recipe.runs or [{}]
+    students: dict[str, PlannedRun] = {}
+    for entry in entries:
+        for seed in range(count):
+            data = merge(recipe.base, unflatten(entry))
+            data["seed"] = seed
+            where = f"recipe {recipe.name}, run {entry or 'base'}"
+            config, names = _build(data, recipe, teachers_dir, where)
+            name = run_name(entry, config)
+            config.out = str(out / name)
+            previous = students.get(name)
+            if previous is not None and previous.config != config:
+                raise UserError(
+                    f"recipe {recipe.name} defines run {name} twice with different settings: make the entries differ "
+                    "in a key that names the run (model, kd.teacher, loss, alpha, tau)"
+                )
+            students[name] = PlannedRun(name, config, names)
+    return SweepPlan(recipe, out, teachers, [students[name] for name in sorted(students)])
+
+
+def _plan_teachers(recipe: Recipe, teachers_dir: Path) -> dict[str, PlannedRun]:
+    """Teacher runs in training order; a teacher may read other teachers (sequential distillation)."""
+    base = {key: value for key, value in recipe.base.items() if key != "kd"}
+    planned: dict[str, PlannedRun] = {}
+    for name, entry in recipe.teachers.items():
+        data = merge(base, unflatten(flatten(entry)))
+        data.setdefault("kd", {}).setdefault("loss", "ce")
+        config, names = _build(data, recipe, teachers_dir, f"recipe {recipe.name}, teacher {name}")
+        config.out = str(teachers_dir / name)
+        planned[name] = PlannedRun(f"{TEACHERS_FOLDER}/{name}", config, names)
+    ordered: dict[str, PlannedRun] = {}
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        if name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(name) :], name])
+            raise UserError(f"recipe {recipe.name}: teachers read each other in a cycle ({cycle}): break it")
+        visiting.append(name)
+        for dependency in planned[name].teachers:
+            visit(dependency)
+        visiting.pop()
+        ordered[name] = planned[name]
+
+    for name in planned:
+        visit(name)
+    return ordered
+
+
+# --- shards ---------------------------------------------------------------------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)``: shard indices run from 0 to N-1 (a SLURM array's task id)."""
+    index, sep, count = str(text).partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UserError(f"--shard {text!r} is invalid: write I/N with 0 <= I < N, e.g. --shard 0/4")
+    return shard
+
+
+def select_shard(runs: list[PlannedRun], index: int, count: int) -> list[PlannedRun]:
+    """Runs ``index, index + N, ...`` of the name-sorted list: disjoint shards whose union is all runs."""
+    ordered = sorted(runs, key=lambda run: run.name)
+    return ordered[index::count]

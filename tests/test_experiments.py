@@ -1,0 +1,519 @@
+"""Experiments: recipes and grid expansion, sweeps (resume, shards, lockstep, jobs), chains, label
+noise at the experiment level, reports on synthetic run folders, and ``reproduce --preset tiny``.
+
+Training runs use digits and convnets of width 4-8 for 1-3 epochs, with one torch thread: these
+models are far too small to gain from two, and on a busy 2-core machine two threads were measured
+up to 10x slower.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import kdlab.engine
+from kdlab.cli import main
+from kdlab.data import load_dataset
+from kdlab.errors import UserError
+from kdlab.evaluate import evaluate_checkpoint
+from kdlab.experiments.chain import parse_stage, plan_chain, run_chain
+from kdlab.experiments.claims import Comparison, Correlation, pooled_spread, spearman
+from kdlab.experiments.recipes import (
+    load_recipe,
+    parse_recipe,
+    parse_shard,
+    plan_sweep,
+    recipe_document,
+    recipe_names,
+    select_shard,
+)
+from kdlab.experiments.report import write_report
+from kdlab.experiments.reproduce import PRESETS, parse_claims, reproduce
+from kdlab.experiments.sweep import lockstep_groups, run_plan, run_sweep, split_for_jobs
+
+QUIET = {"progress": False, "tensorboard": False}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def digits_recipe(**changes) -> dict:
+    """A small recipe on digits: teacher convnet-8 (2 epochs), convnet-4 students (2 epochs)."""
+    document = {
+        "description": "test",
+        "model": "convnet-4",
+        "data": {"name": "digits"},
+        "optim": {"epochs": 2, "batch_size": 64},
+        "kd": {"teacher": "big", "loss": "kl", "alpha": 1.0},
+        "teachers": {"big": {"model": "convnet-8"}},
+        "grid": {"kd.tau": [1, "inf"]},
+        "runs": [{"kd.loss": "mse"}],
+        **QUIET,
+    }
+    document.update(changes)
+    return document
+
+
+def log_nothing(message: str) -> None:
+    pass
+
+
+def run_cli(*args: str) -> None:
+    """``kdlab ARGS`` in this process; it must succeed (typer ends with SystemExit(0))."""
+    try:
+        main(list(args))
+    except SystemExit as error:
+        assert error.code in (0, None), error.code
+
+
+def folder_names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if (path / "config.yaml").is_file())
+
+
+# --- recipes and grid expansion ------------------------------------------------------------------
+
+
+def test_grid_expansion_names_seeds_and_teachers(tmp_path):
+    document = digits_recipe(
+        grid={"kd.alpha": [0.5, 1.0], "kd.tau": [1, "inf"]}, runs=[{"kd.loss": "mse"}, {"kd": {"loss": "ce"}}]
+    )
+    plan = plan_sweep(parse_recipe(document, "demo"), tmp_path / "sweep", seeds=2)
+    names = [run.name for run in plan.students]
+    assert len(names) == (2 * 2 + 2) * 2 == len(set(names))
+    assert names == sorted(
+        f"{stem}-s{seed}"
+        for stem in ["kl-a0.5-t1", "kl-a0.5-tinf", "kl-a1-t1", "kl-a1-tinf", "mse-a1", "ce"]
+        for seed in (0, 1)
+    )
+    by_name = {run.name: run.config for run in plan.students}
+    config = by_name["kl-a0.5-tinf-s1"]
+    assert (config.kd.alpha, config.kd.tau, config.seed, config.model) == (0.5, math.inf, 1, "convnet-4")
+    assert config.out == str(tmp_path / "sweep" / "kl-a0.5-tinf-s1")
+    assert config.kd.teacher == str(tmp_path / "sweep" / "teachers" / "big")
+    teacher = plan.teachers["big"].config
+    assert (teacher.model, teacher.kd.loss, teacher.kd.teacher, teacher.optim.epochs) == (
+        "convnet-8",
+        "ce",
+        None,
+        2,
+    )
+    # Grid keys that are not loss tokens name the run; a teacher list is an ensemble.
+    document = digits_recipe(
+        teachers={"a": {"model": "convnet-8"}, "b": {"model": "convnet-8", "seed": 1}},
+        kd={"teacher": "a", "loss": "kl"},
+        grid={"model": ["convnet-4", "mlp-64"]},
+        runs=[{"kd.teacher": ["a", "b"], "kd.loss": "mse"}],
+    )
+    plan = plan_sweep(parse_recipe(document, "pairs"), tmp_path / "pairs", teachers_dir=tmp_path / "shared")
+    assert [run.name for run in plan.students] == [
+        "convnet-4-kl-a1-t4-s0",
+        "from-a+b-mse-a1-s0",
+        "mlp-64-kl-a1-t4-s0",
+    ]
+    assert plan.students[1].config.kd.teacher == [
+        str(tmp_path / "shared" / "a"),
+        str(tmp_path / "shared" / "b"),
+    ]
+
+
+def test_set_overrides_edit_the_recipe_document(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(digits_recipe()))
+    recipe = load_recipe(path, ["optim.epochs=5", "teachers.big.optim.epochs=7", "grid.kd.tau=[3]"])
+    plan = plan_sweep(recipe, tmp_path / "out")
+    assert recipe.name == "mine"
+    assert [run.name for run in plan.students] == ["kl-a1-t3-s0", "mse-a1-s0"]
+    assert plan.students[0].config.optim.epochs == 5 and plan.teachers["big"].config.optim.epochs == 7
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optim": {"epoch": 3}}, "unknown config key 'optim.epoch' (did you mean optim.epochs or optim.nesterov?): valid keys are optim.epochs"),
+        ({"grids": {}}, "unknown recipe key 'grids' in r (did you mean grid?): valid keys are"),
+        ({"grid": {"kd.tau": 3}}, "grid key 'kd.tau' must map to a non-empty list"),
+        ({"grid": {"kd.alhpa": [1]}}, "unknown config key 'kd.alhpa' (did you mean kd.alpha"),
+        ({"kd": {"teacher": "bigg", "loss": "kl"}}, "kd.teacher 'bigg' is neither a teacher of recipe r (did you mean big?)"),
+        ({"teachers": {"a": {"kd": {"teacher": "b", "loss": "kl"}}, "b": {"kd": {"teacher": "a", "loss": "kl"}}}},
+         "teachers read each other in a cycle (a -> b -> a)"),
+        ({"grid": {"kd.alpha": [1.5]}}, "alpha=1.5 is outside [0, 1]"),
+        ({"seeds": 0}, "seeds=0 must be a positive integer"),
+    ],
+)  # fmt: skip
+def test_recipe_errors_name_the_key_and_the_fix(tmp_path, change, message):
+    with pytest.raises(UserError) as error:
+        plan_sweep(parse_recipe(digits_recipe(**change), "r"), tmp_path)
+    assert message in str(error.value)
+
+
+def test_unknown_recipe_suggests_close_names():
+    with pytest.raises(UserError, match=r"unknown recipe 'grid-smal' \(did you mean grid-small"):
+        load_recipe("grid-smal")
+
+
+def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_path):
+    experiments = [
+        "grid",
+        "label-noise",
+        "logit-distance",
+        "pairs",
+        "penultimate",
+        "poor-teacher",
+        "sequential",
+    ]
+    assert recipe_names() == sorted(f"{e}-{s}" for e in experiments for s in ("paper", "small"))
+    for scale in ("small", "paper"):
+        teachers: dict[str, dict] = {}
+        for experiment in experiments:
+            plan = plan_sweep(
+                load_recipe(f"{experiment}-{scale}"), tmp_path / experiment, teachers_dir=tmp_path / "t"
+            )
+            for name, run in plan.teachers.items():
+                # One teachers folder serves every recipe of a scale: equal names must be equal runs.
+                assert teachers.setdefault(name, run.config.to_dict()) == run.config.to_dict(), name
+    grid = plan_sweep(load_recipe("grid-paper"), tmp_path / "g")
+    assert len(grid.students) == 50
+    config = grid.students[0].config
+    assert (config.model, config.data.name, config.optim.epochs, config.optim.lr, config.optim.batch_size) == (
+        "wrn-16-2", "cifar100", 200, 0.1, 128
+    )  # fmt: skip
+    assert grid.teachers["wrn-28-4"].config.model == "wrn-28-4"
+    pairs = plan_sweep(load_recipe("pairs-paper"), tmp_path / "p")
+    assert {run.config.model for run in pairs.students} == {"wrn-16-2", "wrn-16-4", "wrn-28-2", "wrn-40-2"}
+    noise = plan_sweep(load_recipe("label-noise-paper"), tmp_path / "n")
+    assert {run.config.data.label_noise for run in [*noise.students, *noise.teachers.values()]} == {
+        "symmetric:0.4"
+    }
+    assert sorted(run.config.kd.tau for run in noise.students if run.config.kd.loss == "kl") == [
+        0.5,
+        1.0,
+        math.inf,
+    ]
+
+
+# --- shards and groups ---------------------------------------------------------------------------
+
+
+def test_shards_are_disjoint_and_complete(tmp_path):
+    plan = plan_sweep(load_recipe("grid-small"), tmp_path, seeds=3)
+    names = [run.name for run in plan.students]
+    for count in (1, 4, 7, 200):
+        shards = [[run.name for run in select_shard(plan.students, index, count)] for index in range(count)]
+        assert sorted(name for shard in shards for name in shard) == sorted(names)
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert parse_shard("2/8") == (2, 8)
+    for bad in ("8/8", "-1/3", "1", "a/b", "0/0"):
+        with pytest.raises(UserError, match="--shard .* is invalid: write I/N with 0 <= I < N"):
+            parse_shard(bad)
+
+
+def test_lockstep_groups_and_job_splitting(tmp_path):
+    plan = plan_sweep(parse_recipe(digits_recipe(), "r"), tmp_path, seeds=2)
+    groups = lockstep_groups(plan.students)
+    assert [[run.name for run in group] for group in groups] == [
+        ["kl-a1-t1-s0", "kl-a1-tinf-s0", "mse-a1-s0"], ["kl-a1-t1-s1", "kl-a1-tinf-s1", "mse-a1-s1"]
+    ]  # fmt: skip
+    assert sorted(map(len, split_for_jobs(groups, 4))) == [1, 1, 2, 2]
+    assert len(lockstep_groups(plan.students, lockstep=False)) == 6
+
+
+# --- sweeps: training, resume, shards, parallel jobs -----------------------------------------------
+
+
+def summaries_of(folder: Path) -> dict[str, dict]:
+    return {
+        path.parent.relative_to(folder).as_posix(): json.loads(path.read_text())
+        for path in folder.rglob("summary.json")
+    }
+
+
+def comparable(summary: dict) -> dict:
+    return {key: value for key, value in summary.items() if key != "wall_time_s"}
+
+
+def test_interrupted_sweep_resumes_to_every_run_exactly_once(tmp_path, monkeypatch):
+    recipe = parse_recipe(digits_recipe(), "r")
+    reference = tmp_path / "reference"
+    run_sweep(recipe, reference, lockstep=False, log=log_nothing)  # one at a time: the standalone result
+    # Interrupt the lockstep group right after its first student's first epoch is saved.
+    original = kdlab.engine.Trainer.end_epoch
+    calls = []
+
+    def end_epoch_then_stop(self, student, row):
+        original(self, student, row)
+        if "teachers" not in str(student.run.path):
+            calls.append(student.run.path.name)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(kdlab.engine.Trainer, "end_epoch", end_epoch_then_stop)
+    sweep = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(recipe, sweep, log=log_nothing)
+    monkeypatch.setattr(kdlab.engine.Trainer, "end_epoch", original)
+    teacher_summary = (sweep / "teachers" / "big" / "summary.json").read_text()
+    assert not any((sweep / name / "summary.json").exists() for name in folder_names(sweep))
+    plan, summaries = run_sweep(recipe, sweep, log=log_nothing)  # one student at epoch 1, two at 0
+    assert folder_names(sweep) == sorted(run.name for run in plan.students) == list(summaries)[1:]
+    assert (sweep / "teachers" / "big" / "summary.json").read_text() == teacher_summary  # trained once
+    for name in folder_names(sweep):
+        assert [
+            json.loads(line)["epoch"] for line in (sweep / name / "metrics.jsonl").read_text().splitlines()
+        ] == [1, 2]
+    # Resumed lockstep runs end exactly where uninterrupted standalone runs end.
+    expected, got = summaries_of(reference), summaries_of(sweep)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert comparable(got[name])["test_acc_last"] == expected[name]["test_acc_last"], name
+        assert got[name].get("logit_distance", 0) == pytest.approx(
+            expected[name].get("logit_distance", 0), rel=1e-6
+        )
+    # A finished sweep is not retrained, and a changed setting is refused rather than mixed in.
+    before = {name: (sweep / name / "summary.json").stat().st_mtime_ns for name in folder_names(sweep)}
+    run_sweep(recipe, sweep, log=log_nothing)
+    assert before == {
+        name: (sweep / name / "summary.json").stat().st_mtime_ns for name in folder_names(sweep)
+    }
+    changed = parse_recipe(digits_recipe(optim={"epochs": 3, "batch_size": 64}), "r")
+    with pytest.raises(UserError, match=r"holds a run with optim.epochs=2, but the sweep now asks for 3"):
+        run_sweep(changed, sweep, log=log_nothing)
+
+
+def test_shards_and_parallel_jobs_complete_the_grid_once(tmp_path):
+    recipe = parse_recipe(
+        digits_recipe(optim={"epochs": 1, "batch_size": 64}, teachers={"big": {"model": "convnet-4"}}), "r"
+    )
+    sweep = tmp_path / "sweep"
+    plan = plan_sweep(recipe, sweep, seeds=2)
+    first = run_plan(plan, shard=(0, 2), log=log_nothing)
+    assert list(first) == ["teachers/big", *[run.name for run in select_shard(plan.students, 0, 2)]]
+    assert folder_names(sweep) == [run.name for run in select_shard(plan.students, 0, 2)]
+    # The other shard in two spawned processes (one lockstep group split in two): the union is the
+    # whole grid, each run once, and the teacher is not trained again.
+    teacher_summary = (sweep / "teachers" / "big" / "summary.json").read_text()
+    second = run_plan(plan, jobs=2, shard=(1, 2), log=log_nothing)
+    assert list(second) == ["teachers/big", *[run.name for run in select_shard(plan.students, 1, 2)]]
+    assert folder_names(sweep) == sorted(run.name for run in plan.students)
+    assert len(summaries_of(sweep)) == len(plan.students) + 1
+    assert (sweep / "teachers" / "big" / "summary.json").read_text() == teacher_summary
+
+
+def test_sweep_command_dry_run_and_errors(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(digits_recipe()))
+    run_cli("sweep", str(path), "--out", str(tmp_path / "s"), "--seeds", "2", "--shard", "1/2", "--dry-run")
+    listed = capsys.readouterr().out.split()
+    assert listed == [
+        str(tmp_path / "s" / name) for name in ("teachers/big", "kl-a1-t1-s1", "kl-a1-tinf-s1", "mse-a1-s1")
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(path), "--shard", "2/2"])
+    assert exit_info.value.code == 2
+    assert "--shard '2/2' is invalid" in capsys.readouterr().err
+
+
+# --- chains ----------------------------------------------------------------------------------------
+
+
+def test_chain_on_digits_feeds_each_stage_to_the_next(tmp_path):
+    stages = [parse_stage(text) for text in ("convnet-8:ce", "convnet-4:kl:tau=3,epochs=1", "convnet-4:mse")]
+    assert stages[1].overrides == ("kd.tau=3", "optim.epochs=1")
+    flags = {"data": {"name": "digits"}, "optim": {"epochs": 2, "batch_size": 64}}
+    summaries = run_chain(
+        stages, tmp_path, flags=flags, overrides=["progress=false", "tensorboard=false"], log=log_nothing
+    )
+    folders = ["stage1-convnet-8-ce", "stage2-convnet-4-kl-a1-t3", "stage3-convnet-4-mse-a1"]
+    assert folder_names(tmp_path) == folders
+    assert [s["teacher"] for s in summaries] == [None, str(tmp_path / folders[0]), str(tmp_path / folders[1])]
+    assert [s["epochs"] for s in summaries] == [2, 1, 2]
+    assert summaries[0]["test_acc_best"] > 50  # 10 classes: chance is 10%
+    assert all(s["logit_distance"] > 0 for s in summaries[1:])
+    again = run_chain(stages, tmp_path, flags=flags, overrides=["progress=false"], log=log_nothing)
+    assert [s["wall_time_s"] for s in again] == [s["wall_time_s"] for s in summaries]  # finished: reused
+    with pytest.raises(UserError, match=r"stage 1 \(convnet-4:kl\) needs a teacher"):
+        plan_chain([parse_stage("convnet-4:kl")], tmp_path)
+    for bad in ("convnet-4", "convnet-4:kl:tau"):
+        with pytest.raises(UserError, match="--stage"):
+            parse_stage(bad)
+
+
+# --- label noise at the experiment level -----------------------------------------------------------
+
+
+def test_label_noise_recipe_same_flips_for_all_runs_test_set_clean(tmp_path):
+    name, document = recipe_document("label-noise-small")
+    document = PRESETS["tiny"].adjust("label-noise", copy.deepcopy(document))
+    document.update(QUIET, optim={"epochs": 1, "batch_size": 64}, runs=[])
+    document["grid"] = {"kd.tau": [1]}
+    document["teachers"]["convnet-32-noisy"]["model"] = "convnet-4"
+    plan, summaries = run_sweep(parse_recipe(document, name), tmp_path, seeds=2, log=log_nothing)
+    clean = load_dataset("digits")
+    expected_rate = round(0.4 * len(clean.train)) / len(clean.train)
+    records = [
+        json.loads((Path(run.config.out) / "label_noise.json").read_text())
+        for run in [*plan.teachers.values(), *plan.students]
+    ]
+    assert len(records) == 3
+    assert all(
+        record == records[0] for record in records
+    )  # noise_seed, not the training seed, draws the flips
+    assert len(records[0]["flipped_indices"]) == round(0.4 * len(clean.train))
+    for summary in summaries.values():
+        assert summary["label_noise_realised_rate"] == expected_rate
+        assert summary["label_noise"] == "symmetric:0.4"
+    # The test set is clean: re-evaluating on the untouched test split gives the logged accuracy.
+    student = plan.students[0]
+    assert evaluate_checkpoint(student.config.out, device="cpu")["test_acc"] == pytest.approx(
+        summaries[student.name]["test_acc_last"]
+    )
+
+
+# --- report on synthetic run folders ---------------------------------------------------------------
+
+
+def write_run(folder: Path, seed: int, loss: str, alpha: float, tau: float, acc_best: float, acc_last: float,
+              distance: float | None = 1.0) -> None:  # fmt: skip
+    folder.mkdir(parents=True)
+    config = {"model": "convnet-4", "seed": seed, "out": str(folder), "data": {"name": "digits"},
+              "kd": {"teacher": "runs/teacher" if loss != "ce" or distance else None, "loss": loss, "alpha": alpha, "tau": tau},
+              "run_info": {"git_commit": "x"}}  # fmt: skip
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = {
+        "test_acc_best": acc_best,
+        "test_acc_last": acc_last,
+        "train_acc": 90.0 + seed,
+        "epochs": 2,
+        "seed": seed,
+    }
+    if distance is not None:
+        summary["logit_distance"] = distance
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_groups_seeds_and_draws_the_grid(tmp_path):
+    accuracy = {(0.5, 1.0): 70.0, (0.5, math.inf): 72.0, (1.0, 1.0): 74.0, (1.0, math.inf): 76.0}
+    for (alpha, tau), acc in accuracy.items():
+        for seed in (0, 1):
+            name = f"kl-a{alpha:g}-t{tau:g}-s{seed}"
+            write_run(
+                tmp_path / name,
+                seed,
+                "kl",
+                alpha,
+                tau,
+                acc + 2 * seed,
+                acc - 1 + seed,
+                distance=tau if tau < 10 else 0.5,
+            )
+    for seed in (0, 1):
+        write_run(tmp_path / f"mse-s{seed}", seed, "mse", 1.0, 4.0, 80.0 + seed, 79.0, distance=0.25)
+        write_run(tmp_path / f"ce-s{seed}", seed, "ce", 1.0, 4.0, 60.0, 60.0)
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("model: convnet-4\n")
+    result = write_report(tmp_path, log=log_nothing)
+    assert result == {"runs": 12, "groups": 6, "plots": ["heatmap.png", "tau_curves.png"]}
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    by_label = {(row["kd.loss"], row["kd.alpha"], row["kd.tau"]): row for row in rows}
+    kl = by_label[("kl", "1", "inf")]
+    assert (kl["n"], kl["seeds"]) == ("2", "0 1")
+    assert float(kl["test_acc_best_mean"]) == 77.0 and float(kl["test_acc_best_std"]) == pytest.approx(
+        math.sqrt(2), abs=1e-4
+    )
+    assert float(kl["test_acc_last_mean"]) == 75.5 and float(kl["train_acc_mean"]) == 90.5
+    assert by_label[("mse", "1", "-")]["logit_distance_mean"] == "0.2500"  # tau does not enter an MSE run
+    assert by_label[("ce", "-", "-")]["logit_distance_mean"] == "1.0000"
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "| convnet-4 | teacher | kl | 1 | inf | 2 | 77.00 ± 1.41 | 75.50 ± 0.71 | 90.50 ± 0.71 | 0.50 ± 0.00 |"
+        in report
+    )
+    assert "| context | CE | KL tau=1 | KL tau=inf | MSE |" in report
+    assert "| 60.00 ± 0.00 | 75.00 ± 1.41 | 77.00 ± 1.41 | 80.50 ± 0.71 |" in report
+    assert "![alpha x tau: " in report and (tmp_path / "heatmap.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="holds no finished runs"):
+        write_report(tmp_path / "unfinished", log=log_nothing)
+
+
+# --- claim statistics and reproduce ----------------------------------------------------------------
+
+
+def test_claim_statistics_and_verdict_rule():
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # ties share a rank
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert pooled_spread({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}) == pytest.approx(1.0)  # sqrt((2 + 0) / 2)
+
+    def verdict(a: list[float], b: list[float], expect: str = "> 0") -> str:
+        return Comparison("d", dict(enumerate(a)), dict(enumerate(b)), expect).verdict
+
+    assert verdict([2.0], [1.0]) == "inconclusive"  # one seed
+    assert verdict([2.0, 2.3], [1.0, 1.1]) == "holds"  # mean +1.1 > noise 0.16
+    assert verdict([2.0, 4.0], [1.0, 3.2]) == "inconclusive"  # mean +0.9 within the seed spread 1.27
+    assert verdict([1.0, 1.1], [2.0, 2.3]) == "does not hold"
+    assert verdict([1.0, 1.1], [2.0, 2.3], "< 0") == "holds"
+    assert verdict([2.3, 2.4], [2.0, 2.0], "~ 0") == "holds"  # 0.35 + noise 0.07 within the 1-point margin
+    assert verdict([2.3, 3.4], [2.0, 2.0], "~ 0") == "inconclusive"  # 0.85 + noise 0.78 may exceed it
+    assert verdict([3.3, 3.4], [2.0, 2.0], "~ 0") == "does not hold"  # 1.35 - noise 0.07 exceeds it
+    # A NaN seed drops out: +1.0 and +2.0 remain, mean +1.5 > sd 0.71.
+    assert verdict([1.0, math.nan, 2.0], [0.0, 0.0, 0.0]) == "holds"
+    x = [1.0, 2, 3, 4, 5, 6, 7, 8]
+    strong = Correlation("c", x, [v + 0.1 * (-1) ** i for i, v in enumerate(x)], seeds=2, expect="> 0")
+    assert (
+        strong.rho == 1.0
+        and strong.p_value == pytest.approx(2 / 40320, abs=0.002)
+        and strong.verdict == "holds"
+    )
+    assert Correlation("c", x, x, seeds=2, expect="< 0").verdict == "does not hold"
+    assert Correlation("c", x, x, seeds=1, expect="> 0").verdict == "inconclusive"
+    weak = Correlation("c", x, [3.0, 1, 4, 8, 2, 6, 5, 7], seeds=2, expect="> 0")
+    assert weak.rho == pytest.approx(4 / 7) and weak.p_value == pytest.approx(0.154, abs=0.01)
+    assert weak.verdict == "inconclusive"  # rho 0.57 over 8 runs: p > 0.05
+    assert parse_claims("c5, C1,C5") == ["C1", "C5"]
+    with pytest.raises(UserError, match="unknown claim 'C10'"):
+        parse_claims("C10")
+
+
+def test_reproduce_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    run_cli("reproduce", "--preset", "tiny", "--out", str(out))
+    report = (out / "REPORT.md").read_text()
+    claims = json.loads((out / "claims.json").read_text())["claims"]
+    assert [c["claim"] for c in claims] == [f"C{i}" for i in range(1, 10)]
+    verdicts = {c["claim"]: c["verdict"] for c in claims}
+    assert verdicts["C3"] == "holds"  # exact, needs no seeds
+    assert {verdicts[f"C{i}"] for i in (1, 2, 4, 5, 6, 7, 8, 9)} == {"inconclusive"}  # one seed, by rule
+    for claim in claims:
+        assert f"| {claim['claim']} | **{claim['verdict']}** |" in report
+    assert (
+        report.count("## C") == 9
+        and "test acc(alpha=1) - test acc(alpha=0.5), mean over tau in {3, 20, inf}" in report
+    )
+    for figure in ("heatmap.png", "tau_curves.png", "c6-projection.png", "c6-penultimate_norm.png"):
+        assert f"(figures/{figure})" in report and (out / "figures" / figure).is_file()
+    teachers = sorted(path.name for path in (out / "teachers").iterdir() if path.is_dir())
+    assert teachers == [
+        "convnet-16",
+        "convnet-16-from-convnet-32",
+        "convnet-32",
+        "convnet-32-b",
+        "convnet-32-noisy",
+        "convnet-32-poor",
+    ]
+    # Again: every run is reused, only the judging is redone.
+    stamps = {path: path.stat().st_mtime_ns for path in out.rglob("summary.json")}
+    results = reproduce("tiny", "C1,C3", out, log=log_nothing)
+    assert [r.claim for r in results] == ["C1", "C3"]
+    assert stamps == {path: path.stat().st_mtime_ns for path in out.rglob("summary.json")}
