@@ -173,7 +173,14 @@ def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_pat
         "poor-teacher",
         "sequential",
     ]
-    assert recipe_names() == sorted(f"{e}-{s}" for e in experiments for s in ("paper", "small"))
+    shipped = [f"{e}-{s}" for e in experiments for s in ("paper", "small")] + ["imagenet-paper"]
+    assert recipe_names() == sorted(shipped)
+    imagenet = plan_sweep(load_recipe("imagenet-paper"), tmp_path / "i")
+    assert {run.config.kd.teacher for run in imagenet.students} == {"torchvision:resnet152"}
+    assert {(run.config.model, run.config.data.name) for run in imagenet.students} == {
+        ("resnet50", "imagenet")
+    }
+    assert len(imagenet.students) == 6 and not imagenet.teachers
     for scale in ("small", "paper"):
         teachers: dict[str, dict] = {}
         for experiment in experiments:

@@ -43,6 +43,7 @@ import yaml
 
 from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override
 from kdlab.errors import UserError, did_you_mean
+from kdlab.teacher import FOREIGN_PREFIX
 
 RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
 TEACHERS_FOLDER = "teachers"
@@ -296,8 +297,8 @@ def _resolve_teachers(
         if item in recipe.teachers:
             resolved.append(str(teachers_dir / item))
             names.append(item)
-        elif Path(item).exists():
-            resolved.append(item)
+        elif Path(item).exists() or item.startswith(FOREIGN_PREFIX):
+            resolved.append(item)  # a run folder, a checkpoint, or torchvision weights (kdlab.teacher)
         else:
             raise UserError(
                 f"{where}: kd.teacher '{item}' is neither a teacher of recipe {recipe.name}"
