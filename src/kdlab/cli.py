@@ -97,6 +97,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     typer.echo("done: " + " ".join(parts))
 
 
+def _train_and_report(
+    config: Path | None, flags: dict[str, Any], overrides: list[str] | None, resume: bool, overwrite: bool
+) -> None:
+    from kdlab.engine import train as run_training
+
+    _print_summary(run_training(build_config(config, flags, overrides), resume=resume, overwrite=overwrite))
+
+
 @app.command()
 def train(
     dataset: Dataset = None,
@@ -118,12 +126,9 @@ def train(
     nproc: NProc = 1,
 ) -> None:
     """Train a model with cross-entropy (a teacher, or a student's no-KD baseline)."""
-    from kdlab.engine import train as run_training
-
     flags = run_flags(**locals())
     flags["kd"]["loss"] = "ce"
-    run_config = build_config(config, flags, set_)
-    _print_summary(run_training(run_config, resume=resume, overwrite=overwrite))
+    _train_and_report(config, flags, set_, resume, overwrite)
 
 
 @app.command()
@@ -153,13 +158,10 @@ def distill(
     nproc: NProc = 1,
 ) -> None:
     """Distill a student from a teacher with the ce, kl or mse loss."""
-    from kdlab.engine import train as run_training
-
     flags = run_flags(**locals())
     flags["kd"]["teacher"] = teacher[0] if len(teacher) == 1 else list(teacher)
     flags["kd"]["loss"] = loss or "kl"
-    run_config = build_config(config, flags, set_)
-    _print_summary(run_training(run_config, resume=resume, overwrite=overwrite))
+    _train_and_report(config, flags, set_, resume, overwrite)
 
 
 @app.command("eval")

@@ -193,12 +193,18 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    return unflatten({key: value})
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"kd.tau": 3}`` -> ``{"kd": {"tau": 3}}``."""
     nested: dict[str, Any] = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
+    for key, value in flat.items():
+        cursor = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
     return nested
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override
+from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override, unflatten
 from kdlab.errors import UserError, did_you_mean
 from kdlab.teacher import FOREIGN_PREFIX
 
@@ -210,18 +210,6 @@ RUNTIME_KEYS = (
 def identity(config: RunConfig) -> dict[str, Any]:
     """The flattened config without ``RUNTIME_KEYS``: what makes two runs the same computation."""
     return {key: value for key, value in flatten(config.to_dict()).items() if key not in RUNTIME_KEYS}
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"kd.tau": 3}`` -> ``{"kd": {"tau": 3}}``."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        cursor = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = value
-    return nested
 
 
 # --- expansion ------------------------------------------------------------------------------------
