@@ -142,9 +142,9 @@ def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
     acc_axis.bar(labels, [row["test_acc_best"] for row in students], color="#4477aa")
     acc_axis.axhline(rows[0]["test_acc_best"], color="#cc6677", linestyle="--", label="teacher")
     low = min(row["test_acc_best"] for row in rows)
-    acc_axis.set_ylim(low - 2, max(row["test_acc_best"] for row in rows) + 1)
+    acc_axis.set_ylim(low - 2, max(row["test_acc_best"] for row in rows) + 3)  # room for the legend
     acc_axis.set_ylabel("test accuracy, best epoch (%)")
-    acc_axis.legend(loc="lower right")
+    acc_axis.legend(loc="upper right")
     distance_axis.bar(labels, [row["logit_distance"] or 0 for row in students], color="#228833")
     distance_axis.set_ylabel("mean ||z_s - z_t||_2 (train set)")
     for axis in (acc_axis, distance_axis):
