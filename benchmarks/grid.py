@@ -40,6 +40,7 @@ from common import (
     timed,
 )
 
+from kdlab.cache import ViewGrid
 from kdlab.config import RunConfig
 from kdlab.engine import Trainer, train, train_lockstep
 
@@ -146,7 +147,7 @@ def main() -> None:
             ("time", teacher_seconds, student_seconds),
         )
     }
-    views = (2 * splits.pad + 1) ** 2 * (2 if splits.flip else 1)
+    views = ViewGrid(splits.pad, splits.flip).num_views
     print(f"machine: {machine()}")
     print(
         f"grid: {students} KL students (alpha {ALPHAS} x tau {TAUS}), {args.student} on {args.teacher}; "

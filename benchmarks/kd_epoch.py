@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from kdlab.cache import ViewGrid
 from kdlab.data import DatasetSplits, TensorData
 from kdlab.engine import Trainer
 from kdlab.models import create_model
@@ -230,7 +231,7 @@ def main() -> None:
     dataset, splits = register_dataset(args.data, args.images, test_images)
     teacher_flops = flops_per_image(args.teacher, splits, train=False)
     student_flops = flops_per_image(args.student, splits, train=True)
-    views = (2 * splits.pad + 1) ** 2 * (2 if splits.flip else 1)
+    views = ViewGrid(splits.pad, splits.flip).num_views
     print(f"machine: {machine()}")
     print(
         f"data: {args.data}, {args.images} training / {test_images} test images of "

@@ -5,6 +5,8 @@ Kept apart from ``__init__`` so the model files can import it without an import 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -35,6 +37,19 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]``."""
         return self.classifier(self.forward_features(x))
+
+
+def stack_groups(
+    block: Callable[[int, int, int], nn.Module], channels: list[int], blocks_per_group: int
+) -> nn.Sequential:
+    """The three stages of a CIFAR ResNet/WRN: ``blocks_per_group`` blocks per stage, widths
+    ``channels[1:]``, strides 1, 2, 2 on each stage's first block; ``block(in, out, stride)``."""
+    layers: list[nn.Module] = []
+    for group, stride in enumerate((1, 2, 2)):
+        for i in range(blocks_per_group):
+            block_in = channels[group] if i == 0 else channels[group + 1]
+            layers.append(block(block_in, channels[group + 1], stride if i == 0 else 1))
+    return nn.Sequential(*layers)
 
 
 def he_init(model: nn.Module, zero_linear_bias: bool) -> None:

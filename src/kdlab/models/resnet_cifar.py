@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.models.base import MODELS, Classifier, he_init
+from kdlab.models.base import MODELS, Classifier, he_init, stack_groups
 
 Channels = tuple[int, int, int, int]  # stem, group 1, group 2, group 3
 
@@ -51,12 +51,7 @@ class CifarResNet(Classifier):
             nn.BatchNorm2d(channels[0]),
             nn.ReLU(),
         )
-        layers: list[nn.Module] = []
-        for group, stride in enumerate((1, 2, 2)):
-            for i in range(blocks_per_group):
-                block_in = channels[group] if i == 0 else channels[group + 1]
-                layers.append(BasicBlock(block_in, channels[group + 1], stride if i == 0 else 1))
-        self.blocks = nn.Sequential(*layers)
+        self.blocks = stack_groups(BasicBlock, channels, blocks_per_group)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels[3], num_classes)
         # RepDistiller leaves the linear layer at PyTorch's default init.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.errors import UserError
-from kdlab.models.base import MODELS, Classifier, he_init, require_positive
+from kdlab.models.base import MODELS, Classifier, he_init, require_positive, stack_groups
 
 
 class PreActBlock(nn.Module):
@@ -53,12 +53,7 @@ class WideResNet(Classifier):
         blocks_per_group = (depth - 4) // 6
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False)
-        layers: list[nn.Module] = []
-        for group, stride in enumerate((1, 2, 2)):
-            for i in range(blocks_per_group):
-                block_in = channels[group] if i == 0 else channels[group + 1]
-                layers.append(PreActBlock(block_in, channels[group + 1], stride if i == 0 else 1))
-        self.blocks = nn.Sequential(*layers)
+        self.blocks = stack_groups(PreActBlock, channels, blocks_per_group)
         self.bn = nn.BatchNorm2d(channels[3])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels[3], num_classes)
