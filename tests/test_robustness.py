@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kdlab.engine
+import kdlab.engine.step
 from kdlab.cli import main
 from kdlab.config import build_config
 from kdlab.data import load_dataset
@@ -169,14 +169,14 @@ def lockstep_configs(root: Path) -> list:
 
 def count_loss_calls(monkeypatch: pytest.MonkeyPatch, at_call: int, action) -> None:
     """Run ``action()`` during the ``at_call``-th loss evaluation of the engine (1-based)."""
-    original, calls = kdlab.engine.loss_terms, [0]
+    original, calls = kdlab.engine.step.loss_terms, [0]
 
     def counting(*args, **kwargs):
         calls[0] += 1
         terms = original(*args, **kwargs)
         return action(terms) or terms if calls[0] == at_call else terms
 
-    monkeypatch.setattr(kdlab.engine, "loss_terms", counting)
+    monkeypatch.setattr(kdlab.engine.step, "loss_terms", counting)
 
 
 def test_lockstep_group_interrupted_mid_epoch_resumes_to_one_complete_copy_of_every_run(

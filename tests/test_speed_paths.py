@@ -19,9 +19,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from kdlab import cache as cache_module
-from kdlab import engine
 from kdlab.config import RunConfig, build_config
-from kdlab.engine import Trainer, autocast_context, train, train_lockstep
+from kdlab.device import autocast_context
+from kdlab.engine import Trainer, train, train_lockstep
+from kdlab.engine import loop as engine_loop
 from kdlab.errors import UserError
 from kdlab.models import create_model
 from kdlab.runs import CHECKPOINT_FORMAT, atomic_torch_save
@@ -201,9 +202,9 @@ def test_training_with_the_cache_equals_training_with_the_live_teacher(tmp_path,
     for name, value in state(tmp_path / "live").items():
         assert torch.allclose(cached_weights[name].float(), value.float(), atol=3e-2), name
     # A teacher whose logits are float16 numbers: the cache is exact, so training is bitwise the same.
-    load_teacher = engine.load_teacher
+    load_teacher = engine_loop.load_teacher
     monkeypatch.setattr(
-        engine, "load_teacher", lambda *args, **kwargs: Float16Teacher(load_teacher(*args, **kwargs))
+        engine_loop, "load_teacher", lambda *args, **kwargs: Float16Teacher(load_teacher(*args, **kwargs))
     )
     train(make_config(tmp_path / "live16", **kd))
     train(make_config(tmp_path / "cached16", **kd, cache=True))

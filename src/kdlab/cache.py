@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from kdlab.data import AugParams, apply_augmentation, cache_dir
 from kdlab.data.loader import TensorLoader
+from kdlab.device import uses_bf16
 from kdlab.errors import UserError
 from kdlab.runs import atomic_write_json
 
@@ -202,8 +203,6 @@ def open_logit_cache(
     device-resident images, normalisation and crop/flip settings define the views); ``teacher_fn``
     maps normalised inputs to float32 logits exactly as the live teacher path does.
     """
-    from kdlab.engine import autocast_context  # here: the engine imports this module
-
     if not isinstance(loader, TensorLoader):
         raise UserError(
             f"kd.cache needs an in-memory dataset with crop/flip augmentation, not {config.data.name} (its "
@@ -229,7 +228,7 @@ def open_logit_cache(
         "std": loader.std.flatten().tolist(),
         "pad": grid.pad,
         "flip": grid.flip,
-        "precision": "bf16" if isinstance(autocast_context(config, device), torch.autocast) else "fp32",
+        "precision": "bf16" if uses_bf16(config.amp, device) else "fp32",
         "channels_last": config.channels_last,
         "compile": config.compile,
         "device": device.type,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from kdlab.data import load_dataset, make_loader
-from kdlab.engine import resolve_device
+from kdlab.device import resolve_device
 from kdlab.errors import UserError
 from kdlab.runs import load_checkpoint, resolve_checkpoint
 from kdlab.teacher import model_from_checkpoint

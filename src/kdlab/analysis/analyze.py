@@ -111,7 +111,7 @@ def analyze_runs(
     """Analyse ``runs`` against ``teacher`` (default: the first run's ``kd.teacher``); write the outputs to
     ``out`` (default: the first run's folder + ``/analysis``) and return the JSON-ready numbers."""
     from kdlab.data import load_dataset, make_loader
-    from kdlab.engine import resolve_device
+    from kdlab.device import resolve_device
 
     if not runs:
         raise UserError("kdlab analyze needs at least one run folder")

@@ -38,17 +38,10 @@ from kdlab.runs import RunFolder, atomic_write_text, load_checkpoint
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
-    """Students with equal keys can share one data order and one teacher pass (see engine._check_lockstep)."""
-    return (
-        str(config.kd.teacher),
-        config.seed,
-        repr(config.data),
-        config.optim.batch_size,
-        config.optim.epochs,
-        config.device,
-        config.amp,
-        config.channels_last,
-    )
+    """Students with equal keys can share one data order and one teacher pass (``kdlab.engine.group_key``)."""
+    from kdlab.engine import group_key
+
+    return tuple(group_key(config).values())
 
 
 def lockstep_groups(runs: list[PlannedRun], lockstep: bool = True) -> list[list[PlannedRun]]:

@@ -4,17 +4,18 @@
 teacher). ``train_lockstep(configs)`` runs several students that share the data order and the
 teacher: each batch goes through the teacher once and through every student, each with its own
 loss, optimiser and run folder; a standalone run is the one-student case of the same loop.
+
+Read :meth:`Trainer.fit` and :meth:`Trainer.train_epoch` top to bottom; the step itself is
+:func:`kdlab.engine.step.train_step`, the epoch's running sums :class:`kdlab.engine.state.EpochState`,
+stopping :mod:`kdlab.engine.stop`, and one student's model, optimiser and checkpoint
+:mod:`kdlab.engine.student`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import shutil
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,119 +27,27 @@ from kdlab import distributed
 from kdlab.cache import TeacherLogitCache, open_logit_cache
 from kdlab.config import RunConfig, to_yaml
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
-from kdlab.errors import RunInterrupted, UserError
-from kdlab.losses import loss_terms, needs_teacher
-from kdlab.models import count_parameters, create_model
-from kdlab.runs import (
-    CHECKPOINT_FORMAT,
-    RunFolder,
-    atomic_torch_save,
-    atomic_write_json,
-    environment,
-    load_checkpoint,
+from kdlab.device import World, autocast_context, current_world, resolve_device
+from kdlab.engine.state import EpochState
+from kdlab.engine.step import train_step
+from kdlab.engine.stop import StopRequests, interrupted, raise_if_not_finite
+from kdlab.engine.student import (
+    Student,
+    check_group,
+    lr_at,
+    make_optimizer,
+    prepare_run_folder,
+    tensorboard_writer,
 )
+from kdlab.errors import UserError
+from kdlab.losses import needs_teacher
+from kdlab.models import count_parameters, create_model
+from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment
 from kdlab.teacher import load_teacher
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"--device {name} was asked for but CUDA is not available here: use --device cpu or auto"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-
-
-def autocast_context(config: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default and on CPU when asked (``amp: bf16``); otherwise nothing."""
-    if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def lr_at(config: RunConfig, epoch: int) -> float:
-    """Step schedule: ``lr * gamma^k``, k = milestones (fractions of the epochs) already reached."""
-    milestones = [round(fraction * config.optim.epochs) for fraction in config.optim.milestones]
-    return config.optim.lr * config.optim.gamma ** sum(epoch >= milestone for milestone in milestones)
-
-
-def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.SGD:
-    """SGD, Nesterov momentum; weight decay only on parameters with more than one dimension."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.SGD(
-        groups, lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov
-    )
 
 
 def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
-
-
-@dataclass
-class Student:
-    """One student in training: its model (``module`` is what the step calls), optimiser and run folder."""
-
-    config: RunConfig
-    run: RunFolder
-    model: nn.Module
-    optimizer: torch.optim.SGD
-    module: nn.Module
-    start_epoch: int = 0
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    test_acc_best: float = -1.0
-    best_epoch: int = 0
-    writer: Any = None
-    progress: dict[str, Any] | None = None  # running sums of an epoch a mid-epoch checkpoint stopped in
-
-
-# With several processes every rank must stop at the same step, so the stop flag is agreed by an
-# all-reduce, every this many steps rather than every step (each agreement is a device sync).
-STOP_CHECK_STEPS = 20
-
-
-@dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
-        """In place over all ranks (``op`` sum, min or max); the identity in a one-process run."""
-        if self.size > 1:
-            torch.distributed.all_reduce(tensor, getattr(torch.distributed.ReduceOp, op.upper()))
-        return tensor
-
-
-def current_world() -> World:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return World(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    return World()
-
-
-def prepare_run_folder(run: RunFolder, resume: bool, overwrite: bool) -> bool:
-    """Check ``--out`` against what it holds; True when there is a checkpoint to resume from."""
-    if run.has_content():
-        if overwrite:
-            shutil.rmtree(run.path)
-        elif not resume:
-            state = "a finished run" if run.is_finished() else "an unfinished run"
-            raise UserError(
-                f"--out {run.path} already holds {state}: pass --resume to continue it, --overwrite to start "
-                "again, or choose another --out"
-            )
-    return resume and run.last_checkpoint.is_file()
 
 
 def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | None, dict[str, Any] | None]:
@@ -182,7 +91,7 @@ class Trainer:
         # Under torchrun this joins the process group and takes this process's GPU (cuda:LOCAL_RANK).
         self.device = distributed.init_from_env(resolve_device(lead.device))
         self.world = current_world()
-        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT (see stop_on_signals)
+        self.stop = StopRequests(self.world, self.device)  # SIGTERM/SIGINT ask the loop to stop
         if self.world.size > 1 and self.device.type != "cuda" and any(c.sync_bn for c in configs):
             raise UserError(
                 "sync_bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel; drop --set sync_bn=true "
@@ -264,10 +173,16 @@ class Trainer:
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, config)
-        student = Student(config, run, model, optimizer, module=model)
+        data_info = {
+            "num_classes": self.splits.num_classes,
+            "in_channels": self.splits.in_channels,
+            "image_size": self.splits.image_size,
+        }
+        student = Student(
+            config, run, model, make_optimizer(model, config), module=model, data_info=data_info
+        )
         if can_resume and run.last_checkpoint.is_file():
-            self._restore(student)
+            student.restore(self.device)
         if config.sync_bn and self.world.size > 1:
             student.module = nn.SyncBatchNorm.convert_sync_batchnorm(student.module)
         if self.world.size > 1:
@@ -281,44 +196,8 @@ class Trainer:
             run.write_config(to_yaml(config) + yaml.safe_dump({"run_info": run_info}, sort_keys=False))
             if self.noise_record is not None:
                 atomic_write_json(run.path / "label_noise.json", self.noise_record)
-            student.writer = _tensorboard_writer(config, run)
+            student.writer = tensorboard_writer(config, run)
         return student
-
-    def _restore(self, student: Student) -> None:
-        checkpoint = load_checkpoint(student.run.last_checkpoint, self.device)
-        if checkpoint.get("model_name") != student.config.model:
-            raise UserError(
-                f"{student.run.last_checkpoint} holds a {checkpoint.get('model_name')}, not a {student.config.model}: "
-                "resume with the same --model or choose another --out"
-            )
-        student.model.load_state_dict(checkpoint["model"])
-        student.optimizer.load_state_dict(checkpoint["optimizer"])
-        student.start_epoch = int(checkpoint["epoch"])
-        student.test_acc_best = float(checkpoint["test_acc_best"])
-        student.best_epoch = int(checkpoint["best_epoch"])
-        student.metrics = [row for row in student.run.metrics() if row["epoch"] <= student.start_epoch]
-        student.progress = checkpoint.get("epoch_progress")
-        torch.set_rng_state(checkpoint["rng_cpu"])
-
-    def checkpoint(
-        self, student: Student, epoch: int, progress: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """What ``last.pt``/``best.pt`` hold after ``epoch`` finished epochs (plus ``progress`` when mid-epoch)."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model_name": student.config.model,
-            "num_classes": self.splits.num_classes,
-            "in_channels": self.splits.in_channels,
-            "image_size": self.splits.image_size,
-            "dataset": student.config.data.name,
-            "model": student.model.state_dict(),
-            "optimizer": student.optimizer.state_dict(),
-            "epoch": epoch,
-            "test_acc_best": student.test_acc_best,
-            "best_epoch": student.best_epoch,
-            "rng_cpu": torch.get_rng_state(),
-            "epoch_progress": progress,
-        }
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -329,12 +208,12 @@ class Trainer:
         if len(starts) > 1:
             raise UserError("lockstep students are at different epochs: resume them separately")
         first_epoch = starts.pop()[0]
-        with self.stop_on_signals():
+        with self.stop.listening():
             for epoch in range(first_epoch, lead.optim.epochs):
                 self.train_epoch(students, epoch)
-                signum = self.agreed_stop_signal()
+                signum = self.stop.agreed()
                 if signum is not None:
-                    raise self.interrupted(students, signum, f"after epoch {epoch + 1}")
+                    raise interrupted(students, signum, f"after epoch {epoch + 1}")
         summaries = self.finish(students, time.perf_counter() - start)
         for student in students:
             if student.writer is not None:
@@ -346,58 +225,38 @@ class Trainer:
         epoch_start = time.perf_counter()
         self.train_loader.set_epoch(epoch)
         for student in students:
-            for group in student.optimizer.param_groups:
-                group["lr"] = lr_at(student.config, epoch)
+            student.set_lr(epoch)
             student.module.train()
-        zero = torch.zeros((), device=self.device)
-        sums, correct, first_bad_step, seen, first_step = self.epoch_start_sums(students)
-        stop_check_steps = 1 if self.world.size == 1 else STOP_CHECK_STEPS
+        state = EpochState.begin([student.progress for student in students], self.device, self.world)
+        for student in students:
+            student.progress = None  # used once: the next epoch starts from zero
         bar = tqdm(
             self.train_loader, desc=f"epoch {epoch + 1}/{lead.optim.epochs}", leave=False,
             disable=None if lead.progress and self.world.is_main else True, unit="batch",
         )  # fmt: skip
         for step, batch in enumerate(bar):
-            if step < first_step:
+            if step < state.first_step:
                 continue  # replays the epoch's fixed order up to where a mid-epoch checkpoint stopped
             teacher_logits = self.teacher_logits(batch) if self.teacher_needed else None
-            for index, student in enumerate(students):
-                with self.autocast():
-                    logits = student.module(batch.inputs)
-                kd = student.config.kd
-                terms = loss_terms(
-                    kd.loss, logits.float(), teacher_logits, batch.targets, alpha=kd.alpha, tau=kd.tau
-                )
-                loss = sum(terms.values())
-                student.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                student.optimizer.step()
-                # Accumulated on the device: reading them here would stall the pipeline every step.
-                for name, value in {"loss": loss, **terms}.items():
-                    sums[index][name] = sums[index].get(name, zero) + value.detach() * len(batch.targets)
-                correct[index] += (logits.detach().argmax(dim=1) == batch.targets).sum()
-                bad = ~torch.isfinite(loss.detach()) & (first_bad_step[index] < 0)
-                first_bad_step[index] = torch.where(
-                    bad, torch.full_like(first_bad_step[index], step), first_bad_step[index]
-                )
-            seen += len(batch.targets)
-            if (step + 1) % stop_check_steps == 0 and step + 1 < len(self.train_loader):
-                signum = self.agreed_stop_signal()
+            train_step(students, batch, teacher_logits, state, step, self.autocast)
+            state.seen += len(batch.targets)
+            if (step + 1) % self.stop.check_every == 0 and step + 1 < len(self.train_loader):
+                signum = self.stop.agreed()
                 if signum is not None:
-                    self.raise_if_not_finite(students, first_bad_step, epoch)
-                    self.save_mid_epoch(students, epoch, step + 1, sums, correct, seen)
-                    raise self.interrupted(students, signum, f"at epoch {epoch + 1}, step {step + 1}")
-        count = self.world.all_reduce(torch.tensor(float(seen), device=self.device)).item()
+                    raise_if_not_finite(students, state, self.world, epoch)
+                    self.save_mid_epoch(students, epoch, step + 1, state)
+                    raise interrupted(students, signum, f"at epoch {epoch + 1}, step {step + 1}")
+        count = self.world.all_reduce(torch.tensor(float(state.seen), device=self.device)).item()
         train_time = time.perf_counter() - epoch_start  # after .item(), so the device's queue is done too
-        self.raise_if_not_finite(students, first_bad_step, epoch)
+        raise_if_not_finite(students, state, self.world, epoch)
         for index, student in enumerate(students):
-            names = sorted(sums[index])
-            stacked = self.world.all_reduce(torch.stack([sums[index][n] for n in names] + [correct[index]]))
-            values = (stacked / count).tolist()
+            totals = state.totals(index, self.world)
+            values = dict(zip(totals, (torch.stack(list(totals.values())) / count).tolist(), strict=True))
             test = self.evaluate(student.module, self.test_loader)
             row = {"epoch": epoch + 1, "lr": lr_at(student.config, epoch)}
-            row |= {f"train_{name}": value for name, value in zip(names, values[:-1], strict=True)}
+            row |= {f"train_{name}": value for name, value in values.items() if name != "correct"}
             row |= {
-                "train_acc_running": 100.0 * values[-1],
+                "train_acc_running": 100.0 * values["correct"],
                 "test_acc": test["acc"],
                 "test_loss": test["loss"],
             }
@@ -407,114 +266,12 @@ class Trainer:
             }
             self.end_epoch(student, row)
 
-    # -- stopping: non-finite losses and signals ---------------------------------------------
-
-    def raise_if_not_finite(self, students: list[Student], first_bad_step: list[Tensor], epoch: int) -> None:
-        """A UserError naming epoch and step if a student's loss was NaN or inf (on any rank).
-
-        Raised before anything of the epoch is saved, so ``last.pt`` stays the last good checkpoint.
-        """
-        never = 2**62
-        for index, student in enumerate(students):
-            step = first_bad_step[index].clone()
-            step = self.world.all_reduce(torch.where(step < 0, torch.full_like(step, never), step), "min")
-            if int(step.item()) != never:
-                last = student.run.last_checkpoint
-                kept = (
-                    f"{last} keeps the last good state: lower --lr or check the data, then --resume"
-                    if last.is_file()
-                    else "no checkpoint was saved: lower --lr or check the data, then --overwrite"
-                )
-                raise UserError(
-                    f"{student.run.path}: the loss became NaN or inf at epoch {epoch + 1}, step "
-                    f"{int(step.item()) + 1}; {kept}"
-                )
-
-    def epoch_start_sums(
-        self, students: list[Student]
-    ) -> tuple[list[dict[str, Tensor]], list[Tensor], list[Tensor], int, int]:
-        """Per student: loss-term sums, correct count, first non-finite step (-1: none); then samples
-        seen and steps done. Zero at an epoch's start; after a mid-epoch checkpoint its totals (over
-        all ranks, kept by rank 0; the other ranks start from zero) and its step."""
-        zero = torch.zeros((), device=self.device)
-        saved = [student.progress for student in students]
-        for student in students:
-            student.progress = None  # used once: the next epoch starts from zero
-        keep = self.world.is_main and saved[0] is not None
-        sums = [
-            {
-                name: value.to(self.device) if keep else zero.clone()
-                for name, value in progress["sums"].items()
-            }
-            if progress is not None
-            else {}
-            for progress in saved
-        ]
-        correct = [progress["correct"].to(self.device) if keep else zero.clone() for progress in saved]
-        first_bad_step = [torch.full((), -1, device=self.device) for _ in students]
-        seen = saved[0]["seen"] if keep else 0
-        return sums, correct, first_bad_step, seen, saved[0]["step"] if saved[0] is not None else 0
-
-    def save_mid_epoch(
-        self,
-        students: list[Student],
-        epoch: int,
-        step: int,
-        sums: list[dict[str, Tensor]],
-        correct: list[Tensor],
-        seen: int,
-    ) -> None:
+    def save_mid_epoch(self, students: list[Student], epoch: int, step: int, state: EpochState) -> None:
         """``last.pt`` of each student after ``step`` steps of ``epoch`` (0-based), with the running
         sums of all ranks, so that ``--resume`` continues the epoch at the next step."""
-        seen_total = int(self.world.all_reduce(torch.tensor(seen, device=self.device)).item())
-        for index, student in enumerate(students):
-            names = sorted(sums[index])
-            totals = self.world.all_reduce(torch.stack([sums[index][n] for n in names] + [correct[index]]))
-            progress = {
-                "step": step,
-                "seen": seen_total,
-                "sums": {name: total.clone() for name, total in zip(names, totals[:-1], strict=True)},
-                "correct": totals[-1].clone(),
-            }
+        for student, progress in zip(students, state.progress(step, self.world), strict=True):
             if self.world.is_main:
-                atomic_torch_save(self.checkpoint(student, epoch, progress), student.run.last_checkpoint)
-
-    def agreed_stop_signal(self) -> int | None:
-        """The signal that asked this run to stop, or None; with several processes, agreed by all
-        ranks (a collective: every rank must call it at the same step)."""
-        if self.world.size == 1:
-            return self.stop_signal
-        flag = torch.tensor(self.stop_signal or 0, device=self.device)
-        return int(self.world.all_reduce(flag, "max").item()) or None
-
-    def interrupted(self, students: list[Student], signum: int, when: str) -> RunInterrupted:
-        folders = ", ".join(str(student.run.path) for student in students)
-        return RunInterrupted(
-            f"stopped by {signal.Signals(signum).name} {when}; checkpoint saved in {folders}: "
-            "continue with --resume",
-            signum,
-        )
-
-    @contextlib.contextmanager
-    def stop_on_signals(self) -> Any:
-        """While training, SIGTERM and SIGINT ask the loop to stop after the current step, save a
-        checkpoint and raise :class:`RunInterrupted`; a second SIGINT (Ctrl-C twice) stops at once,
-        keeping the previous checkpoint. Handlers can only be set from the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = self.stop_signal or signum
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                atomic_torch_save(student.checkpoint(epoch, progress), student.run.last_checkpoint)
 
     def end_epoch(self, student: Student, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
@@ -524,7 +281,7 @@ class Trainer:
         student.metrics.append(row)
         if not self.world.is_main:
             return
-        checkpoint = self.checkpoint(student, epoch)
+        checkpoint = student.checkpoint(epoch)
         if improved:
             atomic_torch_save(checkpoint, student.run.best_checkpoint)
         atomic_torch_save(checkpoint, student.run.last_checkpoint)
@@ -624,33 +381,6 @@ class Trainer:
         return summaries
 
 
-def _tensorboard_writer(config: RunConfig, run: RunFolder) -> Any:
-    if not config.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # TensorBoard is an optional extra
-        return None
-    return SummaryWriter(log_dir=str(run.path / "tensorboard"))
-
-
-def _check_lockstep(configs: list[RunConfig]) -> None:
-    lead = configs[0]
-    shared = ("data", "seed", "device", "amp", "channels_last")
-    for config in configs[1:]:
-        for key in shared:
-            if getattr(config, key) != getattr(lead, key):
-                raise UserError(f"lockstep students must share '{key}': run them separately")
-        if config.kd.teacher != lead.kd.teacher:
-            raise UserError("lockstep students must share the teacher: run them separately")
-        if config.kd.cache != lead.kd.cache:  # the cache replaces the teacher for the whole group
-            raise UserError("lockstep students must share 'kd.cache': run them separately")
-        if (config.optim.batch_size, config.optim.epochs) != (lead.optim.batch_size, lead.optim.epochs):
-            raise UserError(
-                "lockstep students must share optim.batch_size and optim.epochs: run them separately"
-            )
-
-
 def train_lockstep(
     configs: list[RunConfig], resume: bool = False, overwrite: bool = False
 ) -> list[dict[str, Any]]:
@@ -658,7 +388,7 @@ def train_lockstep(
 
     Finished runs (with ``resume``) are returned from their summary.json without training.
     """
-    _check_lockstep(configs)
+    check_group(configs)
     pending = []
     summaries: dict[int, dict[str, Any]] = {}
     for index, config in enumerate(configs):
