@@ -7,7 +7,18 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses import kd_loss, kl_div, label_matching, loss_terms, mse_logits
+from kdlab.losses import (
+    decoupled_kd,
+    dist_relations,
+    kd_loss,
+    kl_div,
+    label_matching,
+    loss_spec,
+    loss_terms,
+    mse_logits,
+    needs_teacher,
+    smooth_l1_logits,
+)
 
 B, K = 6, 10
 
@@ -150,8 +161,8 @@ def test_kd_loss_tau_zero_is_label_matching_and_terms_are_named() -> None:
     [
         (1.5, 4.0, "alpha=1.5 is outside [0, 1]"),
         (-0.1, 4.0, "outside [0, 1]"),
-        (0.5, -1.0, "tau=-1.0 is invalid"),
-        (0.5, float("nan"), "tau=nan is invalid"),
+        (0.5, -1.0, "kd.tau=-1.0 is outside [0, inf]: use a temperature >= 0"),
+        (0.5, float("nan"), "kd.tau=nan is not a number in [0, inf]"),
     ],
 )
 def test_bad_alpha_tau_are_user_errors(alpha: float, tau: float, message: str) -> None:
@@ -164,3 +175,163 @@ def test_unknown_loss_suggests_closest() -> None:
     s, t, y = logits(9)
     with pytest.raises(UserError, match="did you mean mse"):
         loss_terms("mes", s, t, y)
+
+
+# --- the losses that came after the paper, against their papers' formulas --------------------------
+
+
+def np_log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def np_kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row, 0 * log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(axis=1)
+
+
+def np_dkd(s: np.ndarray, t: np.ndarray, y: np.ndarray, tau: float) -> tuple[float, float]:
+    """Zhao et al. (CVPR 2022), Eqs. 1-2: b = (p_y, 1 - p_y), q = p over the non-target classes renormalised."""
+    rows = np.arange(len(y))
+    ps, pt = np_softmax(s / tau), np_softmax(t / tau)
+    b_s = np.stack([ps[rows, y], 1 - ps[rows, y]], axis=1)
+    b_t = np.stack([pt[rows, y], 1 - pt[rows, y]], axis=1)
+    others = np.ones_like(ps, dtype=bool)
+    others[rows, y] = False
+    q_s = ps[others].reshape(len(y), -1) / b_s[:, 1:]
+    q_t = pt[others].reshape(len(y), -1) / b_t[:, 1:]
+    return tau**2 * np_kl_rows(b_t, b_s).mean(), tau**2 * np_kl_rows(q_t, q_s).mean()
+
+
+def test_dkd_hand_computed_three_classes() -> None:
+    # p_s = (1/3, 1/3, 1/3); teacher logits (0, ln 3, 0): p_t = (1/5, 3/5, 1/5); target class 0.
+    # b_t = (0.2, 0.8), b_s = (1/3, 2/3); q_t = (3/4, 1/4), q_s = (1/2, 1/2).
+    s = torch.zeros(1, 3, dtype=torch.float64)
+    t = torch.tensor([[0.0, math.log(3.0), 0.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    tckd, nckd = decoupled_kd(s, t, y, tau=1.0)
+    assert tckd.item() == pytest.approx(0.2 * math.log(0.6) + 0.8 * math.log(1.2), rel=1e-12)
+    assert nckd.item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-12)
+    # The paper's Eq. 3: KD = TCKD + (1 - p^t_y) NCKD.
+    assert kl_div(s, t, 1.0).item() == pytest.approx(tckd.item() + 0.8 * nckd.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dkd_matches_independent_float64_and_kd_decomposition(tau: float) -> None:
+    s, t, y = logits(10)
+    tckd, nckd = decoupled_kd(s, t, y, tau)
+    ref_tckd, ref_nckd = np_dkd(s.numpy(), t.numpy(), y.numpy(), tau)
+    assert tckd.item() == pytest.approx(ref_tckd, rel=1e-10)
+    assert nckd.item() == pytest.approx(ref_nckd, rel=1e-10)
+    # Per sample, tau^2 KL = TCKD_i + (1 - p^t_y,i) NCKD_i; check it row by row.
+    weight = 1 - torch.softmax(t / tau, dim=1)[torch.arange(B), y]
+    for i in range(B):
+        row = slice(i, i + 1)
+        tckd_i, nckd_i = decoupled_kd(s[row], t[row], y[row], tau)
+        assert kl_div(s[row], t[row], tau).item() == pytest.approx(
+            (tckd_i + weight[i] * nckd_i).item(), rel=1e-10
+        )
+    assert torch.autograd.gradcheck(lambda x: sum(decoupled_kd(x, t, y, tau)), s.clone().requires_grad_(True))
+
+
+def test_dkd_terms_weights_and_warmup() -> None:
+    s, t, y = logits(11)
+    tckd, nckd = decoupled_kd(s, t, y, 4.0)
+    ce = torch.nn.functional.cross_entropy(s, y)
+    full = loss_terms("dkd", s, t, y, epoch=30, alpha=1.0, beta=8.0, tau=4.0, warmup=20)
+    assert set(full) == {"ce", "tckd", "nckd"}
+    assert full["ce"].item() == pytest.approx(ce.item())  # cross-entropy at weight 1, as in the paper
+    assert full["tckd"].item() == pytest.approx(tckd.item()) and full["nckd"].item() == pytest.approx(
+        8 * nckd.item()
+    )
+    # mdistiller's linear warm-up min(epoch / warmup, 1), 1-based epochs: epoch 5 of 20 -> 1/4.
+    ramp = loss_terms("dkd", s, t, y, epoch=5, alpha=2.0, beta=8.0, tau=4.0, warmup=20)
+    assert ramp["tckd"].item() == pytest.approx(0.25 * 2 * tckd.item())
+    assert ramp["nckd"].item() == pytest.approx(0.25 * 8 * nckd.item())
+    no_warmup = loss_terms("dkd", s, t, y, epoch=1, alpha=1.0, beta=0.0, tau=4.0, warmup=0)
+    assert set(no_warmup) == {"ce", "tckd"} and no_warmup["tckd"].item() == pytest.approx(tckd.item())
+    with pytest.raises(UserError, match=r"kd.tau=0.0 is outside \(0, inf\)"):
+        loss_terms("dkd", s, t, y, epoch=1, tau=0.0)
+
+
+def np_pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array([np.corrcoef(row_a, row_b)[0, 1] for row_a, row_b in zip(a, b, strict=True)])
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_dist_matches_independent_float64(tau: float) -> None:
+    s, t, y = logits(12)
+    inter, intra = dist_relations(s, t, tau)
+    ys, yt = np_softmax(s.numpy() / tau), np_softmax(t.numpy() / tau)
+    # Huang et al. (NeurIPS 2022), Eqs. 4-6: 1 - mean Pearson over samples (rows) and over classes (columns).
+    assert inter.item() == pytest.approx(tau**2 * (1 - np_pearson_rows(ys, yt).mean()), rel=1e-6)
+    assert intra.item() == pytest.approx(tau**2 * (1 - np_pearson_rows(ys.T, yt.T).mean()), rel=1e-6)
+    terms = loss_terms("dist", s, t, y, beta=2.0, gamma=0.5, tau=tau)
+    assert set(terms) == {"ce", "inter", "intra"}
+    assert terms["inter"].item() == pytest.approx(2 * inter.item())
+    assert terms["intra"].item() == pytest.approx(0.5 * intra.item())
+    assert torch.autograd.gradcheck(lambda x: sum(dist_relations(x, t, tau)), s.clone().requires_grad_(True))
+
+
+def test_dist_hand_computed_and_invariances() -> None:
+    # Two classes: a row (p, 1 - p) centred is (p - 1/2)(1, -1), so the per-sample Pearson correlation
+    # is +1 when student and teacher favour the same class and -1 otherwise.
+    s = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    inter, _ = dist_relations(s, t, 1.0)
+    assert inter.item() == pytest.approx(1 - (1 - 1 + 1) / 3, abs=1e-7)
+    # Perfect relations: a student equal to the teacher loses nothing (up to the eps = 1e-8 that DIST's
+    # code adds to the denominator, here about tau^2 * eps / ||centred Y_i||^2 ~ 1e-5).
+    _, t2, _ = logits(13)
+    inter, intra = dist_relations(t2, t2, 4.0)
+    assert inter.item() == pytest.approx(0, abs=1e-4) and intra.item() == pytest.approx(0, abs=1e-4)
+
+
+def test_logit_standardization_is_kl_of_zscored_logits() -> None:
+    s, t, y = logits(14)
+    tau = 2.0
+    # Sun et al. (CVPR 2024): Z(z) = (z - mean z) / std z per sample (std Bessel-corrected as their code),
+    # then the usual tau^2 KL at the base temperature.
+    z_s = (s.numpy() - s.numpy().mean(1, keepdims=True)) / (s.numpy().std(1, ddof=1, keepdims=True) + 1e-7)
+    z_t = (t.numpy() - t.numpy().mean(1, keepdims=True)) / (t.numpy().std(1, ddof=1, keepdims=True) + 1e-7)
+    expected = tau**2 * np_kl_rows(np_softmax(z_t / tau), np.exp(np_log_softmax(z_s / tau))).mean()
+    terms = loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=True)
+    assert set(terms) == {"kl"} and terms["kl"].item() == pytest.approx(expected, rel=1e-9)
+    # The point of the method: the student's logit scale and shift no longer matter.
+    moved = loss_terms("kl", 3.0 * s + 5.0, t, y, alpha=1.0, tau=tau, standardize=True)["kl"]
+    assert moved.item() == pytest.approx(expected, rel=1e-6)
+    assert loss_terms("kl", s, t, y, alpha=1.0, tau=tau)["kl"].item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_smooth_logit_hand_computed() -> None:
+    # SmoothL1 with beta 1: 0.5 d^2 for |d| < 1, |d| - 0.5 otherwise; mean over batch and classes.
+    s = torch.tensor([[0.5, 2.0], [0.0, -3.0]])
+    t = torch.zeros(2, 2)
+    expected = (0.5 * 0.25 + 1.5 + 0.0 + 2.5) / 4
+    assert smooth_l1_logits(s, t).item() == pytest.approx(expected)
+    y = torch.tensor([0, 1])
+    assert loss_terms("smooth_logit", s, t, y)["smooth_l1"].item() == pytest.approx(expected)
+    half = loss_terms("smooth_logit", s, t, y, alpha=0.5)
+    assert half["smooth_l1"].item() == pytest.approx(0.5 * expected) and set(half) == {"ce", "smooth_l1"}
+
+
+def test_registrations_give_names_labels_ranges_and_teacher_needs() -> None:
+    from kdlab.config import DistillConfig
+
+    kd = DistillConfig(loss="kl", alpha=0.9, tau=math.inf)
+    assert loss_spec("kl").run_tokens(kd) == ["kl", "a0.9", "tinf"]
+    assert loss_spec("kl").describe(kd) == "KL alpha=0.9 tau=inf"
+    assert loss_spec("kl").describe(DistillConfig(tau=2.0, standardize=True)) == "KL+LS tau=2"
+    assert loss_spec("kl").run_tokens(DistillConfig(tau=2.0, standardize=True)) == ["kl", "ls", "a1", "t2"]
+    assert loss_spec("dkd").run_tokens(DistillConfig()) == ["dkd", "a1", "b8", "t4", "w20"]
+    assert loss_spec("dkd").describe(DistillConfig(dkd_beta=6.0)) == "DKD beta=6 tau=4"
+    assert loss_spec("dist").describe(DistillConfig()) == "DIST tau=4"
+    assert loss_spec("mse").describe(DistillConfig(alpha=0.5)) == "MSE alpha=0.5"
+    assert not needs_teacher("ce") and all(needs_teacher(name) for name in ("kl", "mse", "dkd", "dist"))
+    assert loss_spec("dkd").reads == {"teacher_logits", "epoch"}
+    with pytest.raises(UserError, match=r"kd.dkd_warmup=2.5 must be a whole number"):
+        loss_spec("dkd").check(DistillConfig(dkd_warmup=2.5))
+    with pytest.raises(UserError, match=r"kd.dist_gamma=-1.0 is outside \[0, inf\]"):
+        loss_spec("dist").check(DistillConfig(dist_gamma=-1.0))
+    loss_spec("mse").check(DistillConfig(tau=-1.0))  # tau is not an MSE hyperparameter: not checked

@@ -5,7 +5,6 @@ A mistake in the user's input (``UserError``) is printed as one line on stderr w
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -51,16 +50,6 @@ NProc = Annotated[
 ]
 
 
-def parse_tau(text: str | None) -> float | None:
-    """'inf' -> math.inf, '0' -> 0.0, '4' -> 4.0."""
-    if text is None:
-        return None
-    try:
-        return math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
-    except ValueError:
-        raise UserError(f"--tau {text!r} is not a number: use e.g. --tau 4, --tau inf or --tau 0") from None
-
-
 def run_flags(**flags: Any) -> dict[str, Any]:
     """CLI flags -> the nested config dict (None means: not given)."""
     return {
@@ -84,7 +73,7 @@ def run_flags(**flags: Any) -> dict[str, Any]:
             "teacher": flags.get("teacher"),
             "loss": flags.get("loss"),
             "alpha": flags.get("alpha"),
-            "tau": parse_tau(flags.get("tau")),
+            "tau": flags.get("tau"),  # parsed with every other number, in kdlab.config
         },
     }
 
@@ -138,7 +127,9 @@ def distill(
     ],
     dataset: Dataset = None,
     model: Model = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="ce, kl or mse")] = None,
+    loss: Annotated[
+        str | None, typer.Option("--loss", help="ce, kl, mse, smooth_logit, dkd or dist (kdlab.losses)")
+    ] = None,
     alpha: Annotated[float | None, typer.Option("--alpha", help="weight of the KD term, in [0, 1]")] = None,
     tau: Annotated[str | None, typer.Option("--tau", help="temperature: a number, inf or 0")] = None,
     out: Out = None,
@@ -157,9 +148,9 @@ def distill(
     overwrite: Overwrite = False,
     nproc: NProc = 1,
 ) -> None:
-    """Distill a student from a teacher with the ce, kl or mse loss."""
+    """Distill a student from a teacher with a registered loss (default kl)."""
     flags = run_flags(**locals())
-    flags["kd"]["teacher"] = teacher[0] if len(teacher) == 1 else list(teacher)
+    flags["kd"]["teacher"] = list(teacher)  # one spec or an ensemble: kdlab.config settles the form
     flags["kd"]["loss"] = loss or "kl"
     _train_and_report(config, flags, set_, resume, overwrite)
 
@@ -278,9 +269,8 @@ def chain(
     flags = run_flags(
         **{key: value for key, value in locals().items() if key not in ("stage", "out", "teacher")}
     )
-    first_teacher = None if not teacher else teacher[0] if len(teacher) == 1 else list(teacher)
     stages = [parse_stage(text) for text in stage]
-    for summary in run_chain(stages, out, config, flags, set_, first_teacher, log=typer.echo):
+    for summary in run_chain(stages, out, config, flags, set_, teacher or None, log=typer.echo):
         _print_summary(summary)
 
 
@@ -302,8 +292,7 @@ def analyze(
         chosen = [int(part) for part in classes.split(",")]
     except ValueError:
         raise UserError(f"--classes {classes!r} must be three class indices, e.g. --classes 0,1,2") from None
-    spec = None if not teacher else teacher[0] if len(teacher) == 1 else list(teacher)
-    results = analyze_runs(runs, spec, out, chosen, data_dir, device or "auto", log=typer.echo)
+    results = analyze_runs(runs, teacher or None, out, chosen, data_dir, device or "auto", log=typer.echo)
     for entry in results["runs"].values():
         parts = [
             f"train acc {entry['train_acc']:.2f}%",

@@ -37,9 +37,17 @@ class DataConfig:
 @dataclass
 class DistillConfig:
     teacher: str | list[str] | None = None  # run folder(s) or checkpoint(s); a list is an ensemble
-    loss: str = "ce"  # ce | kl | mse
-    alpha: float = 1.0  # weight of the KD term; (1 - alpha) weights cross-entropy
-    tau: float = 4.0  # temperature; inf = logit matching, 0 = label matching
+    loss: str = "ce"  # a registered loss (kdlab.losses): ce | kl | mse | smooth_logit | dkd | dist
+    # Loss hyperparameters. Each loss reads the ones its registration names (kdlab.losses), which
+    # also gives their valid ranges; the defaults below are the CIFAR-100 settings of each method.
+    alpha: float = 1.0  # kl, mse, smooth_logit: weight of the KD term; (1 - alpha) weights cross-entropy
+    tau: float = 4.0  # kl, dkd, dist: temperature; kl also takes inf (logit matching) and 0 (label matching)
+    standardize: bool = False  # kl: z-score both logits per sample first (logit standardization)
+    dkd_alpha: float = 1.0  # dkd: weight of TCKD, the target-class term
+    dkd_beta: float = 8.0  # dkd: weight of NCKD, the non-target-class term
+    dkd_warmup: int = 20  # dkd: epochs over which the DKD terms ramp up linearly (0: none)
+    dist_beta: float = 2.0  # dist: weight of the inter-class relation
+    dist_gamma: float = 2.0  # dist: weight of the intra-class relation
     cache: bool = False  # look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache)
     cache_dir: str | None = None  # default $KDLAB_CACHE_DIR/teacher-logits
     cache_limit_gb: float = 8.0  # refuse to build a cache larger than this
@@ -79,11 +87,14 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise a UserError for values no run can use; return self."""
-        from kdlab.losses import LOSSES, check_alpha_tau
+        from kdlab.losses import loss_spec
+        from kdlab.teacher import teacher_specs
 
-        check_alpha_tau(self.kd.alpha, self.kd.tau)
-        LOSSES.get(self.kd.loss)
-        if self.kd.loss != "ce" and not self.kd.teacher:
+        spec = loss_spec(self.kd.loss)
+        spec.check(self.kd)
+        specs = teacher_specs(self.kd.teacher)  # one form per meaning: a single teacher is a string
+        self.kd.teacher = None if not specs else specs[0] if len(specs) == 1 else specs
+        if spec.needs_teacher and not specs:
             raise UserError(f"--loss {self.kd.loss} needs a teacher: pass --teacher RUN_OR_CHECKPOINT")
         for name, value in [("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size)]:
             if value < 1:
@@ -122,7 +133,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-    elif annotation is float:
+    elif annotation is float:  # the one parser of numbers from YAML, --set and flags such as --tau
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):

@@ -1,10 +1,11 @@
-"""The distillation losses of Kim et al. (IJCAI 2021), as pure functions of logits.
+"""Distillation losses as pure functions of logits, and the one registry that says what each loss is.
 
-Notation: ``s`` = student logits, ``t`` = teacher logits, both ``[B, K]``; ``p(tau) =
-softmax(z / tau)``. Every loss returns a scalar: the mean over the batch (``mse_logits`` also
-averages over classes, the official code's reduction).
+Notation: ``s`` = student logits, ``t`` = teacher logits, both ``[B, K]``; ``y`` the labels ``[B]``;
+``p(tau) = softmax(z / tau)``. Every loss returns a scalar: the mean over the batch (``mse_logits``
+and ``smooth_l1_logits`` also average over classes, the official code's reduction).
 
-The tau limits are real losses, not hand-written gradients:
+The paper's losses (Kim et al., IJCAI 2021). The tau limits are real losses, not hand-written
+gradients:
 
 - ``tau -> inf``: ``tau^2 * KL -> (1 / 2K) * ||(s - mean s) - (t - mean t)||^2`` (logit matching);
 - ``tau -> 0``: ``tau * KL -> max_j s_j - s[argmax t]`` (label matching), whose gradient is
@@ -12,13 +13,22 @@ The tau limits are real losses, not hand-written gradients:
 
 The KL is evaluated in float64: at large tau it is a difference of nearly equal log-probabilities
 (of order 1/tau^2 against terms of order 1), which float32 would bury in rounding. The cost is
-B*K elementwise operations, nothing next to a network's forward pass.
+B*K elementwise operations, nothing next to a network's forward pass. The later logit losses
+(DKD, DIST, logit standardization) are computed in float64 too, for the same low cost.
+
+A loss declares itself once, with :func:`register_loss`: its report label, the outputs it reads
+(teacher logits, penultimate features, the epoch) and its hyperparameters, each a field of
+``kdlab.config.DistillConfig`` with its valid range and run-name token. Config validation, run
+names, chain stages, report columns and labels are all derived from that declaration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +36,6 @@ from torch import Tensor
 
 from kdlab.errors import UserError
 from kdlab.registry import Registry
-
-
-def check_alpha_tau(alpha: float, tau: float) -> None:
-    """Raise a UserError unless ``0 <= alpha <= 1`` and ``tau >= 0`` (``math.inf`` allowed)."""
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise UserError(f"alpha={alpha} is outside [0, 1]: alpha weights the KD term, e.g. --alpha 0.9")
-    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau < 0:
-        raise UserError(
-            f"tau={tau} is invalid: use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)"
-        )
 
 
 def logit_matching(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -102,10 +102,296 @@ def kd_loss(
     return sum(loss_terms("kl", student_logits, teacher_logits, targets, alpha=alpha, tau=tau).values())
 
 
-# --- the training step's contract: a loss is a dict of named, already weighted terms -------------
+def smooth_l1_logits(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """SmoothL1 (Huber, beta = 1) between logits, mean over batch and classes: PyTorch's default
+    ``SmoothL1Loss``, the official code's ``--logit smooth_logit``."""
+    return F.smooth_l1_loss(student_logits, teacher_logits)
 
-LossTerms = Callable[..., dict[str, Tensor]]
-LOSSES: Registry[LossTerms] = Registry("loss")
+
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per-sample z-score ``(z - mean_k z) / (std_k z + eps)`` (Sun et al., CVPR 2024).
+
+    ``std`` is Bessel-corrected (divides by K - 1) with ``eps = 1e-7``, as in the official code; the
+    paper's 1/K version differs by the constant factor ``sqrt(K / (K - 1))``, i.e. a slightly
+    different base temperature.
+    """
+    centred = logits - logits.mean(dim=1, keepdim=True)
+    return centred / (logits.std(dim=1, keepdim=True) + eps)
+
+
+def decoupled_kd(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, tau: float
+) -> tuple[Tensor, Tensor]:
+    """``(TCKD, NCKD)`` of Decoupled KD (Zhao et al., CVPR 2022), each times ``tau^2``, batch means.
+
+    With ``p = softmax(z / tau)`` and ``y`` the label: TCKD is the KL between the binary
+    distributions ``b = (p_y, 1 - p_y)`` of teacher and student, ``KL(b^t || b^s)``; NCKD is the KL
+    between the distributions over the non-target classes, ``q_k = softmax_{k != y}(z_k / tau)``,
+    ``KL(q^t || q^s)``. The classical KD loss is ``TCKD + (1 - p^t_y) * NCKD`` (the paper's Eq. 3),
+    which the tests check. ``log(1 - p_y)`` is a log-sum-exp over the other classes, so nothing
+    underflows when ``p_y`` is near 1 (mdistiller takes the log of the probabilities instead).
+    """
+    target = F.one_hot(targets, student_logits.shape[1]).bool()
+
+    def binary_log(logits: Tensor) -> Tensor:  # [B, 2]: log p_y, log(1 - p_y)
+        log_p = F.log_softmax(logits.double() / tau, dim=1)
+        log_rest = torch.logsumexp(log_p.masked_fill(target, -math.inf), dim=1)
+        return torch.stack([log_p.gather(1, targets[:, None]).squeeze(1), log_rest], dim=1)
+
+    def non_target_log(logits: Tensor) -> Tensor:  # [B, K], 0 at the target (masked out below)
+        log_q = F.log_softmax((logits.double() / tau).masked_fill(target, -math.inf), dim=1)
+        return log_q.masked_fill(target, 0.0)
+
+    log_b_student, log_b_teacher = binary_log(student_logits), binary_log(teacher_logits)
+    tckd = (log_b_teacher.exp() * (log_b_teacher - log_b_student)).sum(dim=1).mean()
+    log_q_student, log_q_teacher = non_target_log(student_logits), non_target_log(teacher_logits)
+    q_teacher = log_q_teacher.exp().masked_fill(target, 0.0)
+    nckd = (q_teacher * (log_q_teacher - log_q_student)).sum(dim=1).mean()
+    scale = tau * tau
+    return (scale * tckd).to(student_logits.dtype), (scale * nckd).to(student_logits.dtype)
+
+
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` ``[N]`` (``eps`` as DIST's code)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_relations(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """``(inter, intra)`` relation losses of DIST (Huang et al., NeurIPS 2022), each times ``tau^2``.
+
+    With ``Y = softmax(Z / tau)`` ``[B, K]``: inter-class = ``1 - mean_i rho(Y^s_i., Y^t_i.)`` (each
+    sample's class distribution), intra-class = ``1 - mean_k rho(Y^s_.k, Y^t_.k)`` (each class's scores
+    over the batch), ``rho`` the Pearson correlation. The intra-class term needs a batch of 2 or more.
+    """
+    y_student = F.softmax(student_logits.double() / tau, dim=1)
+    y_teacher = F.softmax(teacher_logits.double() / tau, dim=1)
+    inter = 1 - _pearson_rows(y_student, y_teacher).mean()
+    intra = 1 - _pearson_rows(y_student.T, y_teacher.T).mean()
+    scale = tau * tau
+    return (scale * inter).to(student_logits.dtype), (scale * intra).to(student_logits.dtype)
+
+
+# --- the registry: what each loss is, declared once -----------------------------------------------
+
+# What the training step can hand a loss beyond the student's logits and the labels.
+INPUTS = ("teacher_logits", "student_features", "teacher_features", "epoch")
+TEACHER_INPUTS = ("teacher_logits", "teacher_features")
+
+
+def format_value(value: Any) -> str:
+    """How run names and labels show a hyperparameter: 0.9 -> '0.9', 1.0 -> '1', inf -> 'inf'."""
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Param:
+    """A hyperparameter of a loss: the field ``kd.FIELD`` of the run config it reads.
+
+    ``name`` is the loss function's keyword, the short key of a chain stage and the report label;
+    ``token`` starts its run-name part (``a`` -> ``a0.9``; a true flag shows the bare token);
+    the value must lie in ``[low, high]`` (``open_low``/``open_high`` exclude the bound); a flag
+    (a bool field) adds ``+LABEL`` to the loss's label when true. Its default is the config
+    field's default, so that it is stated once (in ``kdlab.config``).
+    """
+
+    name: str
+    field: str
+    token: str
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    hide_default: bool = False  # the report label omits it at its default value
+    label: str | None = None  # defaults to ``name``
+    hint: str = ""  # the fix an error message suggests
+
+    @property
+    def default(self) -> Any:
+        from kdlab.config import DistillConfig
+
+        return DistillConfig.__dataclass_fields__[self.field].default
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+    def range_text(self) -> str:
+        return (
+            f"{'(' if self.open_low else '['}{format_value(float(self.low))}, "
+            f"{format_value(float(self.high))}{')' if self.open_high else ']'}"
+        )
+
+    def check(self, value: Any) -> None:
+        """A UserError naming ``kd.FIELD``, the value and the valid range unless ``value`` fits."""
+        key = f"kd.{self.field}"
+        if self.is_flag:
+            if not isinstance(value, bool):
+                raise UserError(f"{key}={value!r} must be true or false: {self.hint}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise UserError(f"{key}={value} is not a number in {self.range_text()}: {self.hint}")
+        if isinstance(self.default, int) and value != int(value):
+            raise UserError(f"{key}={value} must be a whole number in {self.range_text()}: {self.hint}")
+        below = value < self.low or (self.open_low and value == self.low)
+        above = value > self.high or (self.open_high and value == self.high)
+        if below or above:
+            raise UserError(f"{key}={value} is outside {self.range_text()}: {self.hint}")
+
+    def token_of(self, value: Any) -> str | None:
+        if self.is_flag:
+            return self.token if value else None
+        return f"{self.token}{format_value(value)}"
+
+    def label_of(self, value: Any) -> str | None:
+        if self.is_flag or (self.hide_default and value == self.default):
+            return None
+        return f"{self.label or self.name}={format_value(value)}"
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: ``terms(student_logits, targets, *, INPUTS it reads, hyperparameters)``
+    returns its named, already weighted terms (the training loss is their sum)."""
+
+    name: str
+    terms: Callable[..., dict[str, Tensor]]
+    label: str
+    params: tuple[Param, ...] = ()
+    reads: frozenset[str] = frozenset({"teacher_logits"})
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.reads & set(TEACHER_INPUTS))
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether the step must split the student (and teacher) into ``forward_features`` + ``classifier``."""
+        return bool(self.reads & {"student_features", "teacher_features"})
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The ``kd.*`` fields this loss reads (besides ``kd.loss`` and ``kd.teacher``)."""
+        return tuple(param.field for param in self.params)
+
+    def param(self, name: str) -> Param | None:
+        return next((param for param in self.params if param.name == name), None)
+
+    def hyperparameters(self, kd: Any) -> dict[str, Any]:
+        """``{name: value}`` of this loss's hyperparameters in ``kd`` (a DistillConfig)."""
+        return {param.name: getattr(kd, param.field) for param in self.params}
+
+    def check(self, kd: Any) -> None:
+        for param in self.params:
+            param.check(getattr(kd, param.field))
+
+    def run_tokens(self, kd: Any) -> list[str]:
+        """``["kl", "a0.9", "t20"]``: the loss name, then each hyperparameter's token."""
+        values = self.hyperparameters(kd)
+        tokens = [param.token_of(values[param.name]) for param in self.params]
+        return [self.name, *[token for token in tokens if token]]
+
+    def describe(self, kd: Any) -> str:
+        """The report label: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf', 'KL+LS tau=2', 'DKD tau=4'."""
+        values = self.hyperparameters(kd)
+        flags = [param.label or param.name for param in self.params if param.is_flag and values[param.name]]
+        parts = [param.label_of(values[param.name]) for param in self.params]
+        return " ".join(["+".join([self.label, *flags]), *[part for part in parts if part]])
+
+    def __call__(self, student_logits: Tensor, targets: Tensor, **given: Any) -> dict[str, Tensor]:
+        """The terms; ``given`` holds the inputs this loss reads and any hyperparameters (the others
+        take their defaults). Hyperparameters are range-checked, inputs must be present."""
+        inputs = {}
+        for name in sorted(self.reads):
+            if given.get(name) is None:
+                raise ValueError(f"loss {self.name} reads {name}, which the caller did not pass")
+            inputs[name] = given[name]
+        unknown = set(given) - set(INPUTS) - {param.name for param in self.params}
+        if unknown:
+            raise TypeError(f"loss {self.name} has no hyperparameter {', '.join(sorted(unknown))}")
+        values = {param.name: given.get(param.name, param.default) for param in self.params}
+        for param in self.params:
+            param.check(values[param.name])
+        return self.terms(student_logits, targets, **inputs, **values)
+
+
+LOSSES: Registry[dict[str, Tensor]] = Registry("loss")
+
+
+def register_loss(
+    name: str, *, label: str, params: tuple[Param, ...] = (), reads: tuple[str, ...] = ("teacher_logits",)
+) -> Callable[[Callable[..., dict[str, Tensor]]], Callable[..., dict[str, Tensor]]]:
+    """Register ``terms(student_logits, targets, *, <reads>, <params>) -> {term: tensor}`` as ``name``.
+
+    ``reads`` names what it needs beyond the student's logits and the labels (see ``INPUTS``): none
+    for a loss without a teacher. Each ``Param.field`` must be a field of ``DistillConfig``.
+    """
+    from kdlab.config import DistillConfig
+
+    unknown = [item for item in reads if item not in INPUTS]
+    if unknown:
+        raise ValueError(f"loss {name}: unknown input {unknown[0]!r}; inputs are {', '.join(INPUTS)}")
+    fields = {field.name for field in dataclasses.fields(DistillConfig)}
+    for param in params:
+        if param.field not in fields:
+            raise ValueError(
+                f"loss {name}: hyperparameter field kd.{param.field} is not a DistillConfig field"
+            )
+
+    def decorator(terms: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
+        LOSSES.register(name)(LossSpec(name, terms, label, tuple(params), frozenset(reads)))
+        return terms
+
+    return decorator
+
+
+def loss_spec(loss: str) -> LossSpec:
+    """The registration of ``loss`` (a UserError naming the valid losses when unknown)."""
+    spec = LOSSES.get(loss)
+    assert isinstance(spec, LossSpec)
+    return spec
+
+
+def loss_fields() -> tuple[str, ...]:
+    """Every ``kd.*`` field some registered loss reads, in registration order."""
+    return tuple(dict.fromkeys(field for name in LOSSES.registered() for field in loss_spec(name).fields))
+
+
+def loss_terms(
+    loss: str, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **given: Any
+) -> dict[str, Tensor]:
+    """The named, weighted terms of ``loss``; the training loss is their sum.
+
+    ``given``: hyperparameters by name (``alpha=0.9, tau=4``; missing ones take their defaults) and
+    the inputs the loss reads besides teacher logits (``epoch=``, ``student_features=``, ...).
+    'kl': ``{"ce": (1-alpha) CE, "kl": alpha kl_div}`` (``"label"`` at tau = 0); 'ce': ``{"ce": CE}``.
+    Zero-weight terms are omitted.
+    """
+    return loss_spec(loss)(student_logits, targets, teacher_logits=teacher_logits, **given)
+
+
+def needs_teacher(loss: str) -> bool:
+    """Whether ``loss`` reads the teacher (its logits or its features)."""
+    return loss_spec(loss).needs_teacher
+
+
+# --- the registered losses ----------------------------------------------------------------------
+
+ALPHA = Param(
+    "alpha", "alpha", "a", 0.0, 1.0, hide_default=True,
+    hint="alpha weights the KD term, e.g. --alpha 0.9",
+)  # fmt: skip
+TAU = Param(
+    "tau", "tau", "t", 0.0, math.inf,
+    hint="use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)",
+)  # fmt: skip
+POSITIVE_TAU = Param(
+    "tau", "tau", "t", 0.0, math.inf, open_low=True, open_high=True,
+    hint="this loss needs a finite temperature > 0, e.g. --tau 4",
+)  # fmt: skip
 
 
 def _with_ce(
@@ -118,49 +404,90 @@ def _with_ce(
     return weighted
 
 
-@LOSSES.register("ce")
-def _ce_terms(
-    student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, **_: float
+def _weighted(
+    student_logits: Tensor, targets: Tensor, terms: dict[str, tuple[float, Tensor]]
 ) -> dict[str, Tensor]:
+    """Cross-entropy at weight 1 plus ``weight * term`` for each term of positive weight."""
+    kept = {name: weight * value for name, (weight, value) in terms.items() if weight > 0}
+    return {"ce": F.cross_entropy(student_logits, targets), **kept}
+
+
+@register_loss("ce", label="CE", reads=())
+def _ce_terms(student_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
     return {"ce": F.cross_entropy(student_logits, targets)}
 
 
-@LOSSES.register("kl")
+@register_loss(
+    "kl", label="KL",
+    params=(Param("standardize", "standardize", "ls", label="LS",
+                  hint="logit standardization is on (true) or off (false)"), ALPHA, TAU),
+)  # fmt: skip
 def _kl_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float = 1.0, tau: float = 4.0
+    student_logits: Tensor,
+    targets: Tensor,
+    *,
+    teacher_logits: Tensor,
+    standardize: bool,
+    alpha: float,
+    tau: float,
 ) -> dict[str, Tensor]:
+    """The paper's KD loss; with ``standardize``, of z-scored logits (Sun et al., CVPR 2024)."""
+    if alpha == 0:
+        return _with_ce({}, student_logits, targets, alpha)
+    student, teacher = student_logits, teacher_logits
+    if standardize:
+        student, teacher = standardize_logits(student), standardize_logits(teacher)
     name = "label" if tau == 0 else "kl"
-    soft = soft_target_loss(student_logits, teacher_logits, tau) if alpha > 0 else None
-    return _with_ce({name: soft} if soft is not None else {}, student_logits, targets, alpha)
+    return _with_ce({name: soft_target_loss(student, teacher, tau)}, student_logits, targets, alpha)
 
 
-@LOSSES.register("mse")
+@register_loss("mse", label="MSE", params=(ALPHA,))
 def _mse_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float = 1.0, **_: float
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
 ) -> dict[str, Tensor]:
     soft = {"mse": mse_logits(student_logits, teacher_logits)} if alpha > 0 else {}
     return _with_ce(soft, student_logits, targets, alpha)
 
 
-def loss_terms(
-    loss: str,
-    student_logits: Tensor,
-    teacher_logits: Tensor | None,
-    targets: Tensor,
-    alpha: float = 1.0,
-    tau: float = 4.0,
+@register_loss("smooth_logit", label="SmoothL1", params=(ALPHA,))
+def _smooth_logit_terms(
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
 ) -> dict[str, Tensor]:
-    """The named, weighted terms of ``loss`` ('ce', 'kl' or 'mse'); the training loss is their sum.
-
-    'kl': ``{"ce": (1-alpha) CE, "kl": alpha kl_div}`` (``"label"`` instead of ``"kl"`` at tau = 0);
-    'mse': ``{"ce": (1-alpha) CE, "mse": alpha mse_logits}`` (the paper uses alpha = 1: no CE);
-    'ce': ``{"ce": CE}``, no teacher. Zero-weight terms are omitted.
-    """
-    check_alpha_tau(alpha, tau)
-    return LOSSES.get(loss)(student_logits, teacher_logits, targets, alpha=alpha, tau=tau)
+    soft = {"smooth_l1": smooth_l1_logits(student_logits, teacher_logits)} if alpha > 0 else {}
+    return _with_ce(soft, student_logits, targets, alpha)
 
 
-def needs_teacher(loss: str) -> bool:
-    """Whether ``loss`` reads teacher logits."""
-    LOSSES.get(loss)  # validates the name
-    return loss != "ce"
+@register_loss(
+    "dkd", label="DKD", reads=("teacher_logits", "epoch"),
+    params=(
+        Param("alpha", "dkd_alpha", "a", 0.0, hide_default=True, hint="DKD's weight of TCKD (target class), e.g. 1"),
+        Param("beta", "dkd_beta", "b", 0.0, hide_default=True, hint="DKD's weight of NCKD (non-target classes), e.g. 8"),
+        POSITIVE_TAU,
+        Param("warmup", "dkd_warmup", "w", 0.0, hide_default=True,
+              hint="the epochs over which DKD's terms ramp up linearly; 0 = from the start"),
+    ),
+)  # fmt: skip
+def _dkd_terms(
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, epoch: int,
+    alpha: float, beta: float, tau: float, warmup: int,
+) -> dict[str, Tensor]:  # fmt: skip
+    """``CE + w * (alpha * TCKD + beta * NCKD)``, ``w = min(epoch / warmup, 1)`` with 1-based epochs (mdistiller)."""
+    ramp = min(epoch / warmup, 1.0) if warmup > 0 else 1.0
+    tckd, nckd = decoupled_kd(student_logits, teacher_logits, targets, tau)
+    return _weighted(student_logits, targets, {"tckd": (ramp * alpha, tckd), "nckd": (ramp * beta, nckd)})
+
+
+@register_loss(
+    "dist", label="DIST",
+    params=(
+        Param("beta", "dist_beta", "b", 0.0, hide_default=True, hint="DIST's weight of the inter-class relation, e.g. 2"),
+        Param("gamma", "dist_gamma", "g", 0.0, hide_default=True, hint="DIST's weight of the intra-class relation, e.g. 2"),
+        POSITIVE_TAU,
+    ),
+)  # fmt: skip
+def _dist_terms(
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, beta: float, gamma: float, tau: float
+) -> dict[str, Tensor]:
+    """``CE + beta * inter + gamma * intra`` (Huang et al., NeurIPS 2022)."""
+    inter, intra = dist_relations(student_logits, teacher_logits, tau)
+    return _weighted(student_logits, targets, {"inter": (beta, inter), "intra": (gamma, intra)})

@@ -46,6 +46,14 @@ class Registry(Generic[T]):
             listed.extend(examples)
         return sorted(set(listed))
 
+    def registered(self) -> list[str]:
+        """Exact names in registration order."""
+        return list(self._exact)
+
+    def unregister(self, name: str) -> None:
+        """Remove an exact name (for tests that register a temporary entry)."""
+        self._exact.pop(name.lower(), None)
+
     def patterns(self) -> list[str]:
         return [pattern for _, pattern, _, _ in self._patterns]
 

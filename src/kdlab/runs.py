@@ -21,11 +21,14 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kdlab.errors import UserError
+
+if TYPE_CHECKING:
+    from kdlab.config import RunConfig
 
 CHECKPOINT_FORMAT = "kdlab-checkpoint-v1"
 
@@ -182,6 +185,26 @@ class RunFolder:
 
     def write_config(self, config_yaml: str) -> None:
         atomic_write_text(self.config_path, config_yaml)
+
+    def read_config(self) -> RunConfig:
+        """The RunConfig in ``config.yaml`` (its ``run_info`` block dropped); a UserError when the
+        file is missing or is not a kdlab config."""
+        import yaml
+
+        from kdlab.config import from_dict
+
+        if not self.config_path.is_file():
+            raise UserError(f"{self.path} has no config.yaml: pass a kdlab run folder")
+        try:
+            stored = yaml.safe_load(self.config_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise UserError(f"{self.config_path} is not valid YAML: the run folder is damaged") from None
+        if not isinstance(stored, dict):
+            raise UserError(
+                f"{self.config_path} does not hold a mapping of config keys: the run folder is damaged"
+            )
+        stored.pop("run_info", None)
+        return from_dict(stored)
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:

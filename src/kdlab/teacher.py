@@ -22,6 +22,15 @@ from kdlab.runs import load_checkpoint, resolve_checkpoint, unreadable_reason
 FOREIGN_PREFIX = "torchvision:"
 
 
+def teacher_specs(value: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """A teacher setting as a list of specs: None or empty -> ``[]``, one spec -> ``[spec]``, a list
+    (an ensemble) -> its specs. The one place where ``kd.teacher``'s two forms are told apart."""
+    if not value:
+        return []
+    items = [value] if isinstance(value, (str, Path)) else list(value)
+    return [str(item) for item in items]
+
+
 def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file."""
     checkpoint = load_checkpoint(resolve_checkpoint(spec), map_location)
@@ -145,8 +154,7 @@ class EnsembleTeacher(nn.Module):
 
 def load_teacher(spec: str | Path | Sequence[str | Path], device: torch.device) -> nn.Module:
     """A frozen teacher in eval mode on ``device``; a list of specs gives an ``EnsembleTeacher``."""
-    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    members = [teacher_member(item) for item in specs]
+    members = [teacher_member(item) for item in teacher_specs(spec)]
     counts = {member.num_classes for member in members}
     if len(counts) > 1:
         raise UserError(

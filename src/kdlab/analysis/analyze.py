@@ -33,9 +33,9 @@ from kdlab.analysis.metrics import (
     wasserstein_1d,
 )
 from kdlab.analysis.plots import plot_histograms, plot_projections
-from kdlab.analysis.records import read_config, run_label
+from kdlab.analysis.records import run_label
 from kdlab.errors import UserError
-from kdlab.runs import atomic_write_json
+from kdlab.runs import RunFolder, atomic_write_json
 from kdlab.teacher import load_teacher
 
 HISTOGRAM_BINS = 40
@@ -115,7 +115,7 @@ def analyze_runs(
 
     if not runs:
         raise UserError("kdlab analyze needs at least one run folder")
-    configs = [read_config(run) for run in runs]
+    configs = [RunFolder(run).read_config() for run in runs]
     data = configs[0].data
     for run, config in zip(runs, configs, strict=True):
         same = (config.data.name, config.data.subset, config.data.subset_seed) == (

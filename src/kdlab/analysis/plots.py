@@ -74,16 +74,23 @@ def tau_label(tau: float) -> str:
 
 
 def plot_heatmap(
-    values: np.ndarray, alphas: Sequence[float], taus: Sequence[float], title: str, path: str | Path
+    values: np.ndarray,
+    alphas: Sequence[float],
+    taus: Sequence[float],
+    title: str,
+    path: str | Path,
+    ylabel: str = "alpha",
+    xlabel: str = "tau",
 ) -> None:
-    """``values[i, j]`` at ``alpha = alphas[i]``, ``tau = taus[j]`` (NaN = missing), annotated."""
+    """``values[i, j]`` at ``alpha = alphas[i]``, ``tau = taus[j]`` (NaN = missing), annotated; the axes
+    may be any two hyperparameters (``ylabel``, ``xlabel``)."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(1.2 * len(taus) + 2.5, 0.45 * len(alphas) + 1.8))
     image = axis.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", origin="lower")
     axis.set_xticks(range(len(taus)), [tau_label(tau) for tau in taus])
-    axis.set_yticks(range(len(alphas)), [f"{alpha:g}" for alpha in alphas])
-    axis.set_xlabel("tau")
-    axis.set_ylabel("alpha")
+    axis.set_yticks(range(len(alphas)), [tau_label(alpha) for alpha in alphas])
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0
     for (i, j), value in np.ndenumerate(values):
@@ -97,9 +104,13 @@ def plot_heatmap(
 
 
 def plot_tau_curves(
-    curves: dict[str, tuple[list[float], list[float], list[float]]], title: str, path: str | Path
+    curves: dict[str, tuple[list[float], list[float], list[float]]],
+    title: str,
+    path: str | Path,
+    xlabel: str = "tau",
 ) -> None:
-    """Accuracy against tau (categorical axis, inf last); ``curves[label] = (taus, means, stds)``."""
+    """Accuracy against tau (or another hyperparameter, ``xlabel``; categorical axis, inf last);
+    ``curves[label] = (taus, means, stds)``."""
     plt = _pyplot()
     taus = sorted({tau for values in curves.values() for tau in values[0]})
     position = {tau: index for index, tau in enumerate(taus)}
@@ -109,7 +120,7 @@ def plot_tau_curves(
         colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
         axis.errorbar(x, means, yerr=stds, marker="o", capsize=3, label=label, color=colour)
     axis.set_xticks(range(len(taus)), [tau_label(tau) for tau in taus])
-    axis.set_xlabel("tau")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kdlab.config import RunConfig, from_dict
+from kdlab.config import RunConfig
 from kdlab.errors import UserError
+from kdlab.losses import loss_spec
 from kdlab.runs import RunFolder
 
 
@@ -30,25 +29,12 @@ class RunRecord:
         return math.nan if value is None else float(value)
 
 
-def read_config(path: str | Path) -> RunConfig:
-    """The RunConfig stored in ``RUN/config.yaml`` (its ``run_info`` block dropped)."""
-    run = RunFolder(path)
-    if not run.config_path.is_file():
-        raise UserError(f"{run.path} has no config.yaml: pass a kdlab run folder")
-    try:
-        stored = yaml.safe_load(run.config_path.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{run.config_path} is not valid YAML: the run folder is damaged") from None
-    stored.pop("run_info", None)
-    return from_dict(stored)
-
-
 def read_run(path: str | Path) -> RunRecord:
     """A finished run folder as a RunRecord, or a UserError saying what is missing."""
     run = RunFolder(path)
     if not run.is_finished():
         raise UserError(f"{run.path} is not a finished kdlab run (no summary.json): finish it with --resume")
-    return RunRecord(run.path, read_config(run.path), run.summary())
+    return RunRecord(run.path, run.read_config(), run.summary())
 
 
 def find_runs(folder: str | Path) -> list[RunRecord]:
@@ -65,13 +51,7 @@ def find_runs(folder: str | Path) -> list[RunRecord]:
 
 
 def run_label(config: RunConfig, with_model: bool = False) -> str:
-    """A short human label: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf', 'MSE' (model first if asked)."""
-    kd = config.kd
-    if kd.loss == "ce":
-        label = "CE"
-    elif kd.loss == "kl":
-        tau = "inf" if kd.tau == math.inf else f"{kd.tau:g}"
-        label = ("KL" if kd.alpha == 1 else f"KL alpha={kd.alpha:g}") + f" tau={tau}"
-    else:
-        label = kd.loss.upper() + ("" if kd.alpha == 1 else f" alpha={kd.alpha:g}")
+    """A short human label from the loss's registration: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf',
+    'MSE', 'DKD tau=4' (model first if asked)."""
+    label = loss_spec(config.kd.loss).describe(config.kd)
     return f"{config.model} {label}" if with_model else label

@@ -1,8 +1,10 @@
 """``kdlab chain``: sequential distillation of any length, each stage an ordinary run folder.
 
 A stage is ``MODEL:LOSS[:key=value,...]``, e.g. ``wrn-28-4:ce``, ``wrn-16-4:kl:tau=3``,
-``wrn-16-2:mse`` or ``convnet-8:kl:tau=3,alpha=0.9,optim.epochs=5``. ``alpha`` and ``tau`` are short
-for ``kd.alpha`` and ``kd.tau``; any other dotted config key may be given. Stage ``i`` trains into
+``wrn-16-2:mse``, ``convnet-8:kl:tau=3,alpha=0.9,optim.epochs=5`` or ``wrn-16-2:dkd:beta=6``. The
+short keys are the stage loss's hyperparameter names from its registration (for ``dkd``, ``alpha``
+is ``kd.dkd_alpha``; for ``kl``, ``kd.alpha``), plus ``epochs`` and ``lr``; any other dotted config
+key may be given. Stage ``i`` trains into
 ``OUT/stage{i}-MODEL-LOSS...`` and becomes the teacher of stage ``i + 1``; the first stage reads
 ``--teacher`` when its loss needs one. Finished stages are reused, interrupted ones resumed.
 """
@@ -17,8 +19,9 @@ from typing import Any
 from kdlab.config import RunConfig, build_config, merge
 from kdlab.errors import UserError
 from kdlab.experiments.recipes import run_name
+from kdlab.losses import loss_spec, needs_teacher
 
-_SHORT_KEYS = {"alpha": "kd.alpha", "tau": "kd.tau", "epochs": "optim.epochs", "lr": "optim.lr"}
+_SHORT_KEYS = {"epochs": "optim.epochs", "lr": "optim.lr"}
 
 
 @dataclass(frozen=True)
@@ -32,17 +35,21 @@ def parse_stage(text: str) -> Stage:
     """``"wrn-16-4:kl:tau=3,alpha=0.9"`` -> ``Stage("wrn-16-4", "kl", ("kd.tau=3", "kd.alpha=0.9"))``."""
     model, _, rest = str(text).partition(":")
     loss, _, options = rest.partition(":")
-    if not model.strip() or not loss.strip():
+    model, loss = model.strip(), loss.strip()
+    if not model or not loss:
         raise UserError(
             f"--stage {text!r} is malformed: write MODEL:LOSS[:key=value,...], e.g. --stage wrn-16-4:kl:tau=3"
         )
+    spec = loss_spec(loss)
     overrides = []
     for option in filter(None, (part.strip() for part in options.split(","))):
         key, sep, value = option.partition("=")
+        key = key.strip()
         if not sep:
             raise UserError(f"--stage {text!r}: option {option!r} must be key=value, e.g. tau=3")
-        overrides.append(f"{_SHORT_KEYS.get(key.strip(), key.strip())}={value}")
-    return Stage(model.strip(), loss.strip(), tuple(overrides))
+        param = spec.param(key)
+        overrides.append(f"{'kd.' + param.field if param else _SHORT_KEYS.get(key, key)}={value}")
+    return Stage(model, loss, tuple(overrides))
 
 
 def plan_chain(
@@ -61,7 +68,7 @@ def plan_chain(
     configs: list[RunConfig] = []
     previous: str | list[str] | None = teacher
     for index, stage in enumerate(stages):
-        if stage.loss != "ce" and previous is None:
+        if needs_teacher(stage.loss) and previous is None:
             raise UserError(
                 f"stage 1 ({stage.model}:{stage.loss}) needs a teacher: start the chain with a ce stage "
                 "or pass --teacher RUN"

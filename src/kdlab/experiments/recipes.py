@@ -32,7 +32,6 @@ Shipped recipes are named ``EXPERIMENT-SCALE``: ``small`` (Fashion-MNIST, sized 
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,7 +42,8 @@ import yaml
 
 from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override, unflatten
 from kdlab.errors import UserError, did_you_mean
-from kdlab.teacher import FOREIGN_PREFIX
+from kdlab.losses import format_value, loss_fields, loss_spec
+from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
 
 RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
 TEACHERS_FOLDER = "teachers"
@@ -208,18 +208,19 @@ RUNTIME_KEYS = (
 
 
 def identity(config: RunConfig) -> dict[str, Any]:
-    """The flattened config without ``RUNTIME_KEYS``: what makes two runs the same computation."""
-    return {key: value for key, value in flatten(config.to_dict()).items() if key not in RUNTIME_KEYS}
+    """The flattened config without ``RUNTIME_KEYS`` and without the loss hyperparameters its loss
+    does not read (a CE run has no tau): what makes two runs the same computation."""
+    unread = {f"kd.{field}" for field in loss_fields()} - {
+        f"kd.{field}" for field in loss_spec(config.kd.loss).fields
+    }
+    return {
+        key: value
+        for key, value in flatten(config.to_dict()).items()
+        if key not in RUNTIME_KEYS and key not in unread
+    }
 
 
 # --- expansion ------------------------------------------------------------------------------------
-
-
-def _format_number(value: Any) -> str:
-    """0.9 -> '0.9', 1.0 -> '1', inf -> 'inf' (what folder names show)."""
-    if isinstance(value, float):
-        return "inf" if value == math.inf else f"{value:g}"
-    return str(value)
 
 
 def _sanitise(text: str) -> str:
@@ -227,8 +228,7 @@ def _sanitise(text: str) -> str:
 
 
 def _teacher_token(value: Any) -> str:
-    items = value if isinstance(value, list) else [value]
-    return "from-" + "+".join(_sanitise(Path(str(item)).name) for item in items)
+    return "from-" + "+".join(_sanitise(Path(spec).name) for spec in teacher_specs(value))
 
 
 def _entry_token(key: str, value: Any) -> str:
@@ -239,27 +239,22 @@ def _entry_token(key: str, value: Any) -> str:
         return _teacher_token(value)
     if key == "data.label_noise":
         return "noise-" + _sanitise(str(value).replace("asymmetric:", "asym").replace("symmetric:", "sym"))
-    return _sanitise(key.rsplit(".", 1)[-1] + _format_number(value))
-
-
-_CANONICAL_KEYS = ("kd.loss", "kd.alpha", "kd.tau", "seed", "out")
+    return _sanitise(key.rsplit(".", 1)[-1] + format_value(value))
 
 
 def run_name(entry: dict[str, Any], config: RunConfig, with_seed: bool = True) -> str:
-    """``[model][-from-TEACHER][-other entry keys]-LOSS[-aALPHA][-tTAU]-sSEED``.
+    """``[model][-from-TEACHER][-other entry keys]-LOSS[-hyperparameter tokens]-sSEED``.
 
-    Loss tokens come from the resolved config (alpha when the loss reads a teacher, tau for kl),
-    the others from the keys the grid point or run entry sets.
+    The loss and its hyperparameter tokens come from the resolved config through the loss's
+    registration (``kl-a0.9-t20``, ``mse-a1``, ``dkd-a1-b8-t4-w20``, ``ce``); the other tokens from
+    the keys the grid point or run entry sets.
     """
-    keys = [key for key in entry if key not in _CANONICAL_KEYS]
+    canonical = {"kd.loss", "seed", "out", *(f"kd.{field}" for field in loss_fields())}
+    keys = [key for key in entry if key not in canonical]
     order = {"model": 0, "kd.teacher": 1}
     keys.sort(key=lambda key: (order.get(key, 2), key))
     tokens = [_entry_token(key, entry[key]) for key in keys]
-    tokens.append(config.kd.loss)
-    if config.kd.loss != "ce":
-        tokens.append(f"a{_format_number(config.kd.alpha)}")
-    if config.kd.loss == "kl":
-        tokens.append(f"t{_format_number(config.kd.tau)}")
+    tokens += loss_spec(config.kd.loss).run_tokens(config.kd)
     if with_seed:
         tokens.append(f"s{config.seed}")
     return "-".join(tokens)
@@ -278,10 +273,8 @@ def _resolve_teachers(
     """Recipe teacher names -> their folders; other entries must be existing paths. Returns (value, names)."""
     if value is None:
         return None, ()
-    items = value if isinstance(value, list) else [value]
     resolved, names = [], []
-    for item in items:
-        item = str(item)
+    for item in teacher_specs(value):
         if item in recipe.teachers:
             resolved.append(str(teachers_dir / item))
             names.append(item)
@@ -293,7 +286,7 @@ def _resolve_teachers(
                 f"{did_you_mean(item, recipe.teachers)} (teachers: {', '.join(recipe.teachers) or 'none'}) "
                 "nor an existing run folder or checkpoint"
             )
-    return (resolved if isinstance(value, list) else resolved[0]), tuple(names)
+    return resolved, tuple(names)  # RunConfig.validate gives one teacher its single form
 
 
 def _build(
@@ -330,7 +323,7 @@ def plan_sweep(
             name = run_name(entry, config)
             config.out = str(out / name)
             previous = students.get(name)
-            if previous is not None and previous.config != config:
+            if previous is not None and identity(previous.config) != identity(config):
                 raise UserError(
                     f"recipe {recipe.name} defines run {name} twice with different settings: make the entries differ "
                     "in a key that names the run (model, kd.teacher, loss, alpha, tau)"

@@ -3,9 +3,11 @@
 Runs are grouped by everything in their config but the seed (and settings that do not change the
 result: device, progress, output folder...); each group shows mean +- standard deviation over its
 seeds of best-epoch and last-epoch test accuracy (the literature mixes them), train accuracy and the
-logit distance to the teacher. Plots: an alpha x tau heatmap of best-epoch test accuracy and
-accuracy-against-tau curves for each context (runs that differ only in loss, alpha and tau) holding
-a KL grid; a KL-vs-MSE table for each context holding both.
+logit distance to the teacher. Within each context (runs that differ only in the loss and its
+hyperparameters) a grid over two hyperparameters of one loss (KL: alpha x tau) is drawn as a heatmap
+of best-epoch test accuracy and as accuracy curves against the second one, and a context holding
+several losses gets a comparison table, one column per loss. Which keys are loss hyperparameters,
+and how a loss is labelled, come from the loss registrations (kdlab.losses).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ import numpy as np
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
 from kdlab.analysis.records import RunRecord, find_runs
 from kdlab.experiments.recipes import identity
+from kdlab.losses import LOSSES, LossSpec, Param, format_value, loss_fields, loss_spec
 from kdlab.runs import atomic_write_text
+from kdlab.teacher import teacher_specs
 
 METRICS = ("test_acc_best", "test_acc_last", "train_acc", "logit_distance")
-LOSS_KEYS = ("kd.loss", "kd.alpha", "kd.tau")
-SHOWN_KEYS = ("model", "kd.teacher", "kd.loss", "kd.alpha", "kd.tau")
+SHOWN_KEYS = ("model", "kd.teacher", "kd.loss")
+
+
+def loss_keys() -> tuple[str, ...]:
+    """``kd.loss`` and every hyperparameter key of a registered loss: what a context leaves out."""
+    return ("kd.loss", *(f"kd.{field}" for field in loss_fields()))
 
 
 @dataclass(frozen=True)
@@ -74,17 +82,26 @@ class Group:
     @property
     def context(self) -> tuple[tuple[str, str], ...]:
         """The key without loss, alpha and tau: runs of one context differ only in how they distil."""
-        return tuple((key, repr(value)) for key, value in self.key.items() if key not in LOSS_KEYS)
+        excluded = loss_keys()
+        return tuple((key, repr(value)) for key, value in self.key.items() if key not in excluded)
+
+    @property
+    def spec(self) -> LossSpec:
+        return loss_spec(self.key["kd.loss"])
+
+    @property
+    def label(self) -> str:
+        """The loss's report label, e.g. 'KL tau=20' (from the group's first run)."""
+        return self.spec.describe(self.runs[0].config.kd)
 
 
 def teacher_name(value: Any, root: Path | None = None) -> str | None:
     """A teacher path as a short name: relative to ``root`` when inside it, else its folder name."""
     if value is None:
         return None
-    items = value if isinstance(value, list) else [value]
     names = []
-    for item in items:
-        path = Path(str(item))
+    for item in teacher_specs(value):
+        path = Path(item)
         try:
             names.append(str(path.resolve().relative_to(root.resolve())) if root else path.name)
         except ValueError:
@@ -95,11 +112,7 @@ def teacher_name(value: Any, root: Path | None = None) -> str | None:
 def group_key(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
     key = {name: value for name, value in identity(record.config).items() if name != "seed"}
     key["kd.teacher"] = teacher_name(key.get("kd.teacher"), root)
-    if key["kd.loss"] == "ce":  # alpha and tau do not enter a cross-entropy run
-        key["kd.alpha"], key["kd.tau"] = None, None
-    elif key["kd.loss"] == "mse":
-        key["kd.tau"] = None
-    return key
+    return key  # identity() already left out the hyperparameters the loss does not read
 
 
 def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group]:
@@ -109,26 +122,35 @@ def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group
         key = group_key(record, root)
         groups.setdefault(repr(sorted(key.items(), key=lambda item: item[0])), Group(key)).runs.append(record)
 
+    registered = LOSSES.registered()
+
     def order(group: Group) -> tuple[Any, ...]:
         key = group.key
-        return (
-            str(key.get("kd.teacher") or ""), key["model"], key["kd.loss"],
-            -1 if key["kd.alpha"] is None else key["kd.alpha"], -1 if key["kd.tau"] is None else key["kd.tau"],
-            repr(group.context),
-        )  # fmt: skip
+        loss = key["kd.loss"]
+        settings = tuple((0, 0) if key.get(name) is None else (1, key[name]) for name in loss_keys()[1:])
+        rank = registered.index(loss) if loss in registered else len(registered)
+        return (str(key.get("kd.teacher") or ""), key["model"], rank, loss, settings, repr(group.context))
 
     return sorted(groups.values(), key=order)
 
 
 def varying_keys(groups: list[Group]) -> list[str]:
-    """SHOWN_KEYS plus every other key whose value differs between groups."""
+    """SHOWN_KEYS, the loss hyperparameters that take two or more values, then every other key whose
+    value differs between groups."""
     keys = sorted({key for group in groups for key in group.key})
-    varying = [
+    hyperparameters = [
+        key
+        for key in loss_keys()[1:]
+        if len({repr(group.key[key]) for group in groups if group.key.get(key) is not None}) > 1
+    ]
+    others = [
         key
         for key in keys
-        if key not in SHOWN_KEYS and len({repr(group.key.get(key)) for group in groups}) > 1
+        if key not in SHOWN_KEYS
+        and key not in loss_keys()
+        and len({repr(group.key.get(key)) for group in groups}) > 1
     ]
-    return [*SHOWN_KEYS, *varying]
+    return [*SHOWN_KEYS, *hyperparameters, *others]
 
 
 def _cell(value: Any) -> str:
@@ -185,61 +207,107 @@ def contexts(groups: list[Group]) -> dict[tuple[tuple[str, str], ...], list[Grou
 
 def context_label(members: list[Group], shown: list[str]) -> str:
     key = members[0].key
-    parts = [f"{name}={_cell(key.get(name))}" for name in shown if name not in LOSS_KEYS]
+    excluded = loss_keys()
+    parts = [f"{name}={_cell(key.get(name))}" for name in shown if name not in excluded]
     return ", ".join(parts)
 
 
-def kl_grid(
-    members: list[Group], metric: str = "test_acc_best"
-) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
-    """``(alphas, taus, means [A, T], stds [A, T])`` of the KL groups of one context (NaN = missing)."""
-    kl = [group for group in members if group.key["kd.loss"] == "kl"]
-    alphas = sorted({group.key["kd.alpha"] for group in kl})
-    taus = sorted({group.key["kd.tau"] for group in kl})
-    means = np.full((len(alphas), len(taus)), np.nan)
-    stds = np.full_like(means, np.nan)
-    for group in kl:
-        stat = group.stat(metric)
-        index = (alphas.index(group.key["kd.alpha"]), taus.index(group.key["kd.tau"]))
-        means[index], stds[index] = stat.mean, stat.std
-    return alphas, taus, means, stds
+@dataclass
+class Grid:
+    """Groups of one loss and context over two hyperparameters (``rows`` may be None: one varies).
+
+    ``means``/``stds`` ``[R, C]`` of a metric (NaN = missing); ``fixed`` labels the loss with the
+    values its other hyperparameters hold in this grid.
+    """
+
+    spec: LossSpec
+    rows: Param | None
+    columns: Param
+    row_values: list[Any]
+    column_values: list[Any]
+    means: np.ndarray
+    stds: np.ndarray
+    fixed: str
 
 
-def kl_vs_mse_table(context_groups: dict[Any, list[Group]], shown: list[str]) -> str | None:
-    """Per context with both an MSE and a KL (alpha = 1) group: CE, KL at each tau, MSE."""
-    rows = []
-    taus: set[float] = set()
+def grids(members: list[Group], metric: str = "test_acc_best") -> list[Grid]:
+    """Per loss of one context: the grid over its last two numeric hyperparameters that take several
+    values (KL: alpha x tau), one grid per combination of its other hyperparameters."""
+    found = []
+    for loss in dict.fromkeys(group.key["kd.loss"] for group in members):
+        groups = [group for group in members if group.key["kd.loss"] == loss]
+        spec = groups[0].spec
+
+        def value(group: Group, param: Param) -> Any:
+            return group.key.get(f"kd.{param.field}")
+
+        varying = [
+            param for param in spec.params if not param.is_flag and len({value(g, param) for g in groups}) > 1
+        ]
+        if not varying:
+            continue
+        axes = varying[-2:]
+        rows, columns = (axes[0], axes[1]) if len(axes) == 2 else (None, axes[0])
+        rest = [param for param in spec.params if param not in axes]
+        subsets: dict[tuple[Any, ...], list[Group]] = {}
+        for group in groups:
+            subsets.setdefault(tuple(value(group, param) for param in rest), []).append(group)
+        for subset in subsets.values():
+            row_values = sorted({value(g, rows) for g in subset}) if rows else [None]
+            column_values = sorted({value(g, columns) for g in subset})
+            means = np.full((len(row_values), len(column_values)), np.nan)
+            stds = np.full_like(means, np.nan)
+            for group in subset:
+                stat = group.stat(metric)
+                index = (
+                    row_values.index(value(group, rows) if rows else None),
+                    column_values.index(value(group, columns)),
+                )
+                means[index], stds[index] = stat.mean, stat.std
+            flags = [param.label or param.name for param in rest if param.is_flag and value(subset[0], param)]
+            fixed = [
+                f"{param.label or param.name}={format_value(value(subset[0], param))}"
+                for param in rest
+                if not param.is_flag
+            ]
+            label = " ".join(["+".join([spec.label, *flags]), *fixed])
+            found.append(Grid(spec, rows, columns, row_values, column_values, means, stds, label))
+    return found
+
+
+def comparison_table(context_groups: dict[Any, list[Group]], shown: list[str]) -> str | None:
+    """Per context holding two or more losses: one column per loss setting (its label), best-epoch test
+    accuracy. A loss is shown at the defaults of the weights its label hides (KL at alpha = 1) when it
+    has such runs."""
+    registered = LOSSES.registered()
+    rows: list[tuple[list[Group], dict[str, Group]]] = []
+    columns: dict[str, tuple[int, int]] = {}
     for members in context_groups.values():
-        losses = {group.key["kd.loss"] for group in members}
-        if {"kl", "mse"} <= losses:
-            taus |= {g.key["kd.tau"] for g in members if g.key["kd.loss"] == "kl" and g.key["kd.alpha"] == 1}
-            rows.append(members)
+        losses = list(dict.fromkeys(group.key["kd.loss"] for group in members))
+        if len(losses) < 2:
+            continue
+        cells: dict[str, Group] = {}
+        for loss in losses:
+            groups = [group for group in members if group.key["kd.loss"] == loss]
+            at_defaults = [group for group in groups if _hidden_at_defaults(group)]
+            for group in at_defaults or groups:
+                cells[group.label] = group
+                rank = registered.index(loss) if loss in registered else len(registered)
+                columns.setdefault(group.label, (rank, len(columns)))
+        rows.append((members, cells))
     if not rows:
         return None
-    ordered_taus = sorted(taus)
-    header = ["context", "CE", *[f"KL tau={tau_label(tau)}" for tau in ordered_taus], "MSE"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for members in rows:
-
-        def find(loss: str, tau: float | None = None, members: list[Group] = members) -> str:
-            for group in members:
-                key = group.key
-                if (
-                    key["kd.loss"] == loss
-                    and (loss == "ce" or key["kd.alpha"] == 1)
-                    and (tau is None or key["kd.tau"] == tau)
-                ):
-                    return group.stat("test_acc_best").text()
-            return "-"
-
-        cells = [
-            context_label(members, shown),
-            find("ce"),
-            *[find("kl", tau) for tau in ordered_taus],
-            find("mse"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    ordered = sorted(columns, key=lambda label: columns[label])
+    lines = ["| " + " | ".join(["context", *ordered]) + " |", "|" + "---|" * (len(ordered) + 1)]
+    for members, cells in rows:
+        values = [cells[label].stat("test_acc_best").text() if label in cells else "-" for label in ordered]
+        lines.append("| " + " | ".join([context_label(members, shown), *values]) + " |")
     return "\n".join(lines)
+
+
+def _hidden_at_defaults(group: Group) -> bool:
+    kd = group.runs[0].config.kd
+    return all(getattr(kd, param.field) == param.default for param in group.spec.params if param.hide_default)
 
 
 def write_report(
@@ -265,31 +333,43 @@ def write_report(
     ]
     plots = []
     by_context = contexts(groups)
-    for index, members in enumerate(by_context.values()):
-        alphas, taus, means, stds = kl_grid(members)
-        if len(alphas) < 2 and len(taus) < 2:
-            continue
-        suffix = "" if len(by_context) == 1 else f"-{index + 1}"
-        label = context_label(members, columns)
-        if len(alphas) >= 2 and len(taus) >= 2:
+    found = [(members, grid) for members in by_context.values() for grid in grids(members)]
+    for index, (members, grid) in enumerate(found):
+        suffix = "" if len(found) == 1 else f"-{index + 1}"
+        label = f"{grid.fixed}, {context_label(members, columns)}"
+        rows, cols = grid.rows, grid.columns
+        if rows is not None and len(grid.row_values) >= 2 and len(grid.column_values) >= 2:
             name = f"heatmap{suffix}.png"
-            plot_heatmap(means, alphas, taus, f"best-epoch test accuracy (%)\n{_wrap(label)}", out / name)
-            plots.append((f"alpha x tau: {label}", name))
+            plot_heatmap(
+                grid.means, grid.row_values, grid.column_values, f"best-epoch test accuracy (%)\n{_wrap(label)}",
+                out / name, ylabel=rows.name, xlabel=cols.name,
+            )  # fmt: skip
+            plots.append((f"{rows.name} x {cols.name}: {label}", name))
         curves = {
-            f"alpha={alpha:g}": (
-                [taus[j] for j in range(len(taus)) if np.isfinite(means[i, j])],
-                [means[i, j] for j in range(len(taus)) if np.isfinite(means[i, j])],
-                [stds[i, j] for j in range(len(taus)) if np.isfinite(means[i, j])],
+            (f"{rows.name}={format_value(row)}" if rows else grid.fixed): (
+                [
+                    grid.column_values[j]
+                    for j in range(len(grid.column_values))
+                    if np.isfinite(grid.means[i, j])
+                ],
+                [grid.means[i, j] for j in range(len(grid.column_values)) if np.isfinite(grid.means[i, j])],
+                [grid.stds[i, j] for j in range(len(grid.column_values)) if np.isfinite(grid.means[i, j])],
             )
-            for i, alpha in enumerate(alphas)
+            for i, row in enumerate(grid.row_values)
         }
-        if len(taus) >= 2:
-            name = f"tau_curves{suffix}.png"
-            plot_tau_curves(curves, f"test accuracy against tau\n{_wrap(label)}", out / name)
-            plots.append((f"accuracy against tau: {label}", name))
-    table = kl_vs_mse_table(by_context, columns)
+        if len(grid.column_values) >= 2:
+            name = f"{cols.name}_curves{suffix}.png"
+            plot_tau_curves(
+                curves, f"test accuracy against {cols.name}\n{_wrap(label)}", out / name, xlabel=cols.name
+            )
+            plots.append((f"accuracy against {cols.name}: {label}", name))
+    table = comparison_table(by_context, columns)
     if table:
-        sections += ["## KL vs MSE (best-epoch test accuracy, KL at alpha = 1)\n", table + "\n"]
+        sections += [
+            "## Losses compared (best-epoch test accuracy; each loss at the default of the weights its label "
+            "hides, e.g. KL at alpha = 1)\n",
+            table + "\n",
+        ]
     for title, name in plots:
         sections.append(f"## {title}\n\n![{title}]({name})\n")
     atomic_write_text(out / "report.md", "\n".join(sections))

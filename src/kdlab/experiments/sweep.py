@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, from_dict
+from kdlab.config import RunConfig
 from kdlab.errors import UserError
 from kdlab.experiments.recipes import (
     PlannedRun,
@@ -35,6 +35,7 @@ from kdlab.experiments.recipes import (
     select_shard,
 )
 from kdlab.runs import RunFolder, atomic_write_text, load_checkpoint
+from kdlab.teacher import teacher_specs
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
@@ -81,10 +82,8 @@ def check_existing(planned: PlannedRun) -> None:
     if not run.config_path.is_file():
         return
     try:
-        stored = yaml.safe_load(run.config_path.read_text()) or {}
-        stored.pop("run_info", None)
-        old_identity = identity(from_dict(stored))
-    except (UserError, yaml.YAMLError):
+        old_identity = identity(run.read_config())
+    except UserError:
         raise UserError(
             f"{run.config_path} cannot be read as a kdlab config: delete {run.path} or choose another --out"
         ) from None
@@ -100,10 +99,8 @@ def check_existing(planned: PlannedRun) -> None:
             )
 
 
-def _teacher_names(value: Any) -> Any:
-    if value is None:
-        return None
-    return [Path(str(item)).name for item in (value if isinstance(value, list) else [value])]
+def _teacher_names(value: Any) -> list[str]:
+    return [Path(spec).name for spec in teacher_specs(value)]
 
 
 @contextlib.contextmanager
