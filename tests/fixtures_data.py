@@ -163,3 +163,26 @@ def write_imagefolder(
                 Image.fromarray(pixels).save(buffer, format="JPEG")
                 (folder / f"{i:04d}.jpg").write_bytes(buffer.getvalue())
     return Path(root)
+
+
+def write_svhn(
+    root: Path, n_train: int = 60, n_test: int = 30, n_extra: int = 0, *, seed: int = 0
+) -> Written:
+    """Write SVHN's official ``train_32x32.mat``/``test_32x32.mat`` (and ``extra_32x32.mat`` when
+    ``n_extra``): ``X`` uint8 ``[32, 32, 3, N]``, ``y`` ``[N, 1]`` in 1..10 with 10 for the digit 0.
+    Returned arrays are as stored (``X`` layout, labels 1..10); the extra split's are not returned."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stored = {}
+    for split, n in (("train", n_train), ("test", n_test), ("extra", n_extra)):
+        if n == 0:
+            continue
+        images, digits = _class_samples(n, 10, (3, 32, 32), rng)
+        x = np.ascontiguousarray(images.transpose(2, 3, 1, 0))  # [N, 3, 32, 32] -> [32, 32, 3, N]
+        y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]
+        savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+        stored[split] = (x, y[:, 0].astype(np.int64))
+    return Written(root, *stored["train"], *stored["test"])

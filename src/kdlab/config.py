@@ -26,12 +26,26 @@ class DataConfig:
     subset: int | None = None  # training images kept (seeded, class-balanced); None = all
     test_subset: int | None = None
     subset_seed: int = 0
-    augment: bool = True
+    augment: str = (
+        "default"  # default | none | flip | crop | crop+flip | autoaugment (true/false: default/none)
+    )
     label_noise: str | None = None  # "symmetric:0.4" or "asymmetric:0.2"; training labels only
     noise_seed: int = 0  # separate from the training seed: the same noisy labels for every run
+    select: str | None = (
+        None  # train on a teacher-chosen fraction, e.g. "samples:entropy:0-0.1" (kdlab.data.select)
+    )
+    select_pass: str = (
+        "clean"  # the teacher scores clean images, or one crop+flip pass ("augmented", official)
+    )
+    select_seed: int = 0  # random selections: the same samples for every run
     download: bool = False
     num_workers: int = 4  # DataLoader workers (ImageFolder only; in-memory data needs none)
     image_size: int | None = None  # ImageFolder crop size (default 224)
+
+    def __post_init__(self) -> None:
+        from kdlab.data.augment import augment_mode
+
+        self.augment = augment_mode(self.augment)  # one spelling per mode: old true/false become modes
 
 
 @dataclass
@@ -103,6 +117,14 @@ class RunConfig:
             raise UserError(f"optim.lr={self.optim.lr} must be positive")
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"amp={self.amp!r} is invalid: choose auto, bf16 or off")
+        if self.kd.cache and self.data.augment == "autoaugment":
+            raise UserError(
+                "kd.cache keeps one teacher logit per crop/flip view, and AutoAugment's views are not a "
+                "finite set: drop kd.cache or choose another data.augment"
+            )
+        from kdlab.data.select import check_selection
+
+        check_selection(self.data.select, self.data.select_pass, bool(specs))
         if self.data.label_noise:
             from kdlab.data import parse_label_noise
 

@@ -15,6 +15,7 @@ from .metrics import (
     predictive_entropy,
     project_onto_plane,
     template_plane,
+    top_logit_difference,
     wasserstein_1d,
 )
 from .records import RunRecord, find_runs, read_run
@@ -30,5 +31,6 @@ __all__ = [
     "project_onto_plane",
     "read_run",
     "template_plane",
+    "top_logit_difference",
     "wasserstein_1d",
 ]

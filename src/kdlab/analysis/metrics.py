@@ -31,6 +31,15 @@ def predictive_entropy(logits: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
+def top_logit_difference(logits: Tensor, labels: Tensor) -> Tensor:
+    """TLD per sample ``[N]`` (float64), the official code's ranking score: ``z_y - max_{j != y} z_j``
+    when ``y`` is the top class (> 0, or 0 at a tie), ``z_y - max_j z_j`` otherwise (<= 0)."""
+    z = logits.double()
+    label_logit = z.gather(1, labels.view(-1, 1).to(z.device)).squeeze(1)
+    top2 = z.topk(2, dim=1).values
+    return torch.where(top2[:, 0] == label_logit, label_logit - top2[:, 1], label_logit - top2[:, 0])
+
+
 def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -> float:
     """ECE (%) with ``bins`` equal-width confidence bins over ``(0, 1]`` (Guo et al. 2017).
 

@@ -8,7 +8,15 @@ for epoch in range(epochs):
         ...
 """
 
-from .augment import AugParams, apply_augmentation, sample_augmentation
+from .augment import (
+    AUGMENT_MODES,
+    AugParams,
+    apply_augmentation,
+    apply_autoaugment,
+    augment_mode,
+    augment_settings,
+    sample_augmentation,
+)
 from .datasets import (
     DATASETS,
     DatasetSplits,
@@ -23,6 +31,7 @@ from .loader import Batch, epoch_generator, make_loader
 from .noise import apply_label_noise, parse_label_noise
 
 __all__ = [
+    "AUGMENT_MODES",
     "DATASETS",
     "AugParams",
     "Batch",
@@ -30,6 +39,9 @@ __all__ = [
     "LabelledSubset",
     "TensorData",
     "apply_augmentation",
+    "apply_autoaugment",
+    "augment_mode",
+    "augment_settings",
     "apply_label_noise",
     "cache_dir",
     "class_balanced_subset",

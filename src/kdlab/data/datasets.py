@@ -25,11 +25,13 @@ from .formats import (
     CIFAR10_FORMAT,
     CIFAR100_FORMAT,
     IDX_FILES,
+    SVHN_FILES,
     ArraySplits,
     CifarFormat,
     find_idx_files,
     read_cifar,
     read_idx_folder,
+    read_svhn_mat,
 )
 
 
@@ -421,3 +423,34 @@ def _load_imagefolder(*, name: str, data_dir: Path | None, image_size: int | Non
         flip=False,
         class_names=list(train.classes),
     )
+
+
+def _load_svhn(*, name: str, data_dir: Path | None, **_) -> DatasetSplits:
+    """SVHN from the official ``train_32x32.mat``/``test_32x32.mat`` (``svhn-extra`` adds the 531k
+    ``extra_32x32.mat`` images to the training split). Labels are the digits 0-9 (the files store 0 as
+    10). Augmentation: 4-pixel random crop, no flip (a mirrored digit is another symbol)."""
+    wanted = ["train", "test", *(["extra"] if name == "svhn-extra" else [])]
+    folder = _locate(
+        name,
+        _search_dirs(data_dir),
+        lambda root: [root, root / "svhn"],
+        lambda path: all((path / SVHN_FILES[split]).is_file() for split in wanted),
+        None,  # no download: fetch the official files yourself (train 182 MB, extra 1.3 GB)
+        "SVHN",
+        f"pass --data-dir with {', '.join(SVHN_FILES[split] for split in wanted)} from "
+        "http://ufldl.stanford.edu/housenumbers/",
+    )
+    arrays = {split: read_svhn_mat(folder / SVHN_FILES[split]) for split in wanted}
+    train = [arrays["train"], *([arrays["extra"]] if "extra" in arrays else [])]
+    splits = ArraySplits(
+        np.concatenate([images for images, _ in train]),
+        np.concatenate([labels for _, labels in train]),
+        *arrays["test"],
+    )
+    # Channel statistics of SVHN's training split, the values common SVHN training code uses.
+    mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    return _tensor_splits(name, splits, [str(d) for d in range(10)], mean, std, pad=4, flip=False)
+
+
+DATASETS.register("svhn")(_load_svhn)
+DATASETS.register("svhn-extra")(_load_svhn)

@@ -254,3 +254,33 @@ def read_idx_folder(folder: Path) -> ArraySplits:
         test_images[:, None],
         test_labels.astype(np.int64),
     )
+
+
+# --- SVHN: the official MATLAB files ------------------------------------------------------------------
+
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official SVHN file (``X`` uint8 ``[32, 32, 3, N]``, ``y`` ``[N, 1]`` in 1..10 where 10 is
+    the digit 0) as images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` in 0..9 (the digit)."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path, variable_names=["X", "y"])
+    except Exception as error:  # scipy raises several types for a damaged or foreign file
+        detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read {path} as an SVHN .mat file ({detail}): {REFETCH}") from None
+    images, labels = mat.get("X"), mat.get("y")
+    if (
+        not isinstance(images, np.ndarray)
+        or not isinstance(labels, np.ndarray)
+        or images.ndim != 4
+        or images.shape[:3] != (32, 32, 3)
+        or labels.size != images.shape[3]
+    ):
+        raise UserError(f"{path} does not hold SVHN's X [32, 32, 3, N] and y [N, 1]: {REFETCH}")
+    labels = labels.reshape(-1).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise UserError(f"{path} has labels outside 1..10: {REFETCH}")
+    return np.ascontiguousarray(images.astype(np.uint8).transpose(3, 2, 0, 1)), labels % 10

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdlab.errors import UserError
 
-from .augment import AugParams, apply_augmentation, sample_augmentation
+from .augment import (
+    AugParams,
+    apply_augmentation,
+    apply_autoaugment,
+    augment_mode,
+    augment_settings,
+    sample_augmentation,
+)
 from .datasets import DatasetSplits, TensorData
 
 
@@ -82,7 +89,7 @@ class TensorLoader:
         device: torch.device,
         train: bool,
         seed: int,
-        augment: bool,
+        augment: str | bool,
         rank: int,
         world_size: int,
         channels_last: bool,
@@ -92,8 +99,9 @@ class TensorLoader:
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.channels_last = channels_last
-        self.pad, self.flip = splits.pad, splits.flip
-        self.augment = train and augment and (splits.pad > 0 or splits.flip)
+        pad, flip, auto = augment_settings(augment, splits.pad, splits.flip) if train else (0, False, False)
+        self.pad, self.flip, self.autoaugment = pad, flip, auto
+        self.augment = pad > 0 or flip
         self.mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
         self.epoch = 0
@@ -129,6 +137,12 @@ class TensorLoader:
             if self.augment
             else None
         )
+        # Drawn after the crops/flips, over the whole global order, so that ranks agree (module docstring).
+        auto_seeds = (
+            torch.randint(0, 2**62, (len(order),), generator=generator)[positions]
+            if self.autoaugment
+            else None
+        )
         local = order[positions]
         local_on_device = local.to(self.data.images.device)
         for batch in range(len(self)):
@@ -137,6 +151,8 @@ class TensorLoader:
             batch_aug = aug[window] if aug is not None else None
             if batch_aug is not None:
                 images = apply_augmentation(images, batch_aug, self.pad)
+            if auto_seeds is not None:
+                images = apply_autoaugment(images, auto_seeds[window])
             yield Batch(
                 self.prepare(images), self.data.labels[local_on_device[window]], local[window], batch_aug
             )
@@ -237,7 +253,7 @@ def make_loader(
     device: torch.device | str = "cpu",
     train: bool,
     seed: int = 0,
-    augment: bool = True,
+    augment: str | bool = "default",
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 4,
@@ -246,9 +262,10 @@ def make_loader(
 ) -> TensorLoader | DatasetLoader:
     """Iterate ``splits.<split>`` (``"train"`` or ``"test"``) in batches of :class:`Batch`.
 
-    ``train=True`` shuffles (and, for in-memory splits, applies the dataset's random crop/flip when
-    ``augment``); ``train=False`` keeps the order and does not augment. Call ``set_epoch(e)`` before
-    iterating epoch ``e``. ``num_workers`` only matters for Dataset splits (imagefolder/imagenet).
+    ``train=True`` shuffles and, for in-memory splits, augments as ``augment`` says (a mode of
+    ``AUGMENT_MODES``; ``True``/``False`` mean default/none); ``train=False`` keeps the order and does
+    not augment. Call ``set_epoch(e)`` before iterating epoch ``e``. ``num_workers`` only matters for
+    Dataset splits (imagefolder/imagenet), whose augmentation lives in their transforms.
     """
     if split not in ("train", "test"):
         raise UserError(f"unknown split '{split}': choose train or test")
@@ -258,9 +275,15 @@ def make_loader(
         raise UserError(f"rank {rank} is outside 0..{world_size - 1} for world size {world_size}")
     data = getattr(splits, split)
     device = torch.device(device)
+    mode = augment_mode(augment)
     if isinstance(data, TensorData):
         return TensorLoader(
-            splits, data, batch_size, device, train, seed, augment, rank, world_size, channels_last, drop_last
+            splits, data, batch_size, device, train, seed, mode, rank, world_size, channels_last, drop_last
+        )
+    if train and mode != "default":
+        raise UserError(
+            f"data.augment={mode} applies to in-memory datasets; {splits.name} augments in its transforms "
+            "(random resized crop + flip): use data.augment=default"
         )
     return DatasetLoader(
         data, batch_size, device, train, seed, rank, world_size, num_workers, channels_last, drop_last

@@ -239,6 +239,8 @@ def _entry_token(key: str, value: Any) -> str:
         return _teacher_token(value)
     if key == "data.label_noise":
         return "noise-" + _sanitise(str(value).replace("asymmetric:", "asym").replace("symmetric:", "sym"))
+    if key == "data.select":
+        return "select-" + _sanitise(str(value).replace(":", "-").replace(",", "+"))
     return _sanitise(key.rsplit(".", 1)[-1] + format_value(value))
 
 

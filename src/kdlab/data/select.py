@@ -1,0 +1,209 @@
+"""Training on a fraction of the training set chosen by the teacher: the official code's data experiments.
+
+``data.select`` holds one or two rules joined by ``,``, each ``WHAT:BY:LOWER-UPPER[:overall]``:
+
+- ``WHAT`` = ``classes`` (keep whole classes) or ``samples`` (keep samples of the classes kept);
+- ``BY`` = ``random``, or a ranking by a teacher score: ``entropy`` (of the teacher's softmax) or
+  ``tld``, the top-logit difference ``z[y] - max_{j != y} z_j`` when the teacher is right and
+  ``z[y] - max_j z_j`` (<= 0) otherwise. A class's score is the mean over its samples;
+- ``LOWER-UPPER`` = the quantile band ``[lower, upper)`` of the ascending order that is kept
+  (positions ``floor(n * lower)`` to ``floor(n * upper)``; ``random`` keeps that many at random);
+- ``overall`` applies a samples band to all kept samples at once instead of within each class
+  (the official ``--per_class`` is the default here).
+
+``samples:entropy:0-0.1`` keeps, in each class, the tenth of the samples the teacher is surest of;
+``classes:random:0-0.1`` keeps a random tenth of the classes (``run_vanilla_kd_data.sh``). Scores
+come from one teacher pass over the clean training images (``data.select_pass: clean``) or over
+crop + flip augmented ones (``augmented``, as the official ``generator.py``); random draws use
+``data.select_seed``, so every run of a sweep trains on the same samples. The kept indices are
+recorded in the run folder (``selection.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kdlab.errors import UserError, did_you_mean
+
+WHATS = ("classes", "samples")
+RANKINGS = ("random", "entropy", "tld")
+PASSES = ("clean", "augmented")
+
+
+@dataclass(frozen=True)
+class Rule:
+    what: str  # classes | samples
+    by: str  # random | entropy | tld
+    lower: float
+    upper: float
+    per_class: bool = True  # samples only: the band applies within each class
+
+
+def parse_selection(text: str) -> list[Rule]:
+    """``"samples:entropy:0-0.1"`` -> ``[Rule("samples", "entropy", 0.0, 0.1)]``; a UserError naming the
+    part and the fix otherwise. At most one rule per ``WHAT``; classes are chosen before samples."""
+    example = "e.g. data.select=samples:entropy:0-0.1 or classes:random:0-0.1"
+    rules: dict[str, Rule] = {}
+    for part in filter(None, (piece.strip() for piece in str(text).split(","))):
+        fields = [field.strip().lower() for field in part.split(":")]
+        if len(fields) not in (3, 4):
+            raise UserError(
+                f"data.select part {part!r} is malformed: write WHAT:BY:LOWER-UPPER[:overall], {example}"
+            )
+        what, by, band = fields[:3]
+        if what not in WHATS:
+            raise UserError(
+                f"data.select: {what!r} is not classes or samples{did_you_mean(what, WHATS)}: {example}"
+            )
+        if by not in RANKINGS:
+            raise UserError(
+                f"data.select: {by!r} is not a ranking{did_you_mean(by, RANKINGS)}: choose {', '.join(RANKINGS)}"
+            )
+        low_text, dash, high_text = band.partition("-")
+        try:
+            lower, upper = float(low_text), float(high_text)
+        except ValueError:
+            lower = upper = math.nan
+        if not dash or not 0 <= lower < upper <= 1:
+            raise UserError(
+                f"data.select band {band!r} must be LOWER-UPPER with 0 <= lower < upper <= 1, e.g. 0-0.1"
+            )
+        if len(fields) == 4 and (fields[3] != "overall" or what != "samples"):
+            raise UserError(f"data.select part {part!r}: the only option is ':overall', for samples")
+        if what in rules:
+            raise UserError(
+                f"data.select names {what} twice: give one classes rule and one samples rule at most"
+            )
+        rules[what] = Rule(what, by, lower, upper, per_class=len(fields) == 3)
+    if not rules:
+        raise UserError(f"data.select is empty: {example}")
+    return [rules[what] for what in WHATS if what in rules]
+
+
+def check_selection(text: str | None, select_pass: str, has_teacher: bool) -> None:
+    """Validate ``data.select``/``data.select_pass`` before anything runs."""
+    if select_pass not in PASSES:
+        raise UserError(f"data.select_pass={select_pass!r} is invalid: choose clean or augmented")
+    if not text:
+        return
+    ranked = [rule for rule in parse_selection(text) if rule.by != "random"]
+    if ranked and not has_teacher:
+        raise UserError(
+            f"data.select ranks by the teacher's {ranked[0].by}: pass --teacher RUN (or select at random)"
+        )
+
+
+def teacher_scores(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Per sample, float64 ``[N]``: ``entropy`` of ``softmax(z)`` (nats) and ``tld`` (module docstring)."""
+    from kdlab.analysis.metrics import predictive_entropy, top_logit_difference
+
+    return {"entropy": predictive_entropy(logits), "tld": top_logit_difference(logits, labels)}
+
+
+def _count(n: int, fraction: float) -> int:
+    return math.floor(n * fraction + 1e-9)  # 100 * 0.29 is 28.999...: a band edge, not rounding noise
+
+
+def _band(
+    indices: Tensor, rule: Rule, scores: dict[str, Tensor] | None, generator: torch.Generator
+) -> Tensor:
+    """The members of ``indices`` (CPU int64) that ``rule``'s band keeps."""
+    n = len(indices)
+    low, high = _count(n, rule.lower), _count(n, rule.upper)
+    if rule.by == "random":
+        return indices[torch.randperm(n, generator=generator)[: high - low]]
+    assert scores is not None
+    order = torch.sort(scores[rule.by][indices], stable=True).indices
+    return indices[order[low:high]]
+
+
+def select_indices(
+    labels: Tensor, rules: list[Rule], seed: int = 0, scores: dict[str, Tensor] | None = None
+) -> Tensor:
+    """Sorted indices (int64 ``[M]``) of the samples ``rules`` keep; ``scores`` (``teacher_scores``) is
+    needed for ``entropy``/``tld`` rankings. Classes first, then samples among the kept classes."""
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.arange(len(labels))
+    for rule in rules:
+        if rule.what == "classes":
+            classes = torch.unique(labels)
+            if rule.by == "random":
+                chosen = _band(classes, rule, None, generator)
+            else:
+                assert scores is not None
+                means = {rule.by: torch.stack([scores[rule.by][labels == c].mean() for c in classes])}
+                chosen = classes[_band(torch.arange(len(classes)), rule, means, generator)]
+            kept = kept[torch.isin(labels[kept], chosen)]
+        else:
+            groups = (
+                [kept[labels[kept] == c] for c in torch.unique(labels[kept])] if rule.per_class else [kept]
+            )
+            kept = torch.cat([_band(group, rule, scores, generator) for group in groups])
+    if len(kept) == 0:
+        raise UserError("data.select keeps no training sample: widen the band or enlarge the data")
+    return torch.sort(kept).values
+
+
+@torch.no_grad()
+def score_training_set(
+    teacher: Callable[[Tensor], Tensor], splits: Any, device: torch.device, select_pass: str, seed: int
+) -> Tensor:
+    """The teacher's float64 logits ``[N, K]`` (CPU) for every training sample, in split order, from one
+    clean pass or one crop + flip augmented pass (seeded)."""
+    from .datasets import TensorData
+    from .loader import make_loader
+
+    augmented = select_pass == "augmented"
+    mode = "crop+flip" if isinstance(splits.train, TensorData) else "default"
+    loader = make_loader(
+        splits, "train", 256, device=device, train=augmented, seed=seed, augment=mode, num_workers=0
+    )
+    loader.set_epoch(0)
+    logits = torch.empty(len(splits.train), splits.num_classes, dtype=torch.float64)
+    for batch in loader:
+        logits[batch.indices] = teacher(batch.inputs).double().cpu()
+    return logits
+
+
+def select_training_set(
+    data: Any, splits: Any, teacher: Callable[[Tensor], Tensor] | None, device: torch.device
+) -> dict[str, Any] | None:
+    """Apply ``data.select`` (a DataConfig) to ``splits.train`` in place; the record for the run folder
+    (None without a selection)."""
+    from .datasets import LabelledSubset, TensorData, split_labels
+
+    if not data.select:
+        return None
+    rules = parse_selection(data.select)
+    labels = split_labels(splits.train)
+    scores = None
+    if any(rule.by != "random" for rule in rules):
+        if teacher is None:
+            raise UserError(f"data.select={data.select} ranks by a teacher score: pass --teacher RUN")
+        scores = teacher_scores(
+            score_training_set(teacher, splits, device, data.select_pass, data.select_seed), labels
+        )
+    indices = select_indices(labels, rules, data.select_seed, scores)
+    if isinstance(splits.train, TensorData):
+        splits.train = TensorData(
+            splits.train.images[indices.to(splits.train.images.device)],
+            labels[indices].to(splits.train.labels.device),
+        )
+    else:
+        splits.train = LabelledSubset(splits.train, indices.tolist())
+    return {
+        "select": data.select,
+        "select_pass": data.select_pass if scores is not None else None,
+        "select_seed": data.select_seed,
+        "kept": len(indices),
+        "of": len(labels),
+        "classes_kept": torch.unique(labels[indices]).tolist(),
+        "indices": indices.tolist(),
+    }
