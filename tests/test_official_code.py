@@ -3,6 +3,7 @@ in its .mat files, and the per-sample teacher scores (entropy, TLD) they rank by
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -221,3 +222,42 @@ def test_svhn_missing_or_corrupt_files_are_one_line_errors(tmp_path):
 def test_entropy_metric_is_shared():
     logits = torch.tensor([[0.0, 0.0]])
     assert predictive_entropy(logits).item() == pytest.approx(math.log(2))
+
+
+# --- a teacher-chosen fraction, end to end ---------------------------------------------------------
+
+
+def test_distill_on_a_teacher_chosen_fraction_records_it(tmp_path):
+    from kdlab.engine import train
+    from kdlab.teacher import load_teacher
+
+    quiet = {"progress": False, "tensorboard": False}
+    base = {"data": {"name": "digits"}, "optim": {"epochs": 1, "batch_size": 32}, **quiet}
+    teacher = tmp_path / "teacher"
+    train(build_config(flags={**base, "model": "convnet-4", "out": str(teacher)}))
+    spec = "classes:random:0-0.5,samples:tld:0-0.2"
+    config = build_config(
+        flags={
+            **base,
+            "model": "mlp-8",
+            "out": str(tmp_path / "student"),
+            "kd": {"teacher": str(teacher), "loss": "kl"},
+        },
+        overrides=[f"data.select={spec}", "data.select_seed=3"],
+    )
+    summary = train(config)
+    record = json.loads((tmp_path / "student" / "selection.json").read_text())
+    # The same choice, recomputed here: the teacher's clean logits on the training split.
+    splits = load_dataset("digits")
+    model = load_teacher(str(teacher), torch.device("cpu"))
+    loader = make_loader(splits, "train", 512, train=False)
+    with torch.no_grad():
+        logits = torch.cat([model(batch.inputs) for batch in loader])
+    expected = select_indices(
+        splits.train.labels, parse_selection(spec), 3, teacher_scores(logits, splits.train.labels)
+    )
+    assert record["indices"] == expected.tolist() and record["kept"] == summary["train_images"] == len(
+        expected
+    )
+    assert len(record["classes_kept"]) == 5 and record["of"] == len(splits.train)
+    assert (record["select"], record["select_pass"], record["select_seed"]) == (spec, "clean", 3)

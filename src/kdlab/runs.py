@@ -183,8 +183,14 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.summary_path, summary)
 
-    def write_config(self, config_yaml: str) -> None:
-        atomic_write_text(self.config_path, config_yaml)
+    def write_config(self, config: RunConfig, run_info: dict[str, Any] | None = None) -> None:
+        """``config.yaml``: the resolved config, then a ``run_info`` block (versions, commit, world)."""
+        import yaml
+
+        from kdlab.config import to_yaml
+
+        extra = yaml.safe_dump({"run_info": run_info}, sort_keys=False) if run_info is not None else ""
+        atomic_write_text(self.config_path, to_yaml(config) + extra)
 
     def read_config(self) -> RunConfig:
         """The RunConfig in ``config.yaml`` (its ``run_info`` block dropped); a UserError when the

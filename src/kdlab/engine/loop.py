@@ -19,17 +19,17 @@ import time
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdlab import distributed
 from kdlab.cache import TeacherLogitCache, open_logit_cache
-from kdlab.config import RunConfig, to_yaml
+from kdlab.config import RunConfig
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
+from kdlab.data.select import select_training_set
 from kdlab.device import World, autocast_context, current_world, resolve_device
 from kdlab.engine.state import EpochState
-from kdlab.engine.step import train_step
+from kdlab.engine.step import check_feature_losses, train_step
 from kdlab.engine.stop import StopRequests, interrupted, raise_if_not_finite
 from kdlab.engine.student import (
     Student,
@@ -40,7 +40,7 @@ from kdlab.engine.student import (
     tensorboard_writer,
 )
 from kdlab.errors import UserError
-from kdlab.losses import needs_teacher
+from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import count_parameters, create_model
 from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment
 from kdlab.teacher import load_teacher
@@ -103,6 +103,18 @@ class Trainer:
         for split in ("train", "test"):  # once, so that every loader below shares one device copy
             if isinstance(getattr(self.splits, split), TensorData):
                 setattr(self.splits, split, getattr(self.splits, split).to(self.device))
+        self.teacher = load_teacher(lead.kd.teacher, self.device) if lead.kd.teacher else None
+        if self.teacher is not None:
+            if self.teacher.num_classes != self.splits.num_classes:
+                raise UserError(
+                    f"the teacher predicts {self.teacher.num_classes} classes but {lead.data.name} has "
+                    f"{self.splits.num_classes}: use a teacher trained on {lead.data.name}"
+                )
+            if lead.channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        # A teacher-chosen fraction of the training set (data.select), before any loader is built.
+        teacher_fn = self.live_teacher_logits if self.teacher is not None else None
+        self.selection = select_training_set(lead.data, self.splits, teacher_fn, self.device)
         if len(self.splits.train) < lead.optim.batch_size * self.world.size:
             raise UserError(
                 f"batch size {lead.optim.batch_size} x {self.world.size} process(es) is larger than the "
@@ -120,16 +132,9 @@ class Trainer:
         eval_batch = max(256, 2 * lead.optim.batch_size)
         self.test_loader = make_loader(self.splits, "test", eval_batch, train=False, **loader_args)
         self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
-        self.teacher = load_teacher(lead.kd.teacher, self.device) if lead.kd.teacher else None
-        if self.teacher is not None:
-            if self.teacher.num_classes != self.splits.num_classes:
-                raise UserError(
-                    f"the teacher predicts {self.teacher.num_classes} classes but {lead.data.name} has "
-                    f"{self.splits.num_classes}: use a teacher trained on {lead.data.name}"
-                )
-            if lead.channels_last:
-                self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
+        self.teacher_features_needed = any("teacher_features" in loss_spec(c.kd.loss).reads for c in configs)
+        check_feature_losses(configs, self.teacher, self.world.size)
         if self.teacher is not None and lead.compile:  # the teacher's forward is most of a KD step
             self.teacher = torch.compile(self.teacher)
         self.logit_cache: TeacherLogitCache | None = None
@@ -151,6 +156,15 @@ class Trainer:
         if self.logit_cache is not None:
             return self.logit_cache.lookup(batch.indices, batch.aug)
         return self.live_teacher_logits(batch.inputs)
+
+    def teacher_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits, and its float32 penultimate features ``[B, D]`` when a student's loss reads them."""
+        if not self.teacher_features_needed:
+            return self.teacher_logits(batch), None
+        with torch.inference_mode(), self.autocast():
+            features = self.teacher.forward_features(batch.inputs)
+            logits = self.teacher.classifier(features)
+        return logits.float().clone(), features.float().clone()
 
     def live_teacher_logits(self, inputs: Tensor) -> Tensor:
         """The frozen teacher's float32 logits; cloned out of inference mode so autograd may read them."""
@@ -193,9 +207,11 @@ class Trainer:
         if self.world.is_main:
             run_info = {**environment(), "world_size": self.world.size}
             run_info["global_batch_size"] = config.optim.batch_size * self.world.size
-            run.write_config(to_yaml(config) + yaml.safe_dump({"run_info": run_info}, sort_keys=False))
+            run.write_config(config, run_info)
             if self.noise_record is not None:
                 atomic_write_json(run.path / "label_noise.json", self.noise_record)
+            if self.selection is not None:
+                atomic_write_json(run.path / "selection.json", self.selection)
             student.writer = tensorboard_writer(config, run)
         return student
 
@@ -237,8 +253,10 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step < state.first_step:
                 continue  # replays the epoch's fixed order up to where a mid-epoch checkpoint stopped
-            teacher_logits = self.teacher_logits(batch) if self.teacher_needed else None
-            train_step(students, batch, teacher_logits, state, step, self.autocast)
+            teacher_logits, teacher_features = (
+                self.teacher_outputs(batch) if self.teacher_needed else (None, None)
+            )
+            train_step(students, batch, teacher_logits, state, step, self.autocast, epoch, teacher_features)
             state.seen += len(batch.targets)
             if (step + 1) % self.stop.check_every == 0 and step + 1 < len(self.train_loader):
                 signum = self.stop.agreed()
