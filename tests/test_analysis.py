@@ -3,6 +3,7 @@ agreement, distances, and ``kdlab analyze`` end to end on digits runs."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -149,6 +150,15 @@ def test_analyze_teacher_and_students_on_digits(tmp_path):
         # The engine's logit distance (float32 logits) is the analysis's mean (float64).
         assert entry["logit_distance"]["mean"] == pytest.approx(summary["logit_distance"], rel=1e-5)
         assert entry["train_acc"] == pytest.approx(summary["train_acc"])
+    # The official code's per-sample scores: the teacher's in teacher_samples.csv, summaries for every model.
+    rows = list(csv.DictReader((out / "teacher_samples.csv").open()))
+    assert len(rows) == 1437 and (out / "tld.png").stat().st_size > 1000
+    assert sum(float(row["teacher_tld"]) < 0 for row in rows) == round(
+        1437 * (1 - reference["train_acc"] / 100)
+    )
+    mean_tld = sum(float(row["teacher_tld"]) for row in rows) / len(rows)
+    assert reference["tld"]["mean"] == pytest.approx(mean_tld, rel=1e-5)
+    assert reference["entropy"]["mean"] == pytest.approx(reference["entropy_mean"])
     templates = reference["projection"]["templates"]
     assert templates[0] == [0.0, 0.0] and templates[1][1] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(UserError, match="not a finished kdlab run|has no config.yaml"):

@@ -165,9 +165,11 @@ def test_unknown_recipe_suggests_close_names():
 
 def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_path):
     experiments = [
+        "data-fraction",
         "grid",
         "label-noise",
         "logit-distance",
+        "methods",
         "pairs",
         "penultimate",
         "poor-teacher",
@@ -199,6 +201,20 @@ def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_pat
     assert grid.teachers["wrn-28-4"].config.model == "wrn-28-4"
     pairs = plan_sweep(load_recipe("pairs-paper"), tmp_path / "p")
     assert {run.config.model for run in pairs.students} == {"wrn-16-2", "wrn-16-4", "wrn-28-2", "wrn-40-2"}
+    methods = plan_sweep(load_recipe("methods-small"), tmp_path / "m")
+    assert [run.name for run in methods.students if run.config.seed == 0] == [
+        "ce-s0", "dist-b2-g2-t4-s0", "dkd-a1-b8-t4-w3-s0", "kl-a1-t4-s0", "kl-ls-a1-t2-s0", "mse-a1-s0",
+    ]  # fmt: skip
+    assert (
+        len(methods.students) == 18 and len(lockstep_groups(methods.students)) == 3
+    )  # one teacher pass per seed
+    fraction = plan_sweep(load_recipe("data-fraction-paper"), tmp_path / "f")
+    assert sorted(run.config.data.select or "all" for run in fraction.students) == [
+        "all", "classes:random:0-0.1", "samples:entropy:0-0.1", "samples:random:0-0.1", "samples:tld:0-0.1",
+    ]  # fmt: skip
+    assert {(run.config.kd.alpha, run.config.kd.tau, run.config.model) for run in fraction.students} == {
+        (1.0, 20.0, "wrn-16-2")
+    }
     noise = plan_sweep(load_recipe("label-noise-paper"), tmp_path / "n")
     assert {run.config.data.label_noise for run in [*noise.students, *noise.teachers.values()]} == {
         "symmetric:0.4"

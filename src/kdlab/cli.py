@@ -285,7 +285,7 @@ def analyze(
     data_dir: DataDir = None,
     device: Device = None,
 ) -> None:
-    """Logit distance, penultimate norm, agreement, ECE, entropy and the 3-class projection, on the training set."""
+    """Logit distance, penultimate norm, agreement, ECE, entropy, TLD and the 3-class projection, on the training set."""
     from kdlab.analysis.analyze import analyze_runs
 
     try:
@@ -298,6 +298,7 @@ def analyze(
             f"train acc {entry['train_acc']:.2f}%",
             f"ECE {entry['ece']:.2f}%",
             f"entropy {entry['entropy_mean']:.3f}",
+            f"TLD {entry['tld']['mean']:.3f}",
         ]
         if "agreement" in entry:
             parts.append(f"agreement {entry['agreement']:.2f}%")

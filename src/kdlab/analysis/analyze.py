@@ -1,13 +1,14 @@
 """``kdlab analyze``: what trained students learned, measured on the clean training set.
 
 Per run: the distribution of ``||z^s - z^t||_2``, of the penultimate norm ``||r||_2``, top-1
-agreement with the teacher, ECE (15 bins), mean predictive entropy and accuracy; and the 3-class
-pre-logit projection of Mueller, Kornblith and Hinton (2019): the penultimate features of three
+agreement with the teacher, ECE (15 bins), accuracy, predictive entropy and the top-logit difference
+(TLD: the official code's per-sample scores, the teacher's per sample in ``teacher_samples.csv``);
+and the 3-class pre-logit projection of Mueller, Kornblith and Hinton (2019): the penultimate features of three
 classes' training images projected onto the plane through those classes' template vectors. The
 teacher is analysed the same way (its features too, unless it is an ensemble), and the per-sample
 distance between a student's and the teacher's projected points measures how closely the student
 follows the teacher. Outputs: ``analysis.json``, ``projection.png``, ``logit_distance.png``,
-``penultimate_norm.png``.
+``penultimate_norm.png``, ``entropy.png``, ``tld.png`` and ``teacher_samples.csv``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from kdlab.analysis.metrics import (
     predictive_entropy,
     project_onto_plane,
     template_plane,
+    top_logit_difference,
     wasserstein_1d,
 )
 from kdlab.analysis.plots import plot_histograms, plot_projections
 from kdlab.analysis.records import run_label
 from kdlab.errors import UserError
-from kdlab.runs import RunFolder, atomic_write_json
+from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
 from kdlab.teacher import load_teacher
 
 HISTOGRAM_BINS = 40
@@ -171,6 +173,10 @@ def analyze_runs(
         if teacher_outputs is not None
         else {}
     )
+    # Per-sample scores of the official code's data experiments (kdlab.data.select ranks by them).
+    entropies = {name: predictive_entropy(outputs.logits).numpy() for name, _, outputs in entries}
+    tlds = {name: top_logit_difference(outputs.logits, labels).numpy() for name, _, outputs in entries}
+    entropy_edges, tld_edges = _shared_edges(list(entropies.values())), _shared_edges(list(tlds.values()))
     norm_edges = _shared_edges(list(norms.values())) if norms else None
     distance_edges = _shared_edges(list(distances.values())) if distances else None
     projections = {name: _projection(outputs, mask, classes) for name, _, outputs in entries}
@@ -189,7 +195,9 @@ def analyze_runs(
             "label": label,
             "train_acc": 100.0 * (outputs.logits.argmax(dim=1) == labels).double().mean().item(),
             "ece": expected_calibration_error(outputs.logits, labels, ECE_BINS),
-            "entropy_mean": predictive_entropy(outputs.logits).mean().item(),
+            "entropy_mean": float(entropies[name].mean()),
+            "entropy": {**describe(entropies[name]), "histogram": histogram(entropies[name], entropy_edges)},
+            "tld": {**describe(tlds[name]), "histogram": histogram(tlds[name], tld_edges)},
         }
         if name in norms:
             entry["penultimate_norm"] = {
@@ -216,6 +224,13 @@ def analyze_runs(
     out.mkdir(parents=True, exist_ok=True)
     _plot(entries, results, projections, projected_labels, class_names, out)
     atomic_write_json(out / "analysis.json", results)
+    if teacher:
+        rows = zip(labels.tolist(), entropies["teacher"].tolist(), tlds["teacher"].tolist(), strict=True)
+        lines = ["index,label,teacher_entropy,teacher_tld"]
+        lines += [
+            f"{index},{label},{entropy:.6g},{tld:.6g}" for index, (label, entropy, tld) in enumerate(rows)
+        ]
+        atomic_write_text(out / "teacher_samples.csv", "\n".join(lines) + "\n")
     log(f"analyze: wrote {out / 'analysis.json'} and plots")
     return results
 
@@ -248,6 +263,8 @@ def _plot(
     for key, filename, xlabel in [
         ("logit_distance", "logit_distance.png", "||z_s - z_t||_2 (training set)"),
         ("penultimate_norm", "penultimate_norm.png", "||r||_2 (penultimate features, training set)"),
+        ("entropy", "entropy.png", "entropy of softmax(z), nats (training set)"),
+        ("tld", "tld.png", "top-logit difference z_y - max_{j != y} z_j (training set; < 0: wrong)"),
     ]:
         series = [
             {"label": results["runs"][name]["label"], **results["runs"][name][key]["histogram"]}
