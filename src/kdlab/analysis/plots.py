@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kdlab.losses import format_value
 
 CLASS_COLOURS = ("#4477aa", "#ee6677", "#228833")
 SERIES_COLOURS = ("#222222", "#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
@@ -70,7 +71,7 @@ def plot_histograms(series: list[dict[str, Any]], xlabel: str, path: str | Path)
 
 
 def tau_label(tau: float) -> str:
-    return "inf" if tau == math.inf else f"{tau:g}"
+    return format_value(float(tau))
 
 
 def plot_heatmap(

@@ -81,7 +81,7 @@ class Group:
 
     @property
     def context(self) -> tuple[tuple[str, str], ...]:
-        """The key without loss, alpha and tau: runs of one context differ only in how they distil."""
+        """The key without the loss and its hyperparameters: runs of one context differ only in how they distil."""
         excluded = loss_keys()
         return tuple((key, repr(value)) for key, value in self.key.items() if key not in excluded)
 
@@ -116,7 +116,8 @@ def group_key(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
 
 
 def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group]:
-    """Runs grouped by ``group_key``, groups sorted by model, teacher, loss, alpha, tau."""
+    """Runs grouped by ``group_key``, groups sorted by teacher, model, loss (registration order) and its
+    hyperparameters."""
     groups: dict[str, Group] = {}
     for record in records:
         key = group_key(record, root)
@@ -128,8 +129,13 @@ def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group
         key = group.key
         loss = key["kd.loss"]
         settings = tuple((0, 0) if key.get(name) is None else (1, key[name]) for name in loss_keys()[1:])
-        rank = registered.index(loss) if loss in registered else len(registered)
-        return (str(key.get("kd.teacher") or ""), key["model"], rank, loss, settings, repr(group.context))
+        return (
+            str(key.get("kd.teacher") or ""),
+            key["model"],
+            registered.index(loss),
+            settings,
+            repr(group.context),
+        )
 
     return sorted(groups.values(), key=order)
 
@@ -292,8 +298,7 @@ def comparison_table(context_groups: dict[Any, list[Group]], shown: list[str]) -
             at_defaults = [group for group in groups if _hidden_at_defaults(group)]
             for group in at_defaults or groups:
                 cells[group.label] = group
-                rank = registered.index(loss) if loss in registered else len(registered)
-                columns.setdefault(group.label, (rank, len(columns)))
+                columns.setdefault(group.label, (registered.index(loss), len(columns)))
         rows.append((members, cells))
     if not rows:
         return None
