@@ -171,7 +171,7 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
     ("unknown-loss", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--loss", "msee", "--out", out],
      "unknown loss 'msee' (did you mean mse?): choose one of ce, dist, dkd, kl, mse, smooth_logit"),
     ("unknown-recipe", lambda f, out: ["sweep", "grid-smal", "--out", out],
-     "unknown recipe 'grid-smal' (did you mean grid-small or grid-paper?): choose one of grid-paper, grid-small, "),
+     "unknown recipe 'grid-smal' (did you mean grid-small or grid-paper?): choose one of data-fraction-paper, data-fraction-small, grid-paper, grid-small, "),
     ("wrn-depth-not-6n+4", lambda f, out: ["train", *DIGITS, "--model", "wrn-15-2", "--out", out],
      "wrn depth 15 is invalid: depth must be 6n+4 (10, 16, 22, 28, 40, ...), e.g. wrn-16-2"),
     ("teacher-student-class-mismatch",
