@@ -234,6 +234,8 @@ def test_imagefolder_and_its_loader(tmp_path):
     assert not torch.equal(batches_of(loader, 2)[0].inputs, first[0].inputs)
     test_batch = next(iter(make_loader(splits, "test", 12, train=False, num_workers=0)))
     assert torch.equal(test_batch.indices, torch.arange(12)) and test_batch.inputs.shape == (12, 3, 32, 32)
+    with pytest.raises(UserError, match="val_split is supported for in-memory datasets, not imagefolder"):
+        load_dataset("imagefolder", tmp_path, image_size=32, val_split=3)
 
 
 def test_missing_imagefolder(tmp_path):
@@ -274,6 +276,32 @@ def test_load_dataset_subsets(tmp_path):
     assert torch.equal(splits.train.images, full.train.images[kept])
     with pytest.raises(UserError, match="test_subset: subset size 51 is out of range"):
         load_dataset("cifar10", tmp_path, test_subset=51)
+
+
+def test_validation_split_is_carved_from_the_training_subset(tmp_path):
+    write_cifar10(tmp_path, n_train=100, n_test=50)
+    subset = load_dataset("cifar10", tmp_path, subset=60, subset_seed=1)
+    splits = load_dataset("cifar10", tmp_path, subset=60, subset_seed=1, val_split=20)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 20, 50)
+    assert torch.bincount(splits.val.labels).tolist() == [2] * 10  # class-balanced
+    # Disjoint, and together exactly the subset: each image once, the subset's order kept in both.
+    held_out = class_balanced_subset(subset.train.labels, 20, seed=1)
+    kept = torch.ones(60, dtype=torch.bool)
+    kept[held_out] = False
+    assert torch.equal(splits.val.images, subset.train.images[held_out])
+    assert torch.equal(splits.train.images, subset.train.images[kept])
+    again = load_dataset("cifar10", tmp_path, subset=60, subset_seed=1, val_split=20)
+    assert torch.equal(again.val.images, splits.val.images)  # seeded
+    other = load_dataset("cifar10", tmp_path, subset=60, subset_seed=2, val_split=20)
+    assert not torch.equal(other.val.images, splits.val.images)
+    loader = make_loader(splits, "val", 8, train=False)
+    assert sum(len(batch.targets) for batch in loader) == 20
+    assert load_dataset("cifar10", tmp_path).val is None
+    with pytest.raises(UserError, match="cifar10 has no val split: set data.val_split=N"):
+        make_loader(load_dataset("cifar10", tmp_path), "val", 8, train=False)
+    for n in (9, 60):
+        with pytest.raises(UserError, match=f"val_split={n} is out of range: choose between 10 .* and 59"):
+            load_dataset("cifar10", tmp_path, subset=60, val_split=n)
 
 
 # --- augmentation -------------------------------------------------------------------------------
@@ -370,8 +398,8 @@ def test_ddp_ranks_cover_the_truncated_permutation_once(tiny, world_size):
 
 
 def test_loader_rejects_bad_arguments(tiny):
-    with pytest.raises(UserError, match="unknown split 'val'"):
-        make_loader(tiny, "val", 8, train=False)
+    with pytest.raises(UserError, match="unknown split 'valid': choose train, val or test"):
+        make_loader(tiny, "valid", 8, train=False)
     with pytest.raises(UserError, match="rank 2 is outside 0..1"):
         make_loader(tiny, "train", 8, train=True, rank=2, world_size=2)
 

@@ -18,6 +18,8 @@ import yaml
 
 from kdlab.errors import UserError, did_you_mean
 
+ENSEMBLE_REDUCTIONS = ("mean", "sum")
+
 
 @dataclass
 class DataConfig:
@@ -25,7 +27,8 @@ class DataConfig:
     data_dir: str | None = None
     subset: int | None = None  # training images kept (seeded, class-balanced); None = all
     test_subset: int | None = None
-    subset_seed: int = 0
+    subset_seed: int = 0  # chooses the subsets and the validation split
+    val_split: int | None = None  # training images held out for validation (class-balanced); None = none
     augment: str = (
         "default"  # default | none | flip | crop | crop+flip | autoaugment (true/false: default/none)
     )
@@ -51,6 +54,7 @@ class DataConfig:
 @dataclass
 class DistillConfig:
     teacher: str | list[str] | None = None  # run folder(s) or checkpoint(s); a list is an ensemble
+    ensemble: str = "mean"  # how an ensemble combines its members' logits: mean | sum (the official code)
     loss: str = "ce"  # a registered loss (kdlab.losses): ce | kl | mse | smooth_logit | dkd | dist
     # Loss hyperparameters. Each loss reads the ones its registration names (kdlab.losses), which
     # also gives their valid ranges; the defaults below are the CIFAR-100 settings of each method.
@@ -115,6 +119,10 @@ class RunConfig:
                 raise UserError(f"{name}={value} must be a positive integer")
         if not self.optim.lr > 0:
             raise UserError(f"optim.lr={self.optim.lr} must be positive")
+        if self.kd.ensemble not in ENSEMBLE_REDUCTIONS:
+            raise UserError(
+                f"kd.ensemble={self.kd.ensemble!r} is invalid: choose {' or '.join(ENSEMBLE_REDUCTIONS)}"
+            )
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"amp={self.amp!r} is invalid: choose auto, bf16 or off")
         if self.kd.cache and self.data.augment == "autoaugment":

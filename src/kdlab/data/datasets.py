@@ -74,6 +74,7 @@ class DatasetSplits:
     pad: int  # random-crop padding used by augmentation (0 = no crop)
     flip: bool  # random horizontal flip used by augmentation
     class_names: list[str] = field(default_factory=list)
+    val: TensorData | None = None  # held out of the training split by ``val_split`` (never trained on)
 
 
 class LabelledSubset(Subset):
@@ -105,12 +106,15 @@ def load_dataset(
     subset_seed: int = 0,
     download: bool = False,
     image_size: int | None = None,
+    val_split: int | None = None,
 ) -> DatasetSplits:
     """Load dataset ``name`` (see ``DATASETS.names()``), optionally reduced to class-balanced subsets.
 
     ``subset``/``test_subset`` keep that many samples of the train/test split, ``n // K`` per class
-    (the remainder to the first classes), chosen with ``subset_seed``. ``image_size`` only applies
-    to imagefolder/imagenet (default 224); the other datasets have a fixed size.
+    (the remainder to the first classes), chosen with ``subset_seed``. ``val_split`` then moves that
+    many of the kept training samples (class-balanced, seeded by ``subset_seed`` too) into
+    ``splits.val``: see :func:`carve_validation`. ``image_size`` only applies to imagefolder/imagenet
+    (default 224); the other datasets have a fixed size.
     """
     factory = DATASETS.get(name)
     root = Path(data_dir).expanduser() if data_dir is not None else None
@@ -122,7 +126,38 @@ def load_dataset(
         )
     splits.train = _take_subset(splits.train, subset, subset_seed, splits.num_classes, "subset")
     splits.test = _take_subset(splits.test, test_subset, subset_seed, splits.num_classes, "test_subset")
+    if val_split is not None:
+        splits.train, splits.val = carve_validation(splits, val_split, subset_seed)
     return splits
+
+
+def carve_validation(splits: DatasetSplits, n: int, seed: int) -> tuple[TensorData, TensorData]:
+    """``(train, val)``: ``n`` samples of ``splits.train`` (class-balanced, chosen with ``seed`` as in
+    :func:`class_balanced_subset`) become the validation split, the rest stay the training split.
+
+    The choice depends on the labels, ``n`` and ``seed`` only, so a teacher and its students that
+    share them hold out the same images (the teacher never saw its students' validation images).
+    Both keep their original order. In-memory datasets only: an ImageFolder training split carries
+    its random training transforms, which a validation split must not have.
+    """
+    train = splits.train
+    if not isinstance(train, TensorData):
+        raise UserError(
+            f"val_split is supported for in-memory datasets, not {splits.name}: drop val_split and hold out "
+            "a val/ folder of your own"
+        )
+    if not splits.num_classes <= n < len(train):
+        raise UserError(
+            f"val_split={n} is out of range: choose between {splits.num_classes} (one per class) and "
+            f"{len(train) - 1} (the training split has {len(train)} images)"
+        )
+    held_out = class_balanced_subset(train.labels, n, seed, splits.num_classes)
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[held_out] = False
+    return (
+        TensorData(train.images[keep], train.labels[keep]),
+        TensorData(train.images[held_out], train.labels[held_out]),
+    )
 
 
 def split_labels(split: TensorData | Dataset) -> torch.Tensor:

@@ -260,15 +260,17 @@ def make_loader(
     channels_last: bool = False,
     drop_last: bool = False,
 ) -> TensorLoader | DatasetLoader:
-    """Iterate ``splits.<split>`` (``"train"`` or ``"test"``) in batches of :class:`Batch`.
+    """Iterate ``splits.<split>`` (``"train"``, ``"val"`` or ``"test"``) in batches of :class:`Batch`.
 
     ``train=True`` shuffles and, for in-memory splits, augments as ``augment`` says (a mode of
     ``AUGMENT_MODES``; ``True``/``False`` mean default/none); ``train=False`` keeps the order and does
     not augment. Call ``set_epoch(e)`` before iterating epoch ``e``. ``num_workers`` only matters for
     Dataset splits (imagefolder/imagenet), whose augmentation lives in their transforms.
     """
-    if split not in ("train", "test"):
-        raise UserError(f"unknown split '{split}': choose train or test")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"unknown split '{split}': choose train, val or test")
+    if getattr(splits, split) is None:
+        raise UserError(f"{splits.name} has no {split} split: set data.val_split=N to hold one out")
     if batch_size < 1:
         raise UserError(f"batch size {batch_size} is not positive: choose e.g. 128")
     if not 0 <= rank < world_size:
