@@ -121,7 +121,7 @@ def test_config_file_flags_and_set_precedence(tmp_path: Path) -> None:
     assert resolved["run_info"]["torch"] == str(torch.__version__)
 
 
-def test_ensemble_teacher_is_the_mean_of_its_members_logits(tmp_path: Path) -> None:
+def test_ensemble_teacher_is_the_mean_or_the_sum_of_its_members_logits(tmp_path: Path) -> None:
     from kdlab.teacher import load_teacher, model_from_checkpoint
 
     for seed in (1, 2):
@@ -132,6 +132,9 @@ def test_ensemble_teacher_is_the_mean_of_its_members_logits(tmp_path: Path) -> N
     images = torch.randn(5, 1, 8, 8)
     members = [model_from_checkpoint(path).eval()(images) for path in teachers]
     torch.testing.assert_close(ensemble(images), (members[0] + members[1]) / 2)
+    summed = load_teacher(teachers, torch.device("cpu"), ensemble="sum")
+    torch.testing.assert_close(summed(images), members[0] + members[1])  # the official code's ensemble
+    assert "reduction=sum" in repr(summed)  # so the teacher-logit cache keys the two apart
     kdlab("distill", "--dataset", "digits", "--teacher", teachers[0], "--teacher", teachers[1], "--loss", "mse",
           "--model", "convnet-4", "--epochs", 1, "--out", tmp_path / "s", "--set", "progress=false")  # fmt: skip
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["teacher"] == [str(p) for p in teachers]

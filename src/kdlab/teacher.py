@@ -141,24 +141,38 @@ def teacher_member(spec: str | Path) -> nn.Module:
 
 
 class EnsembleTeacher(nn.Module):
-    """The mean of several teachers' logits (the official code sums them, changing the MSE target's scale)."""
+    """The mean (default) or the sum of several teachers' logits.
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    The official code sums them; that scales the logits by the number of members, which changes the
+    MSE target and, for KL, acts like dividing tau by it. ``reduction="sum"`` reproduces it.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], reduction: str = "mean") -> None:
         super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise UserError(f"ensemble reduction {reduction!r} is invalid: choose mean or sum")
         self.members = nn.ModuleList(members)
         self.num_classes = members[0].num_classes
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:  # in the repr, hence in the logit cache's key (kdlab.cache)
+        return f"reduction={self.reduction}"
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+        logits = torch.stack([member(x) for member in self.members])
+        return logits.sum(dim=0) if self.reduction == "sum" else logits.mean(dim=0)
 
 
-def load_teacher(spec: str | Path | Sequence[str | Path], device: torch.device) -> nn.Module:
-    """A frozen teacher in eval mode on ``device``; a list of specs gives an ``EnsembleTeacher``."""
+def load_teacher(
+    spec: str | Path | Sequence[str | Path], device: torch.device, ensemble: str = "mean"
+) -> nn.Module:
+    """A frozen teacher in eval mode on ``device``; a list of specs gives an ``EnsembleTeacher`` combining
+    its members' logits by ``ensemble`` (mean or sum)."""
     members = [teacher_member(item) for item in teacher_specs(spec)]
     counts = {member.num_classes for member in members}
     if len(counts) > 1:
         raise UserError(
             f"ensemble teachers disagree on the number of classes ({sorted(counts)}): use teachers of one dataset"
         )
-    teacher = members[0] if len(members) == 1 else EnsembleTeacher(members)
+    teacher = members[0] if len(members) == 1 else EnsembleTeacher(members, ensemble)
     return teacher.to(device).eval().requires_grad_(False)
