@@ -321,7 +321,7 @@ def report(
 @app.command()
 def reproduce(
     preset: Annotated[
-        str, typer.Option("--preset", help="tiny (smoke test), small (CPU, ~1 h) or paper")
+        str, typer.Option("--preset", help="tiny (smoke test), small (CPU, 1-2 h) or paper")
     ] = "tiny",
     claims: Annotated[str | None, typer.Option("--claims", help="e.g. C1,C5 (default: all nine)")] = None,
     out: Annotated[str | None, typer.Option("--out", help="default reproduce-PRESET")] = None,
@@ -330,11 +330,24 @@ def reproduce(
         int | None, typer.Option("--seeds", help="student seeds (default: the preset's)")
     ] = None,
     set_: Overrides = None,
+    publish: Annotated[
+        str | None,
+        typer.Option("--publish", help="then copy REPORT.md, claims.json and figures/ to this folder"),
+    ] = None,
+    readme: Annotated[
+        str | None,
+        typer.Option("--readme", help="with --publish: rewrite this README's claims table from claims.json"),
+    ] = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
+    from kdlab.experiments.reproduce import publish as publish_report
     from kdlab.experiments.reproduce import reproduce as run_reproduce
 
+    if readme and not publish:
+        raise UserError("--readme needs --publish DEST: the README's table links the published report")
     run_reproduce(preset, claims, out, jobs, set_, seeds, log=typer.echo)
+    if publish:
+        publish_report(out or f"reproduce-{preset}", publish, readme, log=typer.echo)
 
 
 def _set_cpu_threads() -> None:

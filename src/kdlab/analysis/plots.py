@@ -127,3 +127,25 @@ def plot_tau_curves(
     axis.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_bars(panels: list[dict[str, Any]], path: str | Path) -> None:
+    """Side-by-side bar charts; each panel: ``labels``, ``values``, ``ylabel`` and optionally
+    ``reference`` = ``(label, value)``, drawn as a dashed line (e.g. the teacher's accuracy). A panel
+    with a reference zooms its y axis onto the values (bars of accuracies all start far above 0)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for index, (axis, panel) in enumerate(zip(axes[0], panels, strict=True)):
+        values = [float(value) for value in panel["values"]]
+        axis.bar(panel["labels"], values, color=SERIES_COLOURS[1 + index % (len(SERIES_COLOURS) - 1)])
+        reference = panel.get("reference")
+        if reference is not None:
+            label, level = reference
+            axis.axhline(level, color=CLASS_COLOURS[1], linestyle="--", label=label)
+            shown = [*values, level]
+            axis.set_ylim(min(shown) - 2, max(shown) + 3)  # room above for the legend
+            axis.legend(loc="upper right")
+        axis.set_ylabel(panel["ylabel"])
+        axis.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,94 +1,81 @@
 """The nine claims of shared/PAPER.md as checks with a fixed, stated statistic and verdict rule.
 
-Each empirical claim is one or more tests (``Comparison``: a per-seed difference ``A - B``;
+``CLAIMS`` is the one table: claim -> statement, the recipe whose runs it reads, its check and the
+regime it must be judged in (``kdlab.experiments.regime``). ``judge`` runs one entry. Each check adds
+tables and tests (``Comparison``: per-seed paired differences ``A - B`` with a predicted direction;
 ``Correlation``: Spearman's rho with a permutation p-value), judged by ``VERDICT_RULE`` below, which
-REPORT.md quotes verbatim. Nothing here is tuned to a result: the rule, the compared runs and the
-margin are fixed before any run is read.
+REPORT.md quotes verbatim. Nothing here is tuned to a result: the rule, the compared runs, the
+metric and the margin are fixed before any run is read. The statistics are ``kdlab.analysis.stats``.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdlab.analysis.plots import tau_label
 from kdlab.analysis.records import RunRecord
-from kdlab.experiments.report import Stat
+from kdlab.analysis.stats import (
+    BOOTSTRAP_MIN_N,
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    PERMUTATIONS,
+    Equivalence,
+    Interval,
+    RankCorrelation,
+    Stat,
+    paired_interval,
+    spearman_test,
+    tost,
+)
+from kdlab.experiments import regime
+from kdlab.experiments.recipes import SweepPlan, flatten
+from kdlab.experiments.regime import Gate
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-EQUIVALENCE_MARGIN = 1.0  # accuracy points within which two settings count as "about as good"
-SIGNIFICANCE = 0.05
-PERMUTATIONS = 10_000
-ACC = "test_acc_best"
+ABOUT_AS_GOOD, OUTSIDE = "about as good", "outside the paper's regime"
+MIN_SEEDS = 3  # fewer paired seeds: no verdict
+EQUIVALENCE_MARGIN = 0.5  # accuracy points within which two settings count as "about as good"
+SIGNIFICANCE = 1 - CONFIDENCE
+ACC = "test_acc_last"  # the verdict metric: test accuracy of the final weights, never an epoch chosen on test
+VAL_ACC = (
+    "test_acc_at_best_val"  # shown when runs hold a validation split: test accuracy at the best-val epoch
+)
+TEST_BEST = "test_acc_best"  # shown, never judged: its epoch is chosen on the test set
 
 VERDICT_RULE = f"""\
-Every test is computed from the student runs of each seed; with a single seed every test is
-*inconclusive*, since nothing then tells an effect from seed noise.
+Every test pairs the student runs of each seed (same seed, same data order, same teacher) and needs
+at least {MIN_SEEDS} paired seeds; with fewer it is *inconclusive*. Accuracy is last-epoch test accuracy
+(`{ACC}`), never an epoch chosen on the test set; tables also show the best of the seeds (the paper
+reports best of 3), test accuracy at the epoch of best validation accuracy where runs hold a
+validation split, and best-epoch test accuracy (chosen on test: shown, never judged).
 
-- **Difference** `A - B` (accuracies, distances), paired by seed, with a predicted direction.
-  noise = max(standard deviation over seeds of `A - B`, pooled standard deviation over seeds of `A`
-  and of `B`). Predicted `> 0`: *holds* if mean > noise, *does not hold* if mean < -noise, else
-  *inconclusive* (`< 0` mirrors it). Predicted `~ 0` ("about as good", margin {EQUIVALENCE_MARGIN:g}
-  accuracy point): *holds* if |mean| + noise <= margin, *does not hold* if |mean| - noise > margin,
-  else *inconclusive*.
+- **Difference** `A - B` (accuracies in points, distances), per seed, with a predicted direction:
+  a {100 * CONFIDENCE:g}% interval for its mean (paired t for n < {BOOTSTRAP_MIN_N}; BCa bootstrap, {BOOTSTRAP_RESAMPLES:,}
+  resamples, seeded, for n >= {BOOTSTRAP_MIN_N}). *holds* if the interval lies wholly on the predicted
+  side of 0, *does not hold* if wholly on the other side; for accuracies, *about as good* if two
+  one-sided t tests (TOST, level {SIGNIFICANCE:g}) place the mean within ±{EQUIVALENCE_MARGIN:g} point; else *inconclusive*.
+- **About as good** predicted (`~ 0`, accuracies): *holds* if TOST places the mean within
+  ±{EQUIVALENCE_MARGIN:g} point, *does not hold* if the {100 * CONFIDENCE:g}% interval lies wholly outside it, else *inconclusive*.
 - **Correlation**: Spearman's rho over the runs of all seeds, two-sided permutation p-value
-  ({PERMUTATIONS:,} permutations, fixed generator): *holds* if p < {SIGNIFICANCE:g} with the predicted
+  ({PERMUTATIONS:,} permutations, seeded; exact for small n): *holds* if p < {SIGNIFICANCE:g} with the predicted
   sign, *does not hold* if p < {SIGNIFICANCE:g} with the other sign, else *inconclusive*.
 
-A claim holds when all its tests hold, does not hold when any test does not hold, and is
-inconclusive otherwise. Accuracy is best-epoch test accuracy (the paper's convention); last-epoch
-accuracy is shown beside it."""
+A claim *holds* when all its tests hold, *does not hold* when any does not hold, is *inconclusive*
+when any is inconclusive, and *about as good* when the rest hold and at least one predicted
+difference is within the margin. Before any of that, a claim whose runs fail a gate of its regime
+(`kdlab.experiments.regime`) is *{OUTSIDE}*, naming the gate and its value; its numbers are still shown. Tests are not
+corrected for multiplicity: read a single "holds" among many tests with that in mind."""
 
 
-# --- statistics -------------------------------------------------------------------------------------
-
-
-def _ranks(values: list[float] | np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties sharing their average rank."""
-    array = np.asarray(values, dtype=np.float64)
-    result = np.empty(len(array))
-    result[np.argsort(array, kind="stable")] = np.arange(len(array), dtype=np.float64)
-    for value in np.unique(array):
-        tied = array == value
-        result[tied] = result[tied].mean()
-    return result
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (ties get their average rank); NaN when either side is constant."""
-    if len(x) != len(y) or len(x) < 2:
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def permutation_p_value(x: list[float], y: list[float], permutations: int = PERMUTATIONS) -> float:
-    """Two-sided p-value of Spearman's rho: the share of ``y`` permutations with ``|rho| >= |observed|``
-    (the observed order counted once, so p > 0). Deterministic: generator seeded with 0."""
-    observed = spearman(x, y)
-    if math.isnan(observed):
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    rx, ry = (rx - rx.mean()) / rx.std(), (ry - ry.mean()) / ry.std()
-    generator = np.random.default_rng(0)
-    shuffled = np.stack([generator.permutation(ry) for _ in range(permutations)])
-    rhos = shuffled @ rx / len(rx)
-    return float((1 + np.sum(np.abs(rhos) >= abs(observed) - 1e-12)) / (permutations + 1))
-
-
-def pooled_spread(*series: dict[int, float]) -> float:
-    """``sqrt(mean of the per-series sample variances over seeds)``; 0 for single-seed series."""
-    variances = [statistics.variance(list(s.values())) if len(s) > 1 else 0.0 for s in series]
-    return math.sqrt(sum(variances) / len(variances)) if variances else 0.0
+# --- tests ------------------------------------------------------------------------------------------
 
 
 def _finite(series: dict[int, float]) -> dict[int, float]:
@@ -97,13 +84,21 @@ def _finite(series: dict[int, float]) -> dict[int, float]:
 
 @dataclass
 class Comparison:
-    """``A - B`` per seed against a predicted direction (see the module docstring for the rule)."""
+    """``A - B`` per seed against a predicted direction (``VERDICT_RULE``). ``margin`` is the equivalence
+    margin (accuracies); None for quantities without one (distances), which then have no "about as good"."""
 
     statement: str  # e.g. "acc(MSE) - acc(KL tau=20)"
     a: dict[int, float]
     b: dict[int, float]
     expect: str  # "> 0", "< 0" or "~ 0"
     unit: str = ""
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.expect not in ("> 0", "< 0", "~ 0"):
+            raise ValueError(f"expect must be '> 0', '< 0' or '~ 0', not {self.expect!r}")
+        if self.expect == "~ 0" and self.margin is None:
+            raise ValueError("an equivalence test ('~ 0') needs a margin")
 
     @property
     def per_seed(self) -> dict[int, float]:
@@ -115,58 +110,69 @@ class Comparison:
         return list(self.per_seed.values())
 
     @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else math.nan
+    def n(self) -> int:
+        return len(self.values)
 
     @property
-    def sd(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+    def interval(self) -> Interval:
+        return paired_interval(self.values)
 
     @property
-    def spread(self) -> float:
-        """Pooled sd over seeds of A and of B, on the seeds both have."""
-        seeds = self.per_seed
-        return pooled_spread({s: self.a[s] for s in seeds}, {s: self.b[s] for s in seeds})
+    def equivalence(self) -> Equivalence | None:
+        return None if self.margin is None else tost(self.values, self.margin)
 
     @property
     def verdict(self) -> str:
-        if len(self.values) < 2:
+        if self.n < MIN_SEEDS:
             return INCONCLUSIVE
-        mean, noise = self.mean, max(self.sd, self.spread)
+        interval, equivalence = self.interval, self.equivalence
+        equivalent = equivalence is not None and equivalence.equivalent(SIGNIFICANCE)
         if self.expect == "~ 0":
-            if abs(mean) + noise <= EQUIVALENCE_MARGIN:
+            if equivalent:
                 return HOLDS
-            return FAILS if abs(mean) - noise > EQUIVALENCE_MARGIN else INCONCLUSIVE
+            outside = interval.low > self.margin or interval.high < -self.margin
+            return FAILS if outside else INCONCLUSIVE
         sign = 1.0 if self.expect == "> 0" else -1.0
-        if sign * mean > noise:
+        low, high = sorted((sign * interval.low, sign * interval.high))
+        if low > 0:
             return HOLDS
-        if sign * mean < -noise:
+        if high < 0:
             return FAILS
-        return INCONCLUSIVE
+        return ABOUT_AS_GOOD if equivalent else INCONCLUSIVE
+
+    def evidence(self) -> str:
+        """One line: effect, interval, n."""
+        if self.n < 2:
+            return f"{self.statement}: {self.n} paired seed(s), no interval"
+        return f"{self.statement}: {self.interval.text(unit=self.unit)}"
 
     def text(self) -> str:
         if not self.values:
-            return f"{self.statement}: no paired runs -> **{INCONCLUSIVE}**"
+            return f"{self.statement} (predicted {self.expect}): no paired runs -> **{INCONCLUSIVE}**"
         values = ", ".join(f"{value:+.3f}" for value in self.values)
-        sd = "n/a" if math.isnan(self.sd) else f"{self.sd:.3f}"
-        margin = f", margin {EQUIVALENCE_MARGIN}" if self.expect == "~ 0" else ""
-        return (
-            f"{self.statement} (predicted {self.expect}): mean {self.mean:+.3f}{self.unit} over "
-            f"{len(self.values)} seed(s) [{values}], sd {sd}, seed spread {self.spread:.3f}{margin} "
-            f"-> **{self.verdict}**"
-        )
+        parts = [f"{self.statement} (predicted {self.expect}): per seed [{values}]"]
+        if self.n >= 2:
+            parts.append(self.interval.text(digits=3, unit=self.unit))
+        equivalence = self.equivalence
+        if equivalence is not None and self.n >= 2:
+            parts.append(f"TOST ±{equivalence.margin:g}: p = {equivalence.p_value:.3g}")
+        if self.n < MIN_SEEDS:
+            parts.append(f"fewer than {MIN_SEEDS} seeds")
+        return "; ".join(parts) + f" -> **{self.verdict}**"
 
     def to_dict(self) -> dict[str, Any]:
+        equivalence = self.equivalence
         return {
             "statement": self.statement, "expect": self.expect, "a": self.a, "b": self.b,
-            "per_seed": self.per_seed, "mean": self.mean, "sd": self.sd, "spread": self.spread,
+            "per_seed": self.per_seed, "n_seeds": self.n, "interval": self.interval.to_dict(),
+            "tost": None if equivalence is None else {"margin": equivalence.margin, "p_value": equivalence.p_value},
             "verdict": self.verdict,
         }  # fmt: skip
 
 
 @dataclass
 class Correlation:
-    """Spearman's rho of ``x`` and ``y`` pooled over seeds, with a permutation p-value."""
+    """Spearman's rho of ``x`` and ``y`` pooled over ``seeds`` seeds, with a permutation p-value."""
 
     statement: str
     x: list[float]
@@ -175,31 +181,47 @@ class Correlation:
     expect: str  # "> 0" or "< 0"
 
     @property
-    def rho(self) -> float:
-        return spearman(self.x, self.y)
+    def n(self) -> int:
+        return self.seeds
 
     @property
-    def p_value(self) -> float:
-        return permutation_p_value(self.x, self.y)
+    def test(self) -> RankCorrelation:
+        return spearman_test(self.x, self.y)
 
     @property
     def verdict(self) -> str:
-        rho, p = self.rho, self.p_value
-        if self.seeds < 2 or math.isnan(rho) or not p < SIGNIFICANCE:
+        test = self.test
+        if self.seeds < MIN_SEEDS or math.isnan(test.rho) or not test.p_value < SIGNIFICANCE:
             return INCONCLUSIVE
-        return HOLDS if (rho > 0) == (self.expect == "> 0") else FAILS
+        return HOLDS if (test.rho > 0) == (self.expect == "> 0") else FAILS
+
+    def evidence(self) -> str:
+        test = self.test
+        return f"{self.statement}: rho {test.rho:+.2f}, p = {test.p_value:.3g}, {test.n} runs"
 
     def text(self) -> str:
+        test = self.test
         return (
-            f"{self.statement} (predicted {self.expect}): Spearman rho {self.rho:+.3f} over {len(self.x)} runs "
-            f"from {self.seeds} seed(s), permutation p = {self.p_value:.4f} -> **{self.verdict}**"
+            f"{self.statement} (predicted {self.expect}): Spearman rho {test.rho:+.3f} over {test.n} runs "
+            f"from {self.seeds} seed(s), permutation p = {test.p_value:.4f} -> **{self.verdict}**"
         )
 
     def to_dict(self) -> dict[str, Any]:
+        test = self.test
         return {
-            "statement": self.statement, "expect": self.expect, "rho": self.rho, "p_value": self.p_value,
-            "runs": len(self.x), "seeds": self.seeds, "verdict": self.verdict,
+            "statement": self.statement, "expect": self.expect, "rho": test.rho, "p_value": test.p_value,
+            "runs": test.n, "n_seeds": self.seeds, "verdict": self.verdict,
         }  # fmt: skip
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim's verdict from its tests' (``VERDICT_RULE``)."""
+    if not verdicts:
+        return INCONCLUSIVE
+    for verdict in (FAILS, INCONCLUSIVE, ABOUT_AS_GOOD):
+        if verdict in verdicts:
+            return verdict
+    return HOLDS
 
 
 @dataclass
@@ -211,24 +233,50 @@ class ClaimResult:
     notes: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, path relative to REPORT.md)
     exact_verdict: str | None = None  # C3: decided by exact checks, not seeds
+    gates: list[Gate] = field(default_factory=list)  # the regime its runs were measured in
+
+    @property
+    def failing_gates(self) -> list[Gate]:
+        return regime.failing(self.gates)
 
     @property
     def verdict(self) -> str:
         if self.exact_verdict is not None:
             return self.exact_verdict
-        verdicts = [comparison.verdict for comparison in self.comparisons]
-        if not verdicts:
-            return INCONCLUSIVE
-        if all(verdict == HOLDS for verdict in verdicts):
-            return HOLDS
-        return FAILS if FAILS in verdicts else INCONCLUSIVE
+        if self.failing_gates:
+            return OUTSIDE
+        return combine([comparison.verdict for comparison in self.comparisons])
+
+    @property
+    def n_seeds(self) -> int | None:
+        """The fewest seeds any of its tests had (None for C3)."""
+        counts = [comparison.n for comparison in self.comparisons]
+        return min(counts) if counts else None
+
+    def evidence(self) -> str:
+        """One line for the README: the failing gate, or the first test's effect, interval and n."""
+        if self.exact_verdict is not None:
+            return "exact checks on the loss functions (float64)"
+        if self.failing_gates:
+            shown = [f"{gate.text()} [{gate.scope}]" for gate in self.failing_gates]
+            more = f"; {len(shown) - 2} more failing" if len(shown) > 2 else ""
+            return "; ".join(shown[:2]) + more
+        if not self.comparisons:
+            return "no runs"
+        return self.comparisons[0].evidence()
 
     def to_dict(self) -> dict[str, Any]:
+        first = self.comparisons[0] if self.comparisons else None
         return {
             "claim": self.claim,
             "statement": self.statement,
             "verdict": self.verdict,
-            "comparisons": [comparison.to_dict() for comparison in self.comparisons],
+            "n_seeds": self.n_seeds,
+            "interval": first.interval.to_dict() if isinstance(first, Comparison) else None,
+            "evidence": self.evidence(),
+            "gates": [gate.to_dict() for gate in self.gates],
+            "failing_gates": [gate.name for gate in self.failing_gates],
+            "tests": [comparison.to_dict() for comparison in self.comparisons],
             "notes": self.notes,
         }
 
@@ -259,9 +307,13 @@ class Runs:
         return [record for record in self.records if matches(record)]
 
     def per_seed(self, metric: str = ACC, **match: Any) -> dict[int, float]:
+        selected = self.select(**match)
+        seeds = [record.config.seed for record in selected]
+        if len(set(seeds)) != len(seeds):
+            raise AssertionError(f"{match} matches several runs of one seed: narrow the match")
         return {
             record.config.seed: record.metric(metric)
-            for record in sorted(self.select(**match), key=lambda r: r.config.seed)
+            for record in sorted(selected, key=lambda r: r.config.seed)
         }
 
     def stat(self, metric: str = ACC, **match: Any) -> Stat:
@@ -277,30 +329,80 @@ class Runs:
         }
         return sorted({getters[key](record.config) for record in self.select(**match)})
 
+    def has(self, metric: str) -> bool:
+        return any(not math.isnan(record.metric(metric)) for record in self.records)
+
     @property
     def seeds(self) -> list[int]:
         return sorted({record.config.seed for record in self.records})
 
 
+@dataclass
+class Experiment:
+    """One recipe's sweep: its plan, its finished student runs and its finished teachers (by name)."""
+
+    plan: SweepPlan
+    students: list[RunRecord]
+    teachers: dict[str, RunRecord]
+
+    @property
+    def runs(self) -> Runs:
+        return Runs(self.students)
+
+    @property
+    def main_teacher(self) -> str:
+        """The teacher the recipe's students read unless an entry says otherwise."""
+        return str(self.plan.recipe.base.get("kd", {}).get("teacher"))
+
+    def teacher(self, name: str | None = None) -> RunRecord | None:
+        return self.teachers.get(name or self.main_teacher)
+
+
+@dataclass
+class Context:
+    """Where a check may write (analyses, figures) and how it logs."""
+
+    out: Path
+    log: Callable[[str], None] = print
+
+    def publish(self, source: Path, name: str) -> str:
+        """Copy a figure into ``OUT/figures`` (what REPORT.md links); returns the relative link."""
+        target = self.out / "figures" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return f"figures/{name}"
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+TITLES = {
+    ACC: "test acc last (%)", VAL_ACC: "test acc at best val (%)", TEST_BEST: "test acc best-on-test (%, not judged)",
+    "train_acc": "train acc (%)", "logit_distance": "logit distance", "logit_distance_centred": "centred distance",
+    "logit_distance_rms": "RMS distance", "train_acc_clean_labels": "train acc, clean labels (%)",
+}  # fmt: skip
+DEFAULT_METRICS = (ACC, VAL_ACC, TEST_BEST, "train_acc")
+
+
 def accuracy_table(
-    rows: list[tuple[str, dict[str, Any]]],
-    runs: Runs,
-    metrics: tuple[str, ...] = (ACC, "test_acc_last", "train_acc"),
+    rows: list[tuple[str, dict[str, Any]]], runs: Runs, metrics: tuple[str, ...] = DEFAULT_METRICS
 ) -> str:
-    """Markdown: one row per ``(label, match)``, mean ± sd over seeds of each metric."""
-    titles = {
-        ACC: "test acc best (%)", "test_acc_last": "test acc last (%)", "train_acc": "train acc (%)",
-        "logit_distance": "logit distance", "train_acc_clean_labels": "train acc, clean labels (%)",
-    }  # fmt: skip
-    lines = [
-        "| run | seeds | " + " | ".join(titles[m] for m in metrics) + " |",
-        "|---|---|" + "---|" * len(metrics),
-    ]
+    """Markdown: one row per ``(label, match)``, mean ± sd over seeds of each metric; the verdict metric
+    also gets its best of the seeds. Metrics no run records (e.g. no validation split) are left out."""
+    metrics = tuple(metric for metric in metrics if runs.has(metric))
+    titles = []
+    for metric in metrics:
+        titles.append(TITLES[metric])
+        if metric == ACC:
+            titles.append("best of seeds (%)")
+    lines = ["| run | seeds | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(titles)]
     for label, match in rows:
-        count = len(runs.select(**match))
-        lines.append(
-            f"| {label} | {count} | " + " | ".join(runs.stat(m, **match).text() for m in metrics) + " |"
-        )
+        cells = []
+        for metric in metrics:
+            stat = runs.stat(metric, **match)
+            cells.append(stat.text())
+            if metric == ACC:
+                cells.append(stat.best_text())
+        lines.append(f"| {label} | {len(runs.select(**match))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -316,66 +418,57 @@ def grid_table(runs: Runs, metric: str, alphas: list[float], taus: list[float]) 
     return "\n".join(lines)
 
 
-# --- the claims ---------------------------------------------------------------------------------------
-
-
 def _mean_over(series: list[dict[int, float]]) -> dict[int, float]:
     """Per seed, the mean of the series that all have that seed."""
     seeds = set.intersection(*(set(_finite(one)) for one in series)) if series else set()
     return {seed: statistics.fmean(one[seed] for one in series) for seed in sorted(seeds)}
 
 
-def check_c1(runs: Runs) -> ClaimResult:
-    result = ClaimResult("C1", "Higher alpha gives higher test and lower train accuracy (tau > 1).")
+def accuracy_difference(statement: str, a: dict[int, float], b: dict[int, float], expect: str) -> Comparison:
+    """A Comparison of accuracies (points), with the equivalence margin."""
+    return Comparison(statement, a, b, expect, " pts", EQUIVALENCE_MARGIN)
+
+
+# --- the checks -------------------------------------------------------------------------------------
+# Each fills in a ClaimResult from an experiment's runs: tables, tests (Comparison, Correlation), notes.
+
+
+def check_c1(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
     alphas, all_taus = runs.values("alpha", loss="kl"), runs.values("tau", loss="kl")
     taus = [tau for tau in all_taus if tau > 1]
     result.tables += [
-        "Best-epoch test accuracy (%):\n\n" + grid_table(runs, ACC, alphas, all_taus),
+        f"{TITLES[ACC]}:\n\n" + grid_table(runs, ACC, alphas, all_taus),
         "Train accuracy (%, clean training set, end of training):\n\n"
         + grid_table(runs, "train_acc", alphas, all_taus),
     ]
     if len(alphas) < 2 or not taus:
         result.notes.append("the grid needs at least two alphas and one tau > 1")
-        return result
+        return
     low, high = alphas[0], alphas[-1]
     over = "{" + ", ".join(tau_label(t) for t in taus) + "}"
     for metric, expect, name in ((ACC, "> 0", "test acc"), ("train_acc", "< 0", "train acc")):
         a = _mean_over([runs.per_seed(metric, loss="kl", alpha=high, tau=t) for t in taus])
         b = _mean_over([runs.per_seed(metric, loss="kl", alpha=low, tau=t) for t in taus])
-        result.comparisons.append(
-            Comparison(
-                f"{name}(alpha={high:g}) - {name}(alpha={low:g}), mean over tau in {over}",
-                a,
-                b,
-                expect,
-                " pts",
-            )
-        )
-    return result
+        statement = f"{name}(alpha={high:g}) - {name}(alpha={low:g}), mean over tau in {over}"
+        result.comparisons.append(accuracy_difference(statement, a, b, expect))
 
 
-def check_c2(runs: Runs) -> ClaimResult:
-    result = ClaimResult(
-        "C2", "At alpha = 1, test accuracy rises with tau; tau = inf is about as good as tau = 20."
-    )
-    taus = runs.values("tau", loss="kl", alpha=1.0)
-    result.tables.append(
-        accuracy_table(
-            [(f"KL tau={tau_label(t)}", {"loss": "kl", "alpha": 1.0, "tau": t}) for t in taus], runs
-        )
-    )
-    finite = [tau for tau in taus if tau != math.inf]
-    if len(finite) >= 2:
-        low, high = finite[0], finite[-1]
-        result.comparisons.append(Comparison(
+def check_c2(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
+    kl = {"loss": "kl", "alpha": 1.0}
+    taus = runs.values("tau", **kl)
+    result.tables.append(accuracy_table([(f"KL tau={tau_label(t)}", {**kl, "tau": t}) for t in taus], runs))
+    finite_taus = [tau for tau in taus if tau != math.inf]
+    if len(finite_taus) >= 2:
+        low, high = finite_taus[0], finite_taus[-1]
+        result.comparisons.append(accuracy_difference(
             f"acc(tau={high:g}) - acc(tau={low:g}) at alpha = 1",
-            runs.per_seed(loss="kl", alpha=1.0, tau=high), runs.per_seed(loss="kl", alpha=1.0, tau=low), "> 0", " pts",
+            runs.per_seed(**kl, tau=high), runs.per_seed(**kl, tau=low), "> 0",
         ))  # fmt: skip
-    result.comparisons.append(Comparison(
-        "acc(tau=inf) - acc(tau=20) at alpha = 1",
-        runs.per_seed(loss="kl", alpha=1.0, tau=math.inf), runs.per_seed(loss="kl", alpha=1.0, tau=20.0), "~ 0", " pts",
+    result.comparisons.append(accuracy_difference(
+        "acc(tau=inf) - acc(tau=20) at alpha = 1", runs.per_seed(**kl, tau=math.inf), runs.per_seed(**kl, tau=20.0), "~ 0",
     ))  # fmt: skip
-    return result
 
 
 def _limit_check(
@@ -395,11 +488,10 @@ def _limit_check(
     return f"{name}, relative error at tau = {taus_text}", ", ".join(f"{e:.2e}" for e in errors), passed
 
 
-def check_c3() -> ClaimResult:
+def check_c3(result: ClaimResult, experiment: Experiment | None, context: Context) -> None:
     """The theorem's limits and gradients, checked in float64 on random logits (B = 64, K = 100)."""
     from kdlab.losses import kd_loss, kl_div, label_matching, logit_matching
 
-    result = ClaimResult("C3", "The two limits of the theorem hold (checked numerically, exactly).")
     generator = torch.Generator().manual_seed(0)
     batch, classes = 64, 100
     student = 3 * torch.randn(batch, classes, generator=generator, dtype=torch.float64)
@@ -459,86 +551,103 @@ def check_c3() -> ClaimResult:
         "gradient to 1e-12."
     )
     result.exact_verdict = HOLDS if all(passed for _, _, passed in checks) else FAILS
-    return result
 
 
-def check_c4(runs: Runs) -> ClaimResult:
-    result = ClaimResult(
-        "C4",
-        "Larger tau gives a smaller logit distance ||z_s - z_t||_2 on the training set, but KL never reaches full "
-        "logit matching; MSE gets closest. Logit matching correlates with accuracy.",
-    )
-    distance = "logit_distance"
-    taus = runs.values("tau", loss="kl", alpha=1.0)
-    rows = [(f"KL tau={tau_label(t)}", {"loss": "kl", "alpha": 1.0, "tau": t}) for t in taus]
+DISTANCE = "logit_distance"
+
+
+def check_c4(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
+    kl = {"loss": "kl", "alpha": 1.0}
+    taus = runs.values("tau", **kl)
+    rows = [(f"KL tau={tau_label(t)}", {**kl, "tau": t}) for t in taus]
     rows += [("MSE", {"loss": "mse"}), ("CE (no KD term)", {"loss": "ce"})]
-    result.tables.append(accuracy_table(rows, runs, (distance, ACC, "train_acc")))
+    distances = (DISTANCE, "logit_distance_centred", "logit_distance_rms")
+    result.tables.append(accuracy_table(rows, runs, (*distances, ACC, "train_acc")))
+    result.notes.append(
+        "Distances to the teacher's logits on the clean training set, means over its images: `||z_s - z_t||_2` "
+        "(the claim's), the mean-centred `||(z_s - mean z_s) - (z_t - mean z_t)||_2` (what KL at tau = inf "
+        "matches: KL is blind to the logits' mean) and the RMS `sqrt(mean_k (z_s - z_t)^2)` (what MSE minimises)."
+    )
     if len(taus) >= 2:
         low, high = taus[0], taus[-1]
         result.comparisons.append(Comparison(
             f"distance(KL tau={tau_label(low)}) - distance(KL tau={tau_label(high)})",
-            runs.per_seed(distance, loss="kl", alpha=1.0, tau=low), runs.per_seed(distance, loss="kl", alpha=1.0, tau=high), "> 0",
+            runs.per_seed(DISTANCE, **kl, tau=low), runs.per_seed(DISTANCE, **kl, tau=high), "> 0",
         ))  # fmt: skip
-    by_tau = [_finite(runs.per_seed(distance, loss="kl", alpha=1.0, tau=t)) for t in taus]
+    by_tau = [_finite(runs.per_seed(DISTANCE, **kl, tau=t)) for t in taus]
     closest_kl = {
-        seed: min(one[seed] for one in by_tau) for seed in runs.seeds if all(seed in one for one in by_tau)
+        seed: min(one[seed] for one in by_tau)
+        for seed in runs.seeds
+        if by_tau and all(seed in one for one in by_tau)
     }
     result.comparisons.append(
         Comparison(
             "min over tau of distance(KL) - distance(MSE)",
             closest_kl,
-            runs.per_seed(distance, loss="mse"),
+            runs.per_seed(DISTANCE, loss="mse"),
             "> 0",
         )
     )
-    students = [record for record in runs.records if record.config.kd.teacher]
+    students = [record for record in runs.records if record.config.kd.loss != "ce"]
     result.comparisons.append(Correlation(
-        "logit distance vs test accuracy, all students of this experiment",
-        [record.metric(distance) for record in students], [record.metric(ACC) for record in students],
-        len(runs.seeds), "< 0",
+        "logit distance vs test accuracy, the distilled students of this experiment",
+        [record.metric(DISTANCE) for record in students], [record.metric(ACC) for record in students],
+        len({record.config.seed for record in students}), "< 0",
     ))  # fmt: skip
-    return result
 
 
-def check_c5(runs: Runs, main_teacher: str) -> ClaimResult:
-    result = ClaimResult("C5", "MSE beats KL across teacher/student pairs and with ensemble teachers.")
-    single = (main_teacher,)
+def check_c5(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs, main = experiment.runs, experiment.main_teacher
+    single = (main,)
     models = runs.values("model", teacher=single)
     rows = []
     for model in models:
         rows += [(f"{model} {label}", {"model": model, "teacher": single, **match}) for label, match in
                  (("CE", {"loss": "ce"}), ("KL tau=20", {"loss": "kl", "tau": 20.0}), ("MSE", {"loss": "mse"}))]  # fmt: skip
-    result.comparisons.append(Comparison(
-        f"acc(MSE) - acc(KL tau=20), mean over the {len(models)} students of {main_teacher}",
+    result.comparisons.append(accuracy_difference(
+        f"acc(MSE) - acc(KL tau=20), mean over the {len(models)} students of {main}",
         _mean_over([runs.per_seed(model=m, teacher=single, loss="mse") for m in models]),
         _mean_over([runs.per_seed(model=m, teacher=single, loss="kl", tau=20.0) for m in models]),
-        "> 0", " pts",
+        "> 0",
     ))  # fmt: skip
-    ensembles = sorted(
-        {
-            teacher_names(r.config.kd.teacher)
-            for r in runs.records
-            if len(teacher_names(r.config.kd.teacher)) > 1
-        }
-    )
-    for members in ensembles:
+    ensembles = sorted({teacher_names(r.config.kd.teacher) for r in runs.records} - {single}, key=len)
+    for members in (m for m in ensembles if len(m) > 1):
         rows += [(f"ensemble {'+'.join(members)} {label}", {"teacher": members, **match}) for label, match in
                  (("KL tau=20", {"loss": "kl", "tau": 20.0}), ("MSE", {"loss": "mse"}))]  # fmt: skip
-        result.comparisons.append(Comparison(
+        result.comparisons.append(accuracy_difference(
             f"acc(MSE) - acc(KL tau=20), ensemble of {len(members)}",
-            runs.per_seed(teacher=members, loss="mse"), runs.per_seed(teacher=members, loss="kl", tau=20.0), "> 0", " pts",
+            runs.per_seed(teacher=members, loss="mse"), runs.per_seed(teacher=members, loss="kl", tau=20.0), "> 0",
         ))  # fmt: skip
+        reductions = sorted({r.config.kd.ensemble for r in runs.select(teacher=members)})
+        result.notes.append(
+            f"Ensemble teacher {'+'.join(members)}: the {' / '.join(reductions)} of its members' logits "
+            "(`kd.ensemble`; the official code sums them)."
+        )
     result.tables.insert(0, accuracy_table(rows, runs))
-    return result
 
 
-def check_c6(analyses: dict[int, dict[str, Any]]) -> ClaimResult:
-    """``analyses[seed]`` = kdlab analyze output for that seed's KL tau=3, KL tau=20 and MSE students."""
-    result = ClaimResult(
-        "C6",
-        "MSE students' penultimate representations follow the teacher's more closely (pdf of ||r||_2; 3-class "
-        "projection onto the plane of the class templates).",
-    )
+def _c6_analyses(experiment: Experiment, context: Context) -> dict[int, dict[str, Any]]:
+    """``kdlab analyze`` of each seed's KL tau=3, KL tau=20 and MSE students against the teacher."""
+    from kdlab.analysis.analyze import analyze_runs
+
+    analyses = {}
+    runs, teacher = experiment.runs, experiment.teacher()
+    for seed in runs.seeds:
+        chosen = [
+            runs.select(loss="kl", alpha=1.0, tau=3.0), runs.select(loss="kl", alpha=1.0, tau=20.0), runs.select(loss="mse"),
+        ]  # fmt: skip
+        folders = [str(record.path) for group in chosen for record in group if record.config.seed == seed]
+        if teacher is None or len(folders) < 3:
+            continue
+        analyses[seed] = analyze_runs(
+            folders, teacher=str(teacher.path), out=context.out / "analysis" / f"seed{seed}", log=context.log
+        )
+    return analyses
+
+
+def check_c6(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    analyses = _c6_analyses(experiment, context)
     result.notes.append(
         "Per student: W1 = earth mover's distance between its ||r||_2 distribution and the teacher's; projection "
         "distance = mean over the three classes' training images of the distance between the student's and the "
@@ -570,20 +679,16 @@ def check_c6(analyses: dict[int, dict[str, Any]]) -> ClaimResult:
             result.comparisons.append(
                 Comparison(f"{name}(KL tau={tau}) - {name}(MSE)", kl.get(key, {}), mse.get(key, {}), "> 0")
             )
-    return result
+    if analyses:
+        seed = min(analyses)
+        for name, caption in (("projection", "3-class projection"), ("penultimate_norm", "pdf of ||r||_2")):
+            source = context.out / "analysis" / f"seed{seed}" / f"{name}.png"
+            if source.is_file():
+                result.figures.append((f"{caption} (seed {seed})", context.publish(source, f"c6-{name}.png")))
 
 
-def check_c7(runs: Runs, teacher: RunRecord | None) -> ClaimResult:
-    result = ClaimResult(
-        "C7",
-        "With a poorly trained teacher, label matching (small tau) is preferable (tested: KL tau = 1 against "
-        "tau = inf and MSE).",
-    )
-    if teacher is not None:
-        result.notes.append(
-            f"Poor teacher: train accuracy {teacher.metric('train_acc'):.2f}% (the paper's: 53.77%), test accuracy "
-            f"{teacher.metric(ACC):.2f}% after {teacher.summary.get('epochs')} epoch(s)."
-        )
+def check_c7(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
     taus = runs.values("tau", loss="kl", alpha=1.0)
     rows = [(f"KL tau={tau_label(t)}", {"loss": "kl", "tau": t}) for t in taus]
     rows += [("MSE", {"loss": "mse"}), ("CE", {"loss": "ce"})]
@@ -593,37 +698,48 @@ def check_c7(runs: Runs, teacher: RunRecord | None) -> ClaimResult:
         ("KL tau=inf", runs.per_seed(loss="kl", tau=math.inf)),
         ("MSE", runs.per_seed(loss="mse")),
     ):
-        result.comparisons.append(Comparison(f"acc(KL tau=1) - acc({label})", small, other, "> 0", " pts"))
-    return result
+        result.comparisons.append(accuracy_difference(f"acc(KL tau=1) - acc({label})", small, other, "> 0"))
 
 
-def check_c8(runs: Runs, large: str, medium: str, medium_from_large: str) -> ClaimResult:
-    result = ClaimResult(
-        "C8",
-        "Sequential distillation: medium -> small beats large -> medium -> small, which beats large -> small.",
-    )
+def sequential_teachers(experiment: Experiment) -> tuple[str, str, str]:
+    """``(large, medium, medium distilled from large)``: the recipe's default teacher, the teacher trained
+    alone and the one distilled from another."""
+    from kdlab.errors import UserError
+
+    teachers = experiment.plan.recipe.teachers
+    large = experiment.main_teacher
+    derived = [name for name, entry in teachers.items() if flatten(entry).get("kd.teacher")]
+    alone = [name for name in teachers if name != large and name not in derived]
+    if len(derived) != 1 or len(alone) != 1:
+        raise UserError(
+            f"C8 needs the sequential recipe's three teachers (large, medium, medium distilled from large); "
+            f"{experiment.plan.recipe.name} has {', '.join(teachers)}: do not --set other teachers"
+        )
+    return large, alone[0], derived[0]
+
+
+def check_c8(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
+    large, medium, medium_from_large = sequential_teachers(experiment)
     paths = {
         f"{medium} -> student": (medium,),
         f"{large} -> {medium} -> student": (medium_from_large,),
         f"{large} -> student": (large,),
     }
-    result.tables.append(
-        accuracy_table([(label, {"teacher": names}) for label, names in paths.items()], runs)
-    )
+    rows = [(label, {"teacher": names, "loss": "kl"}) for label, names in paths.items()]
+    result.tables.append(accuracy_table([*rows, ("CE (no teacher)", {"loss": "ce"})], runs))
     (first, a), (second, b), (third, c) = [
-        (label, runs.per_seed(teacher=names)) for label, names in paths.items()
+        (label, runs.per_seed(teacher=names, loss="kl")) for label, names in paths.items()
     ]
     result.comparisons += [
-        Comparison(f"acc({first}) - acc({second})", a, b, "> 0", " pts"),
-        Comparison(f"acc({second}) - acc({third})", b, c, "> 0", " pts"),
+        accuracy_difference(f"acc({first}) - acc({second})", a, b, "> 0"),
+        accuracy_difference(f"acc({second}) - acc({third})", b, c, "> 0"),
     ]
-    return result
 
 
-def check_c9(runs: Runs, noise: str | None) -> ClaimResult:
-    result = ClaimResult(
-        "C9", "Under label noise in the training set, KL with small tau (0.5 or 1) beats tau = inf and MSE."
-    )
+def check_c9(result: ClaimResult, experiment: Experiment, context: Context) -> None:
+    runs = experiment.runs
+    noise = experiment.plan.recipe.base.get("data", {}).get("label_noise")
     result.notes.append(
         f"Training labels of teacher and students: {noise or 'no'} noise; the test set is clean. Small tau = "
         "the mean of the tau = 0.5 and tau = 1 accuracies, per seed."
@@ -631,15 +747,111 @@ def check_c9(runs: Runs, noise: str | None) -> ClaimResult:
     taus = runs.values("tau", loss="kl")
     rows = [(f"KL tau={tau_label(t)}", {"loss": "kl", "tau": t}) for t in taus]
     rows += [("MSE", {"loss": "mse"}), ("CE", {"loss": "ce"})]
-    result.tables.append(
-        accuracy_table(rows, runs, (ACC, "test_acc_last", "train_acc", "train_acc_clean_labels"))
-    )
+    result.tables.append(accuracy_table(rows, runs, (*DEFAULT_METRICS, "train_acc_clean_labels")))
     small = _mean_over([runs.per_seed(loss="kl", tau=t) for t in (0.5, 1.0)])
     for label, other in (
         ("KL tau=inf", runs.per_seed(loss="kl", tau=math.inf)),
         ("MSE", runs.per_seed(loss="mse")),
     ):
         result.comparisons.append(
-            Comparison(f"acc(KL small tau) - acc({label})", small, other, "> 0", " pts")
+            accuracy_difference(f"acc(KL small tau) - acc({label})", small, other, "> 0")
         )
+
+
+# --- regimes: the gates each claim's runs must pass ---------------------------------------------------
+
+
+def _scope(teacher: RunRecord, students: list[RunRecord]) -> str:
+    """``convnet-32-b (convnet-32) -> mlp-64 CE, 3 seeds``: the teacher folder (and model when they differ)."""
+    name, model = teacher.path.name, teacher.config.model
+    models = ", ".join(sorted({record.config.model for record in students})) or "no CE student"
+    seeds = len({record.config.seed for record in students})
+    return (
+        f"{name if name == model else f'{name} ({model})'} -> {models} CE, {seeds} seed{'s' * (seeds != 1)}"
+    )
+
+
+def _gates(experiment: Experiment, teacher_name: str, **match: Any) -> list[Gate]:
+    """G1-G3 of one teacher of the experiment against its CE students matching ``match``."""
+    teacher = experiment.teacher(teacher_name)
+    students = experiment.runs.select(loss="ce", **match)
+    if teacher is None:
+        return [Gate.measure(rule, math.nan, f"teacher {teacher_name}: not trained") for rule in regime.GATES]
+    return regime.check_gates(teacher, students, _scope(teacher, students))
+
+
+def main_regime(experiment: Experiment) -> list[Gate]:
+    """The recipe's teacher and its CE students (every seed)."""
+    return _gates(experiment, experiment.main_teacher)
+
+
+def pairs_regime(experiment: Experiment) -> list[Gate]:
+    """Every student model against the main teacher, and each other (ensemble member) teacher against
+    the base student model."""
+    main, runs = experiment.main_teacher, experiment.runs
+    gates = [
+        gate for model in runs.values("model", loss="ce") for gate in _gates(experiment, main, model=model)
+    ]
+    base_model = experiment.plan.recipe.base.get("model")
+    for name in experiment.plan.recipe.teachers:
+        if name != main:
+            gates += _gates(experiment, name, model=base_model)
+    return gates
+
+
+def poor_teacher_condition(experiment: Experiment) -> list[Gate]:
+    teacher, students = experiment.teacher(), experiment.runs.select(loss="ce")
+    if teacher is None:
+        return [Gate.measure(regime.P1, math.nan, "poor teacher: not trained")]
+    return regime.check_poor_teacher(teacher, students, _scope(teacher, students))
+
+
+def label_noise_condition(experiment: Experiment) -> list[Gate]:
+    students = experiment.runs.records
+    return regime.check_label_noise(students, f"{len(students)} student runs")
+
+
+# --- the claim table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of shared/PAPER.md: the recipe whose runs it reads (None: checked exactly), the check
+    that fills its result, and the regime (gates) its runs must be in to be judged."""
+
+    id: str
+    statement: str
+    recipe: str | None
+    check: Callable[[ClaimResult, Experiment | None, Context], None]
+    regime: Callable[[Experiment], list[Gate]] | None = None
+
+
+CLAIMS: dict[str, Claim] = {claim.id: claim for claim in (
+    Claim("C1", "Higher alpha gives higher test and lower train accuracy (tau > 1).", "grid", check_c1, main_regime),
+    Claim("C2", "At alpha = 1, test accuracy rises with tau; tau = inf is about as good as tau = 20.", "grid",
+          check_c2, main_regime),
+    Claim("C3", "The two limits of the theorem hold (checked numerically, exactly).", None, check_c3),
+    Claim("C4", "Larger tau gives a smaller logit distance ||z_s - z_t||_2 on the training set, but KL never reaches "
+          "full logit matching; MSE gets closest. Logit matching correlates with accuracy.", "logit-distance",
+          check_c4, main_regime),
+    Claim("C5", "MSE beats KL across teacher/student pairs and with ensemble teachers.", "pairs", check_c5,
+          pairs_regime),
+    Claim("C6", "MSE students' penultimate representations follow the teacher's more closely (pdf of ||r||_2; 3-class "
+          "projection onto the plane of the class templates).", "penultimate", check_c6, main_regime),
+    Claim("C7", "With a poorly trained teacher, label matching (small tau) is preferable (tested: KL tau = 1 against "
+          "tau = inf and MSE).", "poor-teacher", check_c7, poor_teacher_condition),
+    Claim("C8", "Sequential distillation: medium -> small beats large -> medium -> small, which beats large -> small.",
+          "sequential", check_c8, main_regime),
+    Claim("C9", "Under label noise in the training set, KL with small tau (0.5 or 1) beats tau = inf and MSE.",
+          "label-noise", check_c9, label_noise_condition),
+)}  # fmt: skip
+
+
+def judge(claim_id: str, experiment: Experiment | None, context: Context) -> ClaimResult:
+    """Run one claim's check on its experiment's runs and measure its regime."""
+    claim = CLAIMS[claim_id]
+    result = ClaimResult(claim.id, claim.statement)
+    claim.check(result, experiment, context)
+    if claim.regime is not None and experiment is not None:
+        result.gates = claim.regime(experiment)
     return result

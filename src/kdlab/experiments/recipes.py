@@ -15,6 +15,9 @@ starts from) plus five recipe keys::
     runs:                     # extra single runs (their union with the grid)
       - {kd.loss: mse}
 
+A recipe may start with ``extends: BASE`` (a shipped base such as ``_small``, or a YAML file beside
+it): the recipe is merged over that base document, key by key.
+
 A student's ``kd.teacher`` (a name or a list of names = an ensemble) names recipe teachers; anything
 else is taken as the path of an existing run folder or checkpoint. Every student is ``base + one
 grid point or run entry + seed``; its folder name is derived from what the entry sets plus the
@@ -98,11 +101,16 @@ class SweepPlan:
 # --- finding and loading recipes ----------------------------------------------------------------
 
 
-def _shipped() -> dict[str, Any]:
+def _shipped(bases: bool = False) -> dict[str, Any]:
+    """Shipped recipes by name; with ``bases``, only the shared bases (files named ``_NAME.yaml``)."""
     folder = resources.files("kdlab") / "recipes"
     if not folder.is_dir():
         return {}
-    return {item.name[: -len(".yaml")]: item for item in folder.iterdir() if item.name.endswith(".yaml")}
+    return {
+        item.name[: -len(".yaml")]: item
+        for item in folder.iterdir()
+        if item.name.endswith(".yaml") and item.name.startswith("_") == bases
+    }
 
 
 def recipe_names() -> list[str]:
@@ -111,17 +119,41 @@ def recipe_names() -> list[str]:
 
 
 def recipe_document(spec: str | Path) -> tuple[str, dict[str, Any]]:
-    """``(name, YAML document)`` of a shipped recipe (by name) or of a recipe file."""
+    """``(name, YAML document)`` of a shipped recipe (by name) or of a recipe file, its ``extends`` resolved."""
     path = Path(spec)
     shipped = _shipped()
     if str(spec) in shipped:
-        return str(spec), yaml.safe_load(shipped[str(spec)].read_text()) or {}
+        return str(spec), _extend(yaml.safe_load(shipped[str(spec)].read_text()) or {}, str(spec), None)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return path.stem, load_yaml(path)
+        return path.stem, _extend(load_yaml(path), path.stem, path.parent)
     raise UserError(
         f"unknown recipe '{spec}'{did_you_mean(str(spec), shipped)}: choose one of "
         f"{', '.join(sorted(shipped))} (see `kdlab recipes`), or pass a recipe .yaml file"
     )
+
+
+def _extend(document: dict[str, Any], name: str, folder: Path | None) -> dict[str, Any]:
+    """``extends: BASE`` merges the recipe over a base document: a shipped base (``_small`` is
+    ``recipes/_small.yaml``) or a YAML file (relative to the recipe's folder). One level: a base does
+    not extend another."""
+    if not isinstance(document, dict) or "extends" not in document:
+        return document
+    document = dict(document)
+    base_name = str(document.pop("extends"))
+    bases = _shipped(bases=True)
+    if base_name in bases:
+        base = yaml.safe_load(bases[base_name].read_text()) or {}
+    else:
+        base_path = (folder or Path()) / base_name
+        if not base_path.is_file():
+            raise UserError(
+                f"recipe {name}: extends '{base_name}', which is neither a shipped base "
+                f"({', '.join(sorted(bases)) or 'none'}) nor a file: fix the name or the path"
+            )
+        base = load_yaml(base_path)
+    if not isinstance(base, dict) or "extends" in base:
+        raise UserError(f"recipe {name}: its base '{base_name}' must be a mapping that extends nothing")
+    return merge(base, document)
 
 
 def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:

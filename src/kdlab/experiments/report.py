@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import statistics
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ import numpy as np
 
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
 from kdlab.analysis.records import RunRecord, find_runs
+from kdlab.analysis.stats import Stat
 from kdlab.experiments.recipes import identity
 from kdlab.losses import LOSSES, LossSpec, Param, format_value, loss_fields, loss_spec
 from kdlab.runs import atomic_write_text
@@ -38,28 +37,6 @@ SHOWN_KEYS = ("model", "kd.teacher", "kd.loss")
 def loss_keys() -> tuple[str, ...]:
     """``kd.loss`` and every hyperparameter key of a registered loss: what a context leaves out."""
     return ("kd.loss", *(f"kd.{field}" for field in loss_fields()))
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample standard deviation (0 for one value) of a metric over seeds."""
-
-    mean: float
-    std: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat:
-        values = [value for value in values if not math.isnan(value)]
-        if not values:
-            return cls(math.nan, math.nan, 0)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(statistics.fmean(values), std, len(values))
-
-    def text(self, digits: int = 2) -> str:
-        if self.n == 0:
-            return "-"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
 
 
 @dataclass
@@ -75,9 +52,6 @@ class Group:
 
     def stat(self, metric: str) -> Stat:
         return Stat.of([run.metric(metric) for run in self.runs])
-
-    def by_seed(self, metric: str) -> dict[int, float]:
-        return {run.config.seed: run.metric(metric) for run in self.runs}
 
     @property
     def context(self) -> tuple[tuple[str, str], ...]:

@@ -1,6 +1,7 @@
 """``kdlab reproduce``: run what each claim C1-C9 of shared/PAPER.md needs, then judge every claim.
 
-Each claim reads the runs of one recipe (C3 reads none: it is checked exactly on the loss functions):
+Each claim reads the runs of one recipe (``kdlab.experiments.claims.CLAIMS``; C3 reads none: it is
+checked exactly on the loss functions):
 
 | claims | recipe | folder under OUT |
 |---|---|---|
@@ -15,18 +16,24 @@ Each claim reads the runs of one recipe (C3 reads none: it is checked exactly on
 All sweeps share ``OUT/teachers``, so a teacher of one name (the recipes of a scale define each name
 once) is trained once. Finished runs are reused: running ``reproduce`` again only re-judges.
 Presets: ``tiny`` (smoke test, about a minute: digits, 2 epochs, a 2 x 4 grid, one seed, so every
-empirical verdict is inconclusive by rule), ``small`` (the *-small recipes, Fashion-MNIST, a 4 x 5
-alpha x tau grid and 2 seeds: about 40-60 minutes on 2 CPU cores) and ``paper`` (the *-paper recipes
+empirical verdict is inconclusive by rule), ``small`` (the *-small recipes on Fashion-MNIST, designed
+to pass the regime gates on a CPU: docs/results/small/PROTOCOL.md) and ``paper`` (the *-paper recipes
 on CIFAR-100 as they are, 3 seeds: a GPU cluster's job; use ``kdlab sweep --shard`` to spread it).
-The statistic and verdict rule of every claim are in ``kdlab.experiments.claims``.
+The gates are ``kdlab.experiments.regime``; the statistics and verdict rule ``kdlab.experiments.claims``.
+
+``publish(OUT, DEST, readme)`` (``kdlab reproduce --publish DEST --readme README.md``) copies REPORT.md,
+claims.json and the figures to DEST and rewrites the README's claims table from claims.json.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,16 +46,15 @@ from kdlab.analysis.records import RunRecord
 from kdlab.config import merge, parse_override
 from kdlab.errors import UserError, did_you_mean
 from kdlab.experiments import claims as checks
-from kdlab.experiments.recipes import SweepPlan, flatten, parse_recipe, recipe_document
+from kdlab.experiments.claims import Context, Experiment
+from kdlab.experiments.recipes import parse_recipe, recipe_document
+from kdlab.experiments.regime import GATES_TEXT, gates_table
 from kdlab.experiments.report import write_report
 from kdlab.experiments.sweep import run_sweep
 from kdlab.runs import atomic_write_json, atomic_write_text
 
-CLAIM_RECIPES: dict[str, str | None] = {
-    "C1": "grid", "C2": "grid", "C3": None, "C4": "logit-distance", "C5": "pairs", "C6": "penultimate",
-    "C7": "poor-teacher", "C8": "sequential", "C9": "label-noise",
-}  # fmt: skip
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
+README_START, README_END = "<!-- claims-table:start -->", "<!-- claims-table:end -->"
 
 
 def _reduce_grid(alphas: list[float]) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
@@ -73,7 +79,7 @@ def _tiny(experiment: str, document: dict[str, Any]) -> dict[str, Any]:
     elif experiment == "logit-distance":
         document["grid"] = {"kd.tau": [1, 3, 20, "inf"]}
     elif experiment == "pairs":
-        document["grid"]["model"] = ["convnet-4", "convnet-8"]
+        document["grid"]["model"] = document["grid"]["model"][:2]
     return document
 
 
@@ -88,26 +94,30 @@ class Preset:
     # 8x8-input convnets, and on a busy 2-core machine 2 threads made `tiny` 12x slower than 1 (157 s
     # against 13 s, measured).
     threads: int | None = None
+    protocol: str | None = None  # the design document committed before the runs, relative to the repository
 
 
 PRESETS = {
     "tiny": Preset(
         "tiny", "small", 1,
         "Smoke test: the *-small recipes shrunk to sklearn's 8x8 digits, 2 student epochs, 3 teacher epochs, "
-        "a 2 x 4 alpha x tau grid; its numbers only show that the pipeline runs.",
+        "a 2 x 4 alpha x tau grid, one seed; its numbers only show that the pipeline runs (one seed: every "
+        "empirical verdict is inconclusive by rule, or outside the regime where a gate fails).",
         _tiny,
         threads=1,
     ),
     "small": Preset(
-        "small", "small", 2,
-        "The *-small recipes (Fashion-MNIST, 6,000 training images, full 10,000-image test set; convnet-32 teachers "
-        "trained 15 epochs, convnet students 10 epochs) with the alpha x tau grid reduced to alpha in "
-        "{0.1, 0.4, 0.7, 1.0}.",
+        "small", "small", 5,
+        "The *-small recipes (Fashion-MNIST: 6,000 class-balanced training images of which 1,000 are held out "
+        "for validation, the full 10,000-image test set, no augmentation; convnet-32 teachers trained 60 epochs, "
+        "MLP students 30 epochs) with the alpha x tau grid reduced to alpha in {0.1, 0.4, 0.7, 1.0}.",
         _reduce_grid([0.1, 0.4, 0.7, 1.0]),
+        threads=1,
+        protocol="docs/results/small/PROTOCOL.md",
     ),
     "paper": Preset(
         "paper", "paper", 3,
-        "The *-paper recipes as they are: CIFAR-100, WRN-28-4 teacher, WRN students, 200 epochs.",
+        "The *-paper recipes as they are: CIFAR-100, WRN-28-4 teacher, WRN students, 200 epochs, fp32.",
     ),
 }  # fmt: skip
 
@@ -115,32 +125,16 @@ PRESETS = {
 def parse_claims(text: str | None) -> list[str]:
     """``"C1,c5"`` -> ``["C1", "C5"]``; None or empty -> all nine."""
     if not text:
-        return list(CLAIM_RECIPES)
+        return list(checks.CLAIMS)
     chosen = []
     for item in (part.strip().upper() for part in text.split(",")):
-        if item not in CLAIM_RECIPES:
+        if item not in checks.CLAIMS:
             raise UserError(
-                f"--claims: unknown claim {item!r}: choose among {', '.join(CLAIM_RECIPES)}, e.g. --claims C1,C5"
+                f"--claims: unknown claim {item!r}: choose among {', '.join(checks.CLAIMS)}, e.g. --claims C1,C5"
             )
         if item not in chosen:
             chosen.append(item)
     return sorted(chosen, key=lambda claim: int(claim[1:]))
-
-
-@dataclass
-class Experiment:
-    plan: SweepPlan
-    students: list[RunRecord]
-    teachers: dict[str, RunRecord]
-
-    @property
-    def runs(self) -> checks.Runs:
-        return checks.Runs(self.students)
-
-    @property
-    def main_teacher(self) -> str:
-        teacher = self.plan.recipe.base.get("kd", {}).get("teacher")
-        return str(teacher)
 
 
 def run_experiment(
@@ -166,78 +160,6 @@ def run_experiment(
         if run.name in summaries
     }
     return Experiment(plan, students, teachers)
-
-
-def _c6_analyses(experiment: Experiment, out: Path, log: Callable[[str], None]) -> dict[int, dict[str, Any]]:
-    from kdlab.analysis.analyze import analyze_runs
-
-    analyses = {}
-    runs = experiment.runs
-    teacher = experiment.teachers.get(experiment.main_teacher)
-    for seed in runs.seeds:
-        chosen = [
-            runs.select(loss="kl", alpha=1.0, tau=3.0), runs.select(loss="kl", alpha=1.0, tau=20.0), runs.select(loss="mse"),
-        ]  # fmt: skip
-        folders = [str(record.path) for group in chosen for record in group if record.config.seed == seed]
-        if teacher is None or len(folders) < 3:
-            continue
-        analyses[seed] = analyze_runs(
-            folders, teacher=str(teacher.path), out=out / "analysis" / f"seed{seed}", log=log
-        )
-    return analyses
-
-
-def _judge(
-    claim: str, experiments: dict[str, Experiment], out: Path, log: Callable[[str], None]
-) -> checks.ClaimResult:
-    recipe = CLAIM_RECIPES[claim]
-    if recipe is None:
-        return checks.check_c3()
-    experiment = experiments[recipe]
-    runs = experiment.runs
-    if claim == "C1":
-        return checks.check_c1(runs)
-    if claim == "C2":
-        return checks.check_c2(runs)
-    if claim == "C4":
-        return checks.check_c4(runs)
-    if claim == "C5":
-        return checks.check_c5(runs, experiment.main_teacher)
-    if claim == "C6":
-        result = checks.check_c6(_c6_analyses(experiment, out, log))
-        for name, caption in (("projection", "3-class projection"), ("penultimate_norm", "pdf of ||r||_2")):
-            source = out / "analysis" / f"seed{min(runs.seeds)}" / f"{name}.png"
-            if source.is_file():
-                result.figures.append(
-                    (f"{caption} (seed {min(runs.seeds)})", _publish(source, out, f"c6-{name}.png"))
-                )
-        return result
-    if claim == "C7":
-        return checks.check_c7(runs, experiment.teachers.get(experiment.main_teacher))
-    if claim == "C8":
-        # The recipe's three teachers: the students' default one (large), one distilled from another
-        # teacher (large -> medium) and the remaining one (medium, trained alone).
-        teachers = experiment.plan.recipe.teachers
-        large = experiment.main_teacher
-        derived = [name for name, entry in teachers.items() if flatten(entry).get("kd.teacher")]
-        alone = [name for name in teachers if name != large and name not in derived]
-        if len(derived) != 1 or len(alone) != 1:
-            raise UserError(
-                f"C8 needs the sequential recipe's three teachers (large, medium, medium distilled from large); "
-                f"{experiment.plan.recipe.name} has {', '.join(teachers)}: do not --set other teachers"
-            )
-        return checks.check_c8(runs, large, alone[0], derived[0])
-    if claim == "C9":
-        return checks.check_c9(runs, experiment.plan.recipe.base.get("data", {}).get("label_noise"))
-    raise AssertionError(claim)
-
-
-def _publish(source: Path, out: Path, name: str) -> str:
-    """Copy a figure into ``OUT/figures`` (what REPORT.md links); returns the relative link."""
-    target = out / "figures" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return f"figures/{name}"
 
 
 def reproduce(
@@ -284,17 +206,21 @@ def _reproduce(
     start = time.perf_counter()
     experiments: dict[str, Experiment] = {}
     for claim in claim_list:
-        recipe = CLAIM_RECIPES[claim]
+        recipe = checks.CLAIMS[claim].recipe
         if recipe is not None and recipe not in experiments:
             experiments[recipe] = run_experiment(recipe, chosen, out, jobs, overrides, log)
-    results = [_judge(claim, experiments, out, log) for claim in claim_list]
+    context = Context(out, log)
+    results = [
+        checks.judge(claim, experiments.get(checks.CLAIMS[claim].recipe or ""), context)
+        for claim in claim_list
+    ]
     for folder in sorted({FOLDERS.get(name, name) for name in experiments}):
         plots = write_report(out / folder, log=log)["plots"]
         grid_result = next((r for r in results if r.claim in ("C1", "C2")), None)
         if folder == FOLDERS["grid"] and grid_result is not None:
             for name in plots:
                 grid_result.figures.append(
-                    (name.removesuffix(".png"), _publish(out / folder / name, out, name))
+                    (name.removesuffix(".png"), context.publish(out / folder / name, name))
                 )
     wall_time = time.perf_counter() - start
     records = {  # by folder: recipes of one folder share runs, and all share the teachers
@@ -305,38 +231,131 @@ def _reproduce(
     training_time = sum(
         r.metric("wall_time_s") for r in records.values() if not math.isnan(r.metric("wall_time_s"))
     )
-    report = format_report(chosen, results, experiments, out, wall_time, training_time)
+    teachers = teacher_rows(experiments)
+    protocol = protocol_commit(chosen.protocol)
+    report = format_report(chosen, results, experiments, teachers, protocol, wall_time, training_time)
     atomic_write_text(out / "REPORT.md", report)
     atomic_write_json(
         out / "claims.json",
-        {"preset": chosen.name, "wall_time_s": wall_time, "claims": [r.to_dict() for r in results]},
-    )
+        {
+            "preset": chosen.name, "seeds": chosen.seeds, "wall_time_s": wall_time, "training_time_s": training_time,
+            "protocol": protocol, "regime": regime_list(results), "teachers": teachers,
+            "claims": [r.to_dict() for r in results],
+        },
+    )  # fmt: skip
     log(f"reproduce: wrote {out / 'REPORT.md'} ({wall_time:.0f}s)")
     for result in results:
         log(f"  {result.claim}: {result.verdict}")
     return results
 
 
+def regime_list(results: list[checks.ClaimResult]) -> list[dict[str, Any]]:
+    """Every distinct gate the claims were measured against, with the claims that read it."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for result in results:
+        for gate in result.gates:
+            entry = found.setdefault((gate.name, gate.scope), {**gate.to_dict(), "claims": []})
+            entry["claims"].append(result.claim)
+    return list(found.values())
+
+
+def checkpoint_hash(path: Path) -> str | None:
+    """SHA-256 of a file (None when absent)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
+    """Every teacher the experiments trained: model, accuracies, epochs and the hash of the ``last.pt``
+    its students read."""
+    teachers = {record.path: record for e in experiments.values() for record in e.teachers.values()}
+    rows = []
+    for path, record in sorted(teachers.items()):
+        rows.append({
+            "name": path.name, "model": record.config.model, "train_acc": record.metric("train_acc"),
+            "test_acc_last": record.metric("test_acc_last"), "epochs": record.summary.get("epochs"),
+            "train_images": record.summary.get("train_images"), "label_noise": record.config.data.label_noise,
+            "kd": None if record.config.kd.loss == "ce" else f"{record.config.kd.loss} from "
+            + ", ".join(checks.teacher_names(record.config.kd.teacher)),
+            "last_pt_sha256": checkpoint_hash(path / "checkpoints" / "last.pt"),
+        })  # fmt: skip
+    return rows
+
+
+def protocol_commit(protocol: str | None) -> dict[str, str | None] | None:
+    """The protocol document and the last commit that changed it (None outside a git checkout)."""
+    if protocol is None:
+        return None
+    commit = None
+    try:
+        root = Path(__file__).resolve().parents[3]
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", protocol], cwd=root, capture_output=True, text=True, timeout=5,
+        ).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"path": protocol, "commit": commit}
+
+
+def _teachers_table(teachers: list[dict[str, Any]]) -> str:
+    lines = [
+        "| teacher | model | trained | train images | clean-train acc (%) | test acc last (%) | epochs | last.pt SHA-256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in teachers:
+        trained = row["kd"] or "CE" + (f", {row['label_noise']} noise" if row["label_noise"] else "")
+        sha = row["last_pt_sha256"]
+        lines.append(
+            f"| {row['name']} | {row['model']} | {trained} | {row['train_images']} | {row['train_acc']:.2f} | "
+            f"{row['test_acc_last']:.2f} | {row['epochs']} | `{sha[:16] if sha else '-'}` |"
+        )
+    return "\n".join(lines)
+
+
 def format_report(
     preset: Preset,
     results: list[checks.ClaimResult],
     experiments: dict[str, Experiment],
-    out: Path,
+    teachers: list[dict[str, Any]],
+    protocol: dict[str, str | None] | None,
     wall_time: float,
     training_time: float,
 ) -> str:
-    """REPORT.md: setup, the verdict rule, a verdict table, then each claim's numbers and statistics."""
+    """REPORT.md: setup, the gates, a verdict table, the rule, the teachers, then each claim in detail."""
     students = len({record.path for e in experiments.values() for record in e.students})  # recipes share runs
-    teachers = {record.path for e in experiments.values() for record in e.teachers.values()}
-    lines = [
-        f"# kdlab reproduce --preset {preset.name}",
+    lines = [f"# kdlab reproduce --preset {preset.name}", "", preset.description, ""]
+    if protocol is not None:
+        lines += [
+            f"Protocol (gates, rules, presets and seeds, committed before the runs): `{protocol['path']}`, "
+            f"commit `{protocol['commit'] or 'unknown'}`.",
+            "",
+        ]
+    lines += [
+        f"Seeds per student setting: {preset.seeds}. {students} student runs and {len(teachers)} teachers; this "
+        f"invocation took {wall_time / 60:.1f} min (the runs' own training time, summed: {training_time / 60:.1f} min; "
+        "finished runs are reused, not retrained).",
         "",
-        preset.description,
+        "## The regime: gates",
         "",
-        f"Seeds per student setting: {preset.seeds}"
-        + (" (with one seed every empirical verdict is inconclusive by rule)" if preset.seeds == 1 else "")
-        + f". {students} student runs and {len(teachers)} teachers; this invocation took {wall_time / 60:.1f} min "
-        f"(the runs' own training time, summed: {training_time / 60:.1f} min; finished runs are reused, not retrained).",
+        GATES_TEXT,
+        "",
+    ]
+    unique = {(gate.name, gate.scope): gate for r in results for gate in r.gates}
+    if unique:
+        lines += [gates_table(list(unique.values())), ""]
+    lines += [
+        "## Verdicts",
+        "",
+        "| claim | verdict | evidence (effect, interval, n) | statement |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r.claim} | **{r.verdict}** | {r.evidence()} | {r.statement} |" for r in results]
+    lines += [
         "",
         "## How claims are judged",
         "",
@@ -345,14 +364,21 @@ def format_report(
         "These are runs at the preset's scale: a claim that does not hold here may still hold in the paper's "
         "setting, and the other way round.",
         "",
-        "## Verdicts",
-        "",
-        "| claim | verdict | statement |",
-        "|---|---|---|",
     ]
-    lines += [f"| {r.claim} | **{r.verdict}** | {r.statement} |" for r in results]
+    if teachers:
+        lines += [
+            "## Teachers",
+            "",
+            "Every teacher the runs read (students read its `last.pt`; clean-train accuracy on the unaugmented "
+            "training set at the end of training).",
+            "",
+            _teachers_table(teachers),
+            "",
+        ]
     for result in results:
-        lines += ["", f"## {result.claim}: {result.verdict}", "", result.statement, ""]
+        lines += [f"## {result.claim}: {result.verdict}", "", result.statement, ""]
+        if result.gates:
+            lines += [gates_table(result.gates), ""]
         for note in result.notes:
             lines += [note, ""]
         for table in result.tables:
@@ -368,3 +394,60 @@ def format_report(
         lines += ["Run folders, each with its `kdlab report` (report.md, results.csv): "
                   + ", ".join(f"`{folder}/`" for folder in folders) + "; teachers in `teachers/`.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+# --- publishing a run's report into the repository ---------------------------------------------------
+
+
+def claims_table(claims_json: dict[str, Any]) -> str:
+    """The README's claims table from a claims.json: the gates first, then one row per claim."""
+    lines = []
+    regime = claims_json.get("regime") or []
+    if regime:
+        lines += ["| gate | runs | value | threshold | passed |", "|---|---|---|---|---|"]
+        for gate in regime:
+            value = "n/a" if gate["value"] is None else f"{gate['value']:.2f}"
+            lines.append(
+                f"| {gate['name']}: {gate['rule']} | {gate['scope']} | {value} | {gate['op']} {gate['threshold']:g} | "
+                f"{'yes' if gate['passed'] else '**no**'} |"
+            )
+        lines.append("")
+    lines += ["| claim | verdict | seeds | evidence (effect, interval, n) |", "|---|---|---|---|"]
+    for claim in claims_json["claims"]:
+        seeds = "-" if claim.get("n_seeds") is None else str(claim["n_seeds"])
+        lines.append(f"| {claim['claim']} | {claim['verdict']} | {seeds} | {claim['evidence']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace what lies between the README's claims-table markers with ``table``."""
+    text = readme.read_text()
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise UserError(
+            f"{readme} needs one {README_START} and one {README_END} line around its claims table"
+        )
+    before, rest = text.split(README_START)
+    _, after = rest.split(README_END)
+    atomic_write_text(readme, f"{before}{README_START}\n{table}\n{README_END}{after}")
+
+
+def publish(
+    out: str | Path, dest: str | Path, readme: str | Path | None = None, log: Callable[[str], None] = print
+) -> None:
+    """Copy ``OUT/REPORT.md``, ``claims.json`` and ``figures/`` into ``dest``; with ``readme``, rewrite its
+    claims table (between the markers) from claims.json."""
+    out, dest = Path(out), Path(dest)
+    for name in ("REPORT.md", "claims.json"):
+        if not (out / name).is_file():
+            raise UserError(f"{out / name} does not exist: run kdlab reproduce --out {out} first")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("REPORT.md", "claims.json"):
+        shutil.copyfile(out / name, dest / name)
+    if (out / "figures").is_dir():
+        (dest / "figures").mkdir(exist_ok=True)
+        for figure in sorted((out / "figures").glob("*.png")):
+            shutil.copyfile(figure, dest / "figures" / figure.name)
+    log(f"reproduce: published REPORT.md, claims.json and figures to {dest}")
+    if readme is not None:
+        update_readme(Path(readme), claims_table(json.loads((out / "claims.json").read_text())))
+        log(f"reproduce: rewrote the claims table of {readme}")
