@@ -138,3 +138,48 @@ def test_ensemble_teacher_is_the_mean_or_the_sum_of_its_members_logits(tmp_path:
     kdlab("distill", "--dataset", "digits", "--teacher", teachers[0], "--teacher", teachers[1], "--loss", "mse",
           "--model", "convnet-4", "--epochs", 1, "--out", tmp_path / "s", "--set", "progress=false")  # fmt: skip
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["teacher"] == [str(p) for p in teachers]
+
+
+
+def test_validation_split_and_logit_distances_of_a_summed_ensemble(tmp_path: Path) -> None:
+    """--val-split holds images out, every epoch reports them, the summary picks the best-val epoch; the
+    final pass's three logit distances equal a hand computation against the summed ensemble."""
+    import math
+
+    import yaml
+
+    from kdlab.data import load_dataset, make_loader
+    from kdlab.teacher import model_from_checkpoint
+
+    teachers = []
+    for seed in (1, 2):
+        teachers.append(tmp_path / f"t{seed}")
+        kdlab("train", "--dataset", "digits", "--model", "convnet-4", "--epochs", 1, "--seed", seed,
+              "--val-split", 100, "--out", teachers[-1], "--set", "progress=false")  # fmt: skip
+    kdlab("distill", "--dataset", "digits", "--teacher", teachers[0], "--teacher", teachers[1], "--loss", "kl",
+          "--tau", 4, "--model", "mlp-16", "--epochs", 3, "--val-split", 100, "--out", tmp_path / "s",
+          "--set", "kd.ensemble=sum", "--set", "progress=false")  # fmt: skip
+    run = tmp_path / "s"
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert (summary["val_images"], summary["train_images"]) == (100, 1337)  # digits: 1,437 training images
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["val_split"] == 100
+    best = max(rows, key=lambda row: row["val_acc"])
+    assert summary["val_acc_last"] == rows[-1]["val_acc"] and summary["val_best_epoch"] == best["epoch"]
+    assert (summary["val_acc_best"], summary["test_acc_at_best_val"]) == (best["val_acc"], best["test_acc"])
+    with pytest.raises(SystemExit) as refused:  # one-line error, exit 2
+        main(["train", "--dataset", "digits", "--model", "mlp-16", "--epochs", "1", "--val-split", "5000",
+              "--out", str(tmp_path / "bad"), "--set", "progress=false"])  # fmt: skip
+    assert refused.value.code == 2
+    # The distances, by hand: the training images without the validation ones, the members' logits summed.
+    splits = load_dataset("digits", val_split=100)
+    images = torch.cat([batch.inputs for batch in make_loader(splits, "train", 2000, train=False)])
+    with torch.no_grad():
+        teacher = sum(model_from_checkpoint(path).eval()(images) for path in teachers).double()
+        student = model_from_checkpoint(run).eval()(images).double()
+    gap = student - teacher
+    centred = gap - gap.mean(dim=1, keepdim=True)
+    assert summary["logit_distance"] == pytest.approx(gap.norm(dim=1).mean().item(), rel=1e-5)
+    assert summary["logit_distance_centred"] == pytest.approx(centred.norm(dim=1).mean().item(), rel=1e-5)
+    assert summary["logit_distance_rms"] == pytest.approx(math.sqrt(gap.square().mean().item()), rel=1e-5)
+    assert summary["logit_distance_centred"] < summary["logit_distance"]

@@ -36,6 +36,10 @@ Seed = Annotated[int | None, typer.Option("--seed")]
 Subset = Annotated[
     int | None, typer.Option("--subset", help="keep N training images (seeded, class-balanced)")
 ]
+ValSplit = Annotated[
+    int | None,
+    typer.Option("--val-split", help="hold N training images out for validation (seeded, class-balanced)"),
+]
 LabelNoise = Annotated[str | None, typer.Option("--label-noise", help="symmetric:R or asymmetric:R")]
 Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of config keys")]
@@ -61,6 +65,7 @@ def run_flags(**flags: Any) -> dict[str, Any]:
             "name": flags.get("dataset"),
             "data_dir": flags.get("data_dir"),
             "subset": flags.get("subset"),
+            "val_split": flags.get("val_split"),
             "label_noise": flags.get("label_noise"),
             "download": flags.get("download") or None,
         },
@@ -105,6 +110,7 @@ def train(
     lr: Lr = None,
     seed: Seed = None,
     subset: Subset = None,
+    val_split: ValSplit = None,
     label_noise: LabelNoise = None,
     device: Device = None,
     download: Download = False,
@@ -139,6 +145,7 @@ def distill(
     lr: Lr = None,
     seed: Seed = None,
     subset: Subset = None,
+    val_split: ValSplit = None,
     label_noise: LabelNoise = None,
     device: Device = None,
     download: Download = False,
@@ -257,6 +264,7 @@ def chain(
     lr: Lr = None,
     seed: Seed = None,
     subset: Subset = None,
+    val_split: ValSplit = None,
     label_noise: LabelNoise = None,
     device: Device = None,
     download: Download = False,

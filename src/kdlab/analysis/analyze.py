@@ -120,10 +120,11 @@ def analyze_runs(
     configs = [RunFolder(run).read_config() for run in runs]
     data = configs[0].data
     for run, config in zip(runs, configs, strict=True):
-        same = (config.data.name, config.data.subset, config.data.subset_seed) == (
+        same = (config.data.name, config.data.subset, config.data.subset_seed, config.data.val_split) == (
             data.name,
             data.subset,
             data.subset_seed,
+            data.val_split,
         )
         if not same:
             raise UserError(
@@ -137,6 +138,7 @@ def analyze_runs(
         subset=data.subset,
         subset_seed=data.subset_seed,
         image_size=data.image_size,
+        val_split=data.val_split,  # the images the runs trained on, validation ones held out
     )
     loader = make_loader(splits, "train", 512, device=target, train=False)
     labels = torch.cat(
@@ -148,7 +150,7 @@ def analyze_runs(
     projected_labels = torch.tensor([position[int(label)] for label in labels[mask]])
 
     def outputs_of(spec: str | list[str]) -> ModelOutputs:
-        return collect_outputs(load_teacher(spec, target), loader)
+        return collect_outputs(load_teacher(spec, target, configs[0].kd.ensemble), loader)
 
     with_model = len({config.model for config in configs}) > 1
     entries: list[tuple[str, str, ModelOutputs]] = []

@@ -51,7 +51,8 @@ def _json_float(value: float) -> float | str:
 
 
 def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | None, dict[str, Any] | None]:
-    """The dataset with label noise applied; returns (splits, clean training labels, noise record)."""
+    """The dataset (validation images held out, then label noise applied to the training images);
+    returns (splits, clean training labels, noise record)."""
     data = config.data
     splits = load_dataset(
         data.name,
@@ -61,6 +62,7 @@ def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | 
         subset_seed=data.subset_seed,
         download=data.download and world.is_main,
         image_size=data.image_size,
+        val_split=data.val_split,
     )
     if not data.label_noise:
         return splits, None, None
@@ -100,10 +102,12 @@ class Trainer:
         if lead.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.splits, self.clean_labels, self.noise_record = load_data(lead, self.world)
-        for split in ("train", "test"):  # once, so that every loader below shares one device copy
+        for split in ("train", "val", "test"):  # once, so that every loader below shares one device copy
             if isinstance(getattr(self.splits, split), TensorData):
                 setattr(self.splits, split, getattr(self.splits, split).to(self.device))
-        self.teacher = load_teacher(lead.kd.teacher, self.device) if lead.kd.teacher else None
+        self.teacher = (
+            load_teacher(lead.kd.teacher, self.device, lead.kd.ensemble) if lead.kd.teacher else None
+        )
         if self.teacher is not None:
             if self.teacher.num_classes != self.splits.num_classes:
                 raise UserError(
@@ -131,6 +135,11 @@ class Trainer:
         )  # fmt: skip
         eval_batch = max(256, 2 * lead.optim.batch_size)
         self.test_loader = make_loader(self.splits, "test", eval_batch, train=False, **loader_args)
+        self.val_loader = (
+            make_loader(self.splits, "val", eval_batch, train=False, **loader_args)
+            if self.splits.val is not None
+            else None
+        )
         self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
         self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
         self.teacher_features_needed = any("teacher_features" in loss_spec(c.kd.loss).reads for c in configs)
@@ -278,6 +287,9 @@ class Trainer:
                 "test_acc": test["acc"],
                 "test_loss": test["loss"],
             }
+            if self.val_loader is not None:  # held-out training images: choose epochs here, never on test
+                val = self.evaluate(student.module, self.val_loader)
+                row |= {"val_acc": val["acc"], "val_loss": val["loss"]}
             row |= {
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "train_images_per_s": count / train_time,
@@ -333,10 +345,14 @@ class Trainer:
 
     @torch.no_grad()
     def final_train_metrics(self, students: list[Student]) -> list[dict[str, float]]:
-        """One pass over the clean (unaugmented) training set: accuracy and ``mean ||z_s - z_t||_2``."""
+        """One pass over the clean (unaugmented) training set: accuracy and, with a teacher, the mean over
+        images of ``||z_s - z_t||_2`` (``logit_distance``) and of its mean-centred form
+        ``||(z_s - mean z_s) - (z_t - mean z_t)||_2`` (what KL at tau = inf matches), and the RMS
+        ``sqrt(mean over images and classes of (z_s - z_t)^2)`` (the square root of the MSE loss)."""
         correct = [torch.zeros((), device=self.device) for _ in students]
         correct_clean = [torch.zeros((), device=self.device) for _ in students]
-        distance = [torch.zeros((), device=self.device, dtype=torch.float64) for _ in students]
+        zero = torch.zeros(3, device=self.device, dtype=torch.float64)
+        distance = [zero.clone() for _ in students]  # sums of: norm, centred norm, squares
         for student in students:
             student.module.eval()
         count = 0
@@ -355,7 +371,11 @@ class Trainer:
                 if clean is not None:
                     correct_clean[index] += (predicted == clean).sum()
                 if teacher_logits is not None:
-                    distance[index] += (logits - teacher_logits).double().norm(dim=1).sum()
+                    gap = (logits - teacher_logits).double()
+                    centred = gap - gap.mean(dim=1, keepdim=True)
+                    distance[index] += torch.stack(
+                        [gap.norm(dim=1).sum(), centred.norm(dim=1).sum(), gap.square().sum()]
+                    )
             count += len(batch.targets)
         results = []
         for index in range(len(students)):
@@ -363,7 +383,10 @@ class Trainer:
             if self.clean_labels is not None:
                 result["train_acc_clean_labels"] = 100.0 * correct_clean[index].item() / count
             if self.teacher is not None:
-                result["logit_distance"] = distance[index].item() / count
+                norm, centred, squares = distance[index].tolist()
+                result["logit_distance"] = norm / count
+                result["logit_distance_centred"] = centred / count
+                result["logit_distance_rms"] = math.sqrt(squares / (count * self.splits.num_classes))
             results.append(result)
         return results
 
@@ -390,6 +413,8 @@ class Trainer:
                 "train_images": len(self.splits.train),
                 "world_size": self.world.size,
             }
+            if self.splits.val is not None:
+                summary |= {"val_images": len(self.splits.val), **best_on_val(student.metrics)}
             if self.noise_record is not None:
                 summary["label_noise"] = config.data.label_noise
                 summary["label_noise_realised_rate"] = self.noise_record["realised_rate"]
@@ -397,6 +422,21 @@ class Trainer:
                 student.run.write_summary(summary)
             summaries.append(summary)
         return summaries
+
+
+def best_on_val(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """From the epochs' rows: the last and best validation accuracy, the best one's epoch (the first on a
+    tie) and the test accuracy at that epoch: what a run reports when its epoch is chosen on validation."""
+    rows = [row for row in metrics if "val_acc" in row]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda row: row["val_acc"])
+    return {
+        "val_acc_last": rows[-1]["val_acc"],
+        "val_acc_best": best["val_acc"],
+        "val_best_epoch": best["epoch"],
+        "test_acc_at_best_val": best["test_acc"],
+    }
 
 
 def train_lockstep(

@@ -44,6 +44,7 @@ def group_key(config: RunConfig) -> dict[str, Any]:
     """
     return {
         "kd.teacher": str(config.kd.teacher),
+        "kd.ensemble": config.kd.ensemble,  # how an ensemble teacher combines its members' logits
         "kd.cache": config.kd.cache,  # the cache replaces the teacher for the whole group
         "seed": config.seed,
         "data": repr(config.data),
