@@ -140,7 +140,6 @@ def test_ensemble_teacher_is_the_mean_or_the_sum_of_its_members_logits(tmp_path:
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["teacher"] == [str(p) for p in teachers]
 
 
-
 def test_validation_split_and_logit_distances_of_a_summed_ensemble(tmp_path: Path) -> None:
     """--val-split holds images out, every epoch reports them, the summary picks the best-val epoch; the
     final pass's three logit distances equal a hand computation against the summed ensemble."""

@@ -494,7 +494,9 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
     assert {gate["name"] for gate in document["regime"]} == {"G1", "G2", "G3", "P1", "N1"}
     assert all(set(gate) >= {"name", "value", "threshold", "passed"} for gate in document["regime"])
     assert report.index("## The regime: gates") < report.index("## Verdicts") < report.index("## C1")
-    assert len(document["teachers"]) == 6 and all(len(t["last_pt_sha256"]) == 64 for t in document["teachers"])
+    assert len(document["teachers"]) == 6 and all(
+        len(t["last_pt_sha256"]) == 64 for t in document["teachers"]
+    )
     assert (
         report.count("## C") == 9
         and "test acc(alpha=1) - test acc(alpha=0.5), mean over tau in {3, 20, inf}" in report
@@ -529,7 +531,9 @@ def test_demo_prints_its_table_and_the_gates(tmp_path):
     from kdlab.experiments.demo import DemoScale, run_demo
 
     lines: list[str] = []
-    scale = DemoScale("convnet-8", "mlp-16", subset=None, teacher_epochs=2, student_epochs=1, dataset="digits")
+    scale = DemoScale(
+        "convnet-8", "mlp-16", subset=None, teacher_epochs=2, student_epochs=1, dataset="digits"
+    )
     rows = run_demo(tmp_path / "demo", scale=scale, device="cpu", log=lines.append)
     assert [row["method"] for row in rows] == [
         "teacher convnet-8", "CE (no teacher)", "KL tau=1", "KL tau=4", "KL tau=20", "KL tau=inf", "MSE",

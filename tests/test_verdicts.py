@@ -242,13 +242,15 @@ def test_readme_claims_table_is_regenerated_from_claims_json(tmp_path):
         json.dumps({"regime": [g.to_dict() for g in result.gates], "claims": [result.to_dict()]})
     )
     table = claims_table(document)
-    assert table.splitlines()[0] == "| gate | runs | value | threshold | passed |"
+    assert table.splitlines()[0].startswith("Gates: G1: teacher clean-train accuracy >= 98%; G2: ")
+    assert "| runs | G1 | G2 | G3 |" in table
+    assert "| teacher and 1 CE student run(s) | 99.50 passes | 4.00 passes | 95.00 passes |" in table
     assert "| C2 | holds | 3 | d: mean +1.03 pts, 95% CI [+0.65, +1.41] (t, n = 3) |" in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- claims-table:start -->\nSTALE ROW\n<!-- claims-table:end -->\nrest\n")
     update_readme(readme, table)
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- claims-table:start -->\n| gate |") and text.endswith("-->\nrest\n")
+    assert text.startswith("intro\n<!-- claims-table:start -->\nGates: G1") and text.endswith("-->\nrest\n")
     assert "STALE ROW" not in text
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="needs one <!-- claims-table:start -->"):

@@ -89,21 +89,21 @@ class Interval:
 
 
 def paired_interval(
-    differences: Sequence[float], confidence: float = CONFIDENCE, seed: int = SEED
+    differences: Sequence[float], confidence: float = CONFIDENCE, seed: int = SEED, method: str | None = None
 ) -> Interval:
     """Confidence interval for the mean of per-seed differences ``A_s - B_s`` (NaNs dropped).
 
     ``n < BOOTSTRAP_MIN_N``: Student's t with ``n - 1`` degrees of freedom (``scipy.stats.ttest_1samp``).
     From ``BOOTSTRAP_MIN_N`` on: the BCa bootstrap of the mean (``scipy.stats.bootstrap``,
     ``BOOTSTRAP_RESAMPLES`` resamples, generator seeded with ``seed``). Equal differences (zero
-    spread) give the point interval ``[d, d]``.
+    spread) give the point interval ``[d, d]``. ``method`` (``"t"`` or ``"bootstrap"``) overrides the choice.
     """
     values = np.asarray(finite(differences), dtype=np.float64)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, "none", confidence)
-    method = "t" if n < BOOTSTRAP_MIN_N else "bootstrap"
+    method = method or ("t" if n < BOOTSTRAP_MIN_N else "bootstrap")
     if np.ptp(values) == 0:
         return Interval(mean, mean, mean, n, method, confidence)
     if method == "t":

@@ -35,6 +35,7 @@ from kdlab.analysis.stats import (
     spearman_test,
     tost,
 )
+from kdlab.errors import UserError
 from kdlab.experiments import regime
 from kdlab.experiments.recipes import SweepPlan, flatten
 from kdlab.experiments.regime import Gate
@@ -152,7 +153,11 @@ class Comparison:
         values = ", ".join(f"{value:+.3f}" for value in self.values)
         parts = [f"{self.statement} (predicted {self.expect}): per seed [{values}]"]
         if self.n >= 2:
-            parts.append(self.interval.text(digits=3, unit=self.unit))
+            interval = self.interval
+            parts.append(interval.text(digits=3, unit=self.unit))
+            if interval.method == "bootstrap":  # for comparison: a bootstrap of few values runs narrow
+                t = paired_interval(self.values, method="t")
+                parts.append(f"t interval [{t.low:+.3f}, {t.high:+.3f}]")
         equivalence = self.equivalence
         if equivalence is not None and self.n >= 2:
             parts.append(f"TOST ±{equivalence.margin:g}: p = {equivalence.p_value:.3g}")
@@ -310,7 +315,10 @@ class Runs:
         selected = self.select(**match)
         seeds = [record.config.seed for record in selected]
         if len(set(seeds)) != len(seeds):
-            raise AssertionError(f"{match} matches several runs of one seed: narrow the match")
+            raise UserError(
+                f"several runs of one seed match {match}: a claim compares one run per seed; drop the --set "
+                "that adds runs differing only in keys the claim does not look at"
+            )
         return {
             record.config.seed: record.metric(metric)
             for record in sorted(selected, key=lambda r: r.config.seed)
@@ -704,8 +712,6 @@ def check_c7(result: ClaimResult, experiment: Experiment, context: Context) -> N
 def sequential_teachers(experiment: Experiment) -> tuple[str, str, str]:
     """``(large, medium, medium distilled from large)``: the recipe's default teacher, the teacher trained
     alone and the one distilled from another."""
-    from kdlab.errors import UserError
-
     teachers = experiment.plan.recipe.teachers
     large = experiment.main_teacher
     derived = [name for name, entry in teachers.items() if flatten(entry).get("kd.teacher")]
@@ -762,13 +768,14 @@ def check_c9(result: ClaimResult, experiment: Experiment, context: Context) -> N
 
 
 def _scope(teacher: RunRecord, students: list[RunRecord]) -> str:
-    """``convnet-32-b (convnet-32) -> mlp-64 CE, 3 seeds``: the teacher folder (and model when they differ)."""
+    """``pairs/: convnet-32-b (convnet-32) -> mlp-64 CE, 3 seeds``: the students' folder, the teacher's name
+    (and model when they differ), the CE students' model and seeds."""
     name, model = teacher.path.name, teacher.config.model
     models = ", ".join(sorted({record.config.model for record in students})) or "no CE student"
     seeds = len({record.config.seed for record in students})
-    return (
-        f"{name if name == model else f'{name} ({model})'} -> {models} CE, {seeds} seed{'s' * (seeds != 1)}"
-    )
+    folder = f"{students[0].path.parent.name}/: " if students else ""
+    teacher_text = name if name == model else f"{name} ({model})"
+    return f"{folder}{teacher_text} -> {models} CE, {seeds} seed{'s' * (seeds != 1)}"
 
 
 def _gates(experiment: Experiment, teacher_name: str, **match: Any) -> list[Gate]:

@@ -30,6 +30,8 @@ class DemoScale:
     teacher_epochs: int
     student_epochs: int
     dataset: str = "fashion-mnist"
+    teacher_lr: float = 0.1
+    student_lr: float = 0.01  # MLPs have no normalisation: MSE students diverge at 0.05 (PROTOCOL.md)
 
 
 QUICK = DemoScale(teacher="convnet-32", student="mlp-64", subset=2_000, teacher_epochs=40, student_epochs=40)
@@ -64,14 +66,14 @@ def run_demo(
         "device": device,
         "seed": 0,
         "data": {"name": scale.dataset, "data_dir": data_dir, "subset": scale.subset, "augment": False},
-        "optim": {"batch_size": 64, "lr": 0.1},
+        "optim": {"batch_size": 64},
     }
     teacher_config = build_config(
         base=common,
         flags={
             "model": scale.teacher,
             "out": str(out / "teacher"),
-            "optim": {"epochs": scale.teacher_epochs},
+            "optim": {"epochs": scale.teacher_epochs, "lr": scale.teacher_lr},
         },
     )
     log(f"kdlab demo: {describe(scale)}")
@@ -83,7 +85,7 @@ def run_demo(
             flags={
                 "model": scale.student,
                 "out": str(out / f"student-{_slug(label)}"),
-                "optim": {"epochs": scale.student_epochs},
+                "optim": {"epochs": scale.student_epochs, "lr": scale.student_lr},
                 "kd": {"teacher": str(out / "teacher"), **kd},
             },
         )
@@ -121,10 +123,10 @@ def describe(scale: DemoScale) -> str:
     images = f"{scale.subset:,}" if scale.subset else "all"
     return (
         f"{scale.dataset}, {images} training images (class-balanced subset, seed 0, no augmentation), the full "
-        f"test set. Teacher {scale.teacher} ({scale.teacher_epochs} epochs, cross-entropy); students "
-        f"{scale.student} ({scale.student_epochs} epochs), alpha = 1 for every KD row, SGD lr 0.1 with x0.1 steps "
-        "at 50% and 75%, batch 64. One seed: differences under about 0.5 points are within seed noise; "
-        "`kdlab reproduce` gives verdicts."
+        f"test set. Teacher {scale.teacher} ({scale.teacher_epochs} epochs, cross-entropy, SGD lr "
+        f"{scale.teacher_lr:g}); students {scale.student} ({scale.student_epochs} epochs, lr {scale.student_lr:g}), "
+        "alpha = 1 for every KD row; x0.1 lr steps at 50% and 75% of the epochs, batch 64. One seed: differences "
+        "under about 0.5 points are within seed noise; `kdlab reproduce` gives verdicts."
     )
 
 

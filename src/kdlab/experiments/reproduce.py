@@ -400,17 +400,26 @@ def format_report(
 
 
 def claims_table(claims_json: dict[str, Any]) -> str:
-    """The README's claims table from a claims.json: the gates first, then one row per claim."""
+    """The README's claims table from a claims.json: the gates first (one row per set of runs, one column
+    per gate), then one row per claim with its verdict and one-line evidence."""
     lines = []
     regime = claims_json.get("regime") or []
     if regime:
-        lines += ["| gate | runs | value | threshold | passed |", "|---|---|---|---|---|"]
+        names = list(dict.fromkeys(gate["name"] for gate in regime))
+        scopes: dict[str, dict[str, str]] = {}
         for gate in regime:
             value = "n/a" if gate["value"] is None else f"{gate['value']:.2f}"
-            lines.append(
-                f"| {gate['name']}: {gate['rule']} | {gate['scope']} | {value} | {gate['op']} {gate['threshold']:g} | "
-                f"{'yes' if gate['passed'] else '**no**'} |"
-            )
+            state = "passes" if gate["passed"] else "**fails**"
+            scopes.setdefault(gate["scope"], {})[gate["name"]] = f"{value} {state}"
+        rules = {gate["name"]: gate["rule"] for gate in regime}
+        lines += [
+            "Gates: " + "; ".join(f"{name}: {rules[name]}" for name in names) + ".",
+            "",
+            "| runs | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for scope, cells in scopes.items():
+            lines.append(f"| {scope} | " + " | ".join(cells.get(name, "") for name in names) + " |")
         lines.append("")
     lines += ["| claim | verdict | seeds | evidence (effect, interval, n) |", "|---|---|---|---|"]
     for claim in claims_json["claims"]:
