@@ -127,6 +127,27 @@ def test_grid_expansion_names_seeds_and_teachers(tmp_path):
     ]
 
 
+def test_recipes_extend_a_shipped_or_a_local_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model: mlp-16\ndata: {name: digits, subset: 500}\noptim: {epochs: 2}\n"
+    )
+    (tmp_path / "mine.yaml").write_text(
+        "extends: base.yaml\ndata: {val_split: 100}\nkd: {teacher: t, loss: kl}\nteachers: {t: {model: convnet-4}}\n"
+    )
+    recipe = load_recipe(tmp_path / "mine.yaml", ["optim.lr=0.05"])
+    assert recipe.base["model"] == "mlp-16" and recipe.base["optim"] == {"epochs": 2, "lr": 0.05}
+    assert recipe.base["data"] == {"name": "digits", "subset": 500, "val_split": 100}  # merged key by key
+    small = load_recipe("grid-small")  # extends the shipped _small base
+    assert (small.base["model"], small.base["data"]["val_split"], small.base["optim"]["lr"]) == (
+        "mlp-64",
+        1000,
+        0.01,
+    )
+    (tmp_path / "bad.yaml").write_text("extends: nowhere.yaml\nmodel: mlp-16\n")
+    with pytest.raises(UserError, match="extends 'nowhere.yaml', which is neither a shipped base"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
 def test_set_overrides_edit_the_recipe_document(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(digits_recipe()))
@@ -458,11 +479,11 @@ def test_report_groups_seeds_and_draws_the_grid(tmp_path):
     assert by_label[("ce", "-", "-")]["logit_distance_mean"] == "1.0000"
     report = (tmp_path / "report.md").read_text()
     assert (
-        "| convnet-4 | teacher | kl | 1 | inf | 2 | 77.00 ± 1.41 | 75.50 ± 0.71 | 90.50 ± 0.71 | 0.50 ± 0.00 |"
+        "| convnet-4 | teacher | kl | 1 | inf | 2 | 75.50 ± 0.71 | 77.00 ± 1.41 | 90.50 ± 0.71 | 0.50 ± 0.00 |"
         in report
     )
     assert "| context | CE | KL tau=1 | KL tau=inf | MSE |" in report
-    assert "| 60.00 ± 0.00 | 75.00 ± 1.41 | 77.00 ± 1.41 | 80.50 ± 0.71 |" in report
+    assert "| 60.00 ± 0.00 | 73.50 ± 0.71 | 75.50 ± 0.71 | 79.00 ± 0.00 |" in report  # last-epoch accuracy
     assert "![alpha x tau: " in report and (tmp_path / "heatmap.png").stat().st_size > 1000
     with pytest.raises(UserError, match="holds no finished runs"):
         write_report(tmp_path / "unfinished", log=log_nothing)

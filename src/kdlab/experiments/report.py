@@ -2,11 +2,12 @@
 
 Runs are grouped by everything in their config but the seed (and settings that do not change the
 result: device, progress, output folder...); each group shows mean +- standard deviation over its
-seeds of best-epoch and last-epoch test accuracy (the literature mixes them), train accuracy and the
-logit distance to the teacher. Within each context (runs that differ only in the loss and its
-hyperparameters) a grid over two hyperparameters of one loss (KL: alpha x tau) is drawn as a heatmap
-of best-epoch test accuracy and as accuracy curves against the second one, and a context holding
-several losses gets a comparison table, one column per loss. Which keys are loss hyperparameters,
+seeds of last-epoch test accuracy, test accuracy at the best-validation epoch (runs with a validation
+split), best-epoch test accuracy (its epoch is chosen on the test set: shown, never plotted), train
+accuracy and the logit distance to the teacher. Within each context (runs that differ only in the
+loss and its hyperparameters) a grid over two hyperparameters of one loss (KL: alpha x tau) is drawn
+as a heatmap of last-epoch test accuracy and as accuracy curves against the second one, and a
+context holding several losses gets a comparison table, one column per loss. Which keys are loss hyperparameters,
 and how a loss is labelled, come from the loss registrations (kdlab.losses).
 """
 
@@ -30,7 +31,12 @@ from kdlab.losses import LOSSES, LossSpec, Param, format_value, loss_fields, los
 from kdlab.runs import atomic_write_text
 from kdlab.teacher import teacher_specs
 
-METRICS = ("test_acc_best", "test_acc_last", "train_acc", "logit_distance")
+METRICS = ("test_acc_last", "test_acc_at_best_val", "test_acc_best", "train_acc", "logit_distance")
+TITLES = {
+    "test_acc_last": "test acc last (%)", "test_acc_at_best_val": "test acc at best val (%)",
+    "test_acc_best": "test acc best-on-test (%)", "train_acc": "train acc (%)", "logit_distance": "logit distance",
+}  # fmt: skip
+ACCURACY = "test_acc_last"  # what the plots and the comparison table show
 SHOWN_KEYS = ("model", "kd.teacher", "kd.loss")
 
 
@@ -142,13 +148,14 @@ def _cell(value: Any) -> str:
 
 
 def results_table(groups: list[Group], columns: list[str]) -> str:
-    """Markdown: one row per group, mean ± std over seeds."""
-    header = [*columns, "seeds", "test acc best (%)", "test acc last (%)", "train acc (%)", "logit distance"]
+    """Markdown: one row per group, mean ± std over seeds (metrics no run records are left out)."""
+    metrics = [m for m in METRICS if any(group.stat(m).n for group in groups)]
+    header = [*columns, "seeds", *[TITLES[metric] for metric in metrics]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         cells = [_cell(group.key.get(column)) for column in columns]
         cells.append(str(len(group.runs)))
-        cells += [group.stat(metric).text() for metric in METRICS]
+        cells += [group.stat(metric).text() for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -210,7 +217,7 @@ class Grid:
     fixed: str
 
 
-def grids(members: list[Group], metric: str = "test_acc_best") -> list[Grid]:
+def grids(members: list[Group], metric: str = ACCURACY) -> list[Grid]:
     """Per loss of one context: the grid over its last two numeric hyperparameters that take several
     values (KL: alpha x tau), one grid per combination of its other hyperparameters."""
     found = []
@@ -256,7 +263,7 @@ def grids(members: list[Group], metric: str = "test_acc_best") -> list[Grid]:
 
 
 def comparison_table(context_groups: dict[Any, list[Group]], shown: list[str]) -> str | None:
-    """Per context holding two or more losses: one column per loss setting (its label), best-epoch test
+    """Per context holding two or more losses: one column per loss setting (its label), last-epoch test
     accuracy. A loss is shown at the defaults of the weights its label hides (KL at alpha = 1) when it
     has such runs."""
     registered = LOSSES.registered()
@@ -279,7 +286,7 @@ def comparison_table(context_groups: dict[Any, list[Group]], shown: list[str]) -
     ordered = sorted(columns, key=lambda label: columns[label])
     lines = ["| " + " | ".join(["context", *ordered]) + " |", "|" + "---|" * (len(ordered) + 1)]
     for members, cells in rows:
-        values = [cells[label].stat("test_acc_best").text() if label in cells else "-" for label in ordered]
+        values = [cells[label].stat(ACCURACY).text() if label in cells else "-" for label in ordered]
         lines.append("| " + " | ".join([context_label(members, shown), *values]) + " |")
     return "\n".join(lines)
 
@@ -306,8 +313,9 @@ def write_report(
     sections = [
         f"# kdlab report: {folder}\n",
         f"{len(records)} finished runs in {len(groups)} groups (mean ± standard deviation over seeds; "
-        "best = best-epoch test accuracy, last = final-epoch). Logit distance: mean `||z_s - z_t||_2` on the "
-        "clean training set.\n",
+        "last = final-epoch test accuracy, at best val = at the epoch of best validation accuracy, best-on-test = "
+        "best epoch chosen on the test set, shown for comparison with papers that report it). Logit distance: mean "
+        "`||z_s - z_t||_2` on the clean training set.\n",
         results_table(groups, columns) + "\n",
     ]
     plots = []
@@ -320,7 +328,7 @@ def write_report(
         if rows is not None and len(grid.row_values) >= 2 and len(grid.column_values) >= 2:
             name = f"heatmap{suffix}.png"
             plot_heatmap(
-                grid.means, grid.row_values, grid.column_values, f"best-epoch test accuracy (%)\n{_wrap(label)}",
+                grid.means, grid.row_values, grid.column_values, f"last-epoch test accuracy (%)\n{_wrap(label)}",
                 out / name, ylabel=rows.name, xlabel=cols.name,
             )  # fmt: skip
             plots.append((f"{rows.name} x {cols.name}: {label}", name))
@@ -339,13 +347,16 @@ def write_report(
         if len(grid.column_values) >= 2:
             name = f"{cols.name}_curves{suffix}.png"
             plot_tau_curves(
-                curves, f"test accuracy against {cols.name}\n{_wrap(label)}", out / name, xlabel=cols.name
+                curves,
+                f"last-epoch test accuracy against {cols.name}\n{_wrap(label)}",
+                out / name,
+                xlabel=cols.name,
             )
             plots.append((f"accuracy against {cols.name}: {label}", name))
     table = comparison_table(by_context, columns)
     if table:
         sections += [
-            "## Losses compared (best-epoch test accuracy; each loss at the default of the weights its label "
+            "## Losses compared (last-epoch test accuracy; each loss at the default of the weights its label "
             "hides, e.g. KL at alpha = 1)\n",
             table + "\n",
         ]
