@@ -46,13 +46,12 @@ MIN_SEEDS = 3  # fewer paired seeds: no verdict
 EQUIVALENCE_MARGIN = 0.5  # accuracy points within which two settings count as "about as good"
 SIGNIFICANCE = 1 - CONFIDENCE
 ACC = "test_acc_last"  # the verdict metric: test accuracy of the final weights, never an epoch chosen on test
-VAL_ACC = (
-    "test_acc_at_best_val"  # shown when runs hold a validation split: test accuracy at the best-val epoch
-)
+# Shown when runs hold a validation split: the test accuracy at the epoch of best validation accuracy.
+VAL_ACC = "test_acc_at_best_val"
 TEST_BEST = "test_acc_best"  # shown, never judged: its epoch is chosen on the test set
 
 VERDICT_RULE = f"""\
-Every test pairs the student runs of each seed (same seed, same data order, same teacher) and needs
+Every test pairs the student runs of each seed (a seed fixes the data order and initial weights) and needs
 at least {MIN_SEEDS} paired seeds; with fewer it is *inconclusive*. Accuracy is last-epoch test accuracy
 (`{ACC}`), never an epoch chosen on the test set; tables also show the best of the seeds (the paper
 reports best of 3), test accuracy at the epoch of best validation accuracy where runs hold a
@@ -60,7 +59,8 @@ validation split, and best-epoch test accuracy (chosen on test: shown, never jud
 
 - **Difference** `A - B` (accuracies in points, distances), per seed, with a predicted direction:
   a {100 * CONFIDENCE:g}% interval for its mean (paired t for n < {BOOTSTRAP_MIN_N}; BCa bootstrap, {BOOTSTRAP_RESAMPLES:,}
-  resamples, seeded, for n >= {BOOTSTRAP_MIN_N}). *holds* if the interval lies wholly on the predicted
+  resamples, seeded, for n >= {BOOTSTRAP_MIN_N}, with the t interval printed beside it: a bootstrap of few
+  values runs narrow). *holds* if the interval lies wholly on the predicted
   side of 0, *does not hold* if wholly on the other side; for accuracies, *about as good* if two
   one-sided t tests (TOST, level {SIGNIFICANCE:g}) place the mean within ±{EQUIVALENCE_MARGIN:g} point; else *inconclusive*.
 - **About as good** predicted (`~ 0`, accuracies): *holds* if TOST places the mean within
