@@ -39,6 +39,7 @@ from kdlab.errors import UserError
 from kdlab.experiments import regime
 from kdlab.experiments.recipes import SweepPlan, flatten
 from kdlab.experiments.regime import Gate
+from kdlab.teacher import teacher_specs
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 ABOUT_AS_GOOD, OUTSIDE = "about as good", "outside the paper's regime"
@@ -290,8 +291,8 @@ class ClaimResult:
 
 
 def teacher_names(config_teacher: Any) -> tuple[str, ...]:
-    items = config_teacher if isinstance(config_teacher, list) else [config_teacher]
-    return tuple(Path(str(item)).name for item in items if item is not None)
+    """The folder names of a ``kd.teacher`` setting (one name, or an ensemble's in order)."""
+    return tuple(Path(spec).name for spec in teacher_specs(config_teacher))
 
 
 class Runs:
