@@ -12,6 +12,7 @@ import numpy as np
 from kdlab.losses import format_value
 
 CLASS_COLOURS = ("#4477aa", "#ee6677", "#228833")
+BAR_COLOURS = ("#4477aa", "#228833", "#ccbb44")
 SERIES_COLOURS = ("#222222", "#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
 
 
@@ -137,7 +138,7 @@ def plot_bars(panels: list[dict[str, Any]], path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for index, (axis, panel) in enumerate(zip(axes[0], panels, strict=True)):
         values = [float(value) for value in panel["values"]]
-        axis.bar(panel["labels"], values, color=SERIES_COLOURS[1 + index % (len(SERIES_COLOURS) - 1)])
+        axis.bar(panel["labels"], values, color=BAR_COLOURS[index % len(BAR_COLOURS)])
         reference = panel.get("reference")
         if reference is not None:
             label, level = reference
