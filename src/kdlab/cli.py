@@ -183,7 +183,9 @@ def evaluate(
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="the under-5-minute version")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="the short version: 2,000 images, fewer epochs")
+    ] = False,
     out: Annotated[str, typer.Option("--out", help="output folder")] = "demo-out",
     data_dir: DataDir = None,
     device: Device = None,
