@@ -59,13 +59,14 @@ def test_paired_t_interval_matches_the_closed_form():
     assert single.method == "none" and math.isnan(single.low)
 
 
-def test_bootstrap_interval_from_five_seeds_is_seeded():
-    differences = [1.0, 1.1, 1.3, 0.2, 0.5, 0.9]
+def test_bootstrap_interval_from_ten_seeds_is_seeded():
+    differences = [1.0, 1.1, 1.3, 0.2, 0.5, 0.9, 0.7, 1.2, 0.4, 0.8]
     first, second = paired_interval(differences), paired_interval(differences)
-    assert first == second and first.method == "bootstrap" and first.n == 6
-    mean = sum(differences) / 6
+    assert first == second and first.method == "bootstrap" and first.n == 10
+    mean = sum(differences) / 10
     assert first.low < mean < first.high
-    assert first.low > 0.2 and first.high < 1.3  # the mean of six values moves less than the values
+    assert first.low > 0.2 and first.high < 1.3  # the mean of ten values moves less than the values
+    assert paired_interval(differences[:9]).method == "t"  # below ten values: Student's t
 
 
 def test_tost_is_two_one_sided_t_tests():
@@ -117,7 +118,7 @@ def difference(per_seed: list[float], expect: str = "> 0", accuracy: bool = True
         ([1.5, 1.6, 1.55], "~ 0", FAILS),  # interval wholly beyond +0.5
         ([0.2, 0.9, -0.1], "~ 0", INCONCLUSIVE),
         ([5.0, 5.1], "> 0", INCONCLUSIVE),  # two seeds: no verdict, however large
-        ([0.8, 1.1, 0.6, 1.3, 0.9], "> 0", HOLDS),  # five seeds: the bootstrap interval
+        ([0.8, 1.1, 0.6, 1.3, 0.9], "> 0", HOLDS),  # five seeds: t interval [0.61, 1.27]
         ([0.8, 1.1, 0.6, 1.3, -0.9], "> 0", INCONCLUSIVE),
     ],
 )

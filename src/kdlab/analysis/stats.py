@@ -23,7 +23,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
-BOOTSTRAP_MIN_N = 5
+# Below 10 values a bootstrap interval of the mean under-covers (it resamples few distinct values and
+# cannot see the tails); Student's t is used there, the bootstrap only from 10 values on.
+BOOTSTRAP_MIN_N = 10
 BOOTSTRAP_RESAMPLES = 10_000
 PERMUTATIONS = 10_000
 SEED = 0
