@@ -1,19 +1,30 @@
-"""8 students of an alpha x tau grid on one teacher: sequential runs, lockstep, lockstep + cache.
+"""8 students of an alpha x tau grid on one teacher: sequential runs, lockstep, stacked, and both
+with the teacher-logit cache.
 
 Arms, all through kdlab's public engine, all measured in this run:
 
 1. sequential: ``train(config)`` for each grid point (the teacher runs once per batch per student);
-2. lockstep: ``train_lockstep(configs)`` (one teacher forward per batch feeds all 8 students);
-3. lockstep + teacher-logit cache, seed A: builds the cache, then trains;
-4. lockstep + teacher-logit cache, seed B: reuses seed A's cache (no teacher forward at all).
+2. lockstep: ``train_lockstep(configs)`` with ``stack: off`` (one teacher forward per batch feeds the
+   8 students, each its own forward, backward and optimiser step);
+3. stacked: ``train_lockstep(configs)`` with ``stack: on`` (the 8 students as one module of grouped
+   convolutions: one forward, backward and optimiser step for all of them);
+4. lockstep + teacher-logit cache, seed A: builds the cache, then trains;
+5. lockstep + teacher-logit cache, seed B: reuses seed A's cache (no teacher forward at all);
+6. stacked + teacher-logit cache, seed C: reuses it too.
 
-Beside each ratio (against 1.) is its compute ceiling: with teacher forward T and student train
-step S per image, lockstep gains at most N(T+S)/(T+NS) and lockstep + cache at most N(T+S)/(NS),
-with T and S counted in FLOPs (``torch.utils.flop_counter``) and, second, in measured seconds (a
-student step costs more time per FLOP than a teacher forward: backward, BN and activations). The epochs ratio (``Trainer.train_epoch`` calls: the
-steps and the test set) is the one the ceiling describes; the runs ratio adds what a whole run also
-does (setup, the cache build, a final clean pass over the training set with the teacher). Each is
-given in wall and in CPU seconds (CPU time barely moves when other processes share the cores).
+Beside each ratio (against 1.) are its compute ceilings: with teacher forward T and student train
+step S per image, sharing the teacher (lockstep or stacked) gains at most N(T+S)/(T+NS) and the
+cache at most N(T+S)/(NS). Three definitions, all printed: (1) T and S counted in FLOPs
+(``torch.utils.flop_counter``: assumes every FLOP costs the same time); (2) T and S as measured
+seconds per image of a bare teacher forward and a bare student step on this machine (what the
+arithmetic itself costs here, where a student step takes more time per FLOP than a teacher forward:
+backward, BN and activations); (3) the epoch's: the same measured costs for I training images plus
+each student's own forward over the J test images (E per image), which no sharing saves:
+(N(T+S)I + NEJ) / ((T+NS)I + NEJ), and N(T+S)I + NEJ over NSI + NEJ with the cache. The epochs
+ratio (``Trainer.train_epoch`` calls: the steps and the test set) is the one the ceilings describe;
+the runs ratio adds what a whole run also does (setup, the cache build, a final clean pass over the
+training set with the teacher). Each is given in wall and in CPU seconds (CPU time barely moves
+when other processes share the cores); 'reached' is the CPU ratio over the ceiling.
 
     .venv/bin/python benchmarks/grid.py --images 256 --threads 1
 """
@@ -64,7 +75,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def grid_configs(
-    dataset: str, teacher: Path, folder: Path, seed: int, args: argparse.Namespace, cache: bool
+    dataset: str, teacher: Path, folder: Path, seed: int, args: argparse.Namespace, cache: bool, stack: str
 ) -> list[RunConfig]:
     """One KL student per (alpha, tau) of the grid, all with the same seed, data order and teacher."""
     return [
@@ -75,6 +86,7 @@ def grid_configs(
             device=args.device,
             amp=args.amp,
             seed=seed,
+            stack=stack,
             kd={
                 "teacher": str(teacher),
                 "loss": "kl",
@@ -135,8 +147,17 @@ def main() -> None:
     amp = args.amp == "bf16"
     teacher_seconds = seconds_per_image(args.teacher, splits, train=False, batch=args.batch_size, amp=amp)
     student_seconds = seconds_per_image(args.student, splits, train=True, batch=args.batch_size, amp=amp)
-    # Ceilings from FLOPs (time proportional to FLOPs) and from the measured per-image seconds of a
-    # teacher forward and a student step (which also carry BN, activations, the optimiser-free step).
+    test_batch = min(args.test_images, max(256, 2 * args.batch_size))  # the engine's evaluation batch
+    eval_seconds = seconds_per_image(args.student, splits, train=False, batch=test_batch, amp=amp)
+    # Three ceilings of sequential time over shared time. Of the steps: from FLOPs (assumes every FLOP
+    # costs the same time) and from the measured per-image seconds of a bare teacher forward and a
+    # bare student step (BN, activations, backward included). Of the epoch (what the epochs ratio
+    # times): the steps plus each student's own pass over the test set (E per image), which no
+    # sharing saves: (N (T + S) I + N E J) / ((T + N S) I + N E J), T dropped with the cache.
+    images, tests = args.images, args.test_images
+    sequential_epoch = (
+        students * (teacher_seconds + student_seconds) * images + students * eval_seconds * tests
+    )
     ceilings = {
         kind: {
             "lockstep": lockstep_ceiling(students, teacher_cost, student_cost),
@@ -146,6 +167,11 @@ def main() -> None:
             ("FLOPs", teacher_flops, student_flops),
             ("time", teacher_seconds, student_seconds),
         )
+    }
+    ceilings["epoch time"] = {
+        "lockstep": sequential_epoch
+        / ((teacher_seconds + students * student_seconds) * images + students * eval_seconds * tests),
+        "cache": sequential_epoch / (students * student_seconds * images + students * eval_seconds * tests),
     }
     views = ViewGrid(splits.pad, splits.flip).num_views
     print(f"machine: {machine()}")
@@ -158,21 +184,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         teacher = save_random_teacher(folder / "teacher.pt", args.teacher, splits)
-        arms = {  # name -> (folder, seed, cache)
-            "sequential": ("sequential", 1, False),
-            "lockstep": ("lockstep", 1, False),
-            "lockstep + cache, seed A (builds it)": ("cacheA", 1, True),
-            "lockstep + cache, seed B (reuses it)": ("cacheB", 2, True),
+        arms = {  # name -> (folder, seed, cache, stack)
+            "sequential": ("sequential", 1, False, "off"),
+            "lockstep": ("lockstep", 1, False, "off"),
+            "stacked": ("stacked", 1, False, "on"),
+            "lockstep + cache, seed A (builds it)": ("cacheA", 1, True, "off"),
+            "lockstep + cache, seed B (reuses it)": ("cacheB", 2, True, "off"),
+            "stacked + cache, seed C (reuses it)": ("cacheC", 3, True, "on"),
         }
         results = {
-            name: measure(name, grid_configs(dataset, teacher, folder / sub, seed, args, cache))
-            for name, (sub, seed, cache) in arms.items()
+            name: measure(name, grid_configs(dataset, teacher, folder / sub, seed, args, cache, stack))
+            for name, (sub, seed, cache, stack) in arms.items()
         }
         (record,) = [json.loads(path.read_text()) for path in (folder / "cache").glob("*.json")]
     base = results["sequential"]
     print(
         f"\nmeasured per image: teacher forward {1e3 * teacher_seconds:.1f} ms, student step "
-        f"{1e3 * student_seconds:.1f} ms (T/S: {teacher_seconds / student_seconds:.2f} in time, "
+        f"{1e3 * student_seconds:.1f} ms, student test-set forward {1e3 * eval_seconds:.1f} ms "
+        f"(T/S: {teacher_seconds / student_seconds:.2f} in time, "
         f"{teacher_flops / student_flops:.2f} in FLOPs)"
     )
     print(
@@ -182,7 +211,7 @@ def main() -> None:
     )
     print(
         f"{'arm':<38} {'runs wall':>9} {'CPU':>6} {'epochs wall':>11} {'CPU':>6} "
-        f"{'FLOP ceiling':>12} {'reached':>7} {'time ceiling':>12} {'reached':>7}"
+        f"{'FLOP ceiling':>12} {'reached':>7} {'time ceiling':>12} {'reached':>7} {'epoch ceiling':>13} {'reached':>7}"
     )
     for name, result in results.items():
         ratio = {
@@ -194,11 +223,13 @@ def main() -> None:
             f"{name:<38} {ratio['run', 'wall']:>8.2f}x {ratio['run', 'cpu']:>5.2f}x "
             f"{ratio['epochs', 'wall']:>10.2f}x {ratio['epochs', 'cpu']:>5.2f}x"
         )
-        arm = "cache" if "cache" in name else name
-        for kind in ("FLOPs", "time"):
-            ceiling = ceilings[kind].get(arm)
+        arm = (
+            None if name == "sequential" else "cache" if "cache" in name else "lockstep"
+        )  # stacked: same work
+        for kind, width in (("FLOPs", 11), ("time", 11), ("epoch time", 12)):
+            ceiling = ceilings[kind].get(arm) if arm else None
             if ceiling:
-                line += f" {ceiling:>11.2f}x {100 * ratio['epochs', 'cpu'] / ceiling:>6.0f}%"
+                line += f" {ceiling:>{width}.2f}x {100 * ratio['epochs', 'cpu'] / ceiling:>6.0f}%"
         print(line)
     print(
         f"\ncache build (in seed A's runs, not its epochs): {record['build_time_s']:.1f} s for {views} views x "

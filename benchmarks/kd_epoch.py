@@ -1,13 +1,11 @@
 """One KD epoch, teacher WRN-28-4 -> student WRN-16-2: kdlab's engine against the official loop.
 
-The baseline follows the loop of the paper's code (jhoon-oh/kd_data, tools/traineval.py): a
-torchvision-style Dataset that turns each uint8 array into a PIL image and applies RandomCrop(32, 4),
-RandomHorizontalFlip, ToTensor and Normalize per image, a DataLoader (batch 128, shuffled, 4 workers,
-as the official setter), fp32 NCHW models, the teacher run on every batch; and after each epoch the
-whole (augmented) training set evaluated again by student and teacher (eval mode, without no_grad,
-a ``.item()`` per batch), then the test set. kdlab runs ``Trainer.train_epoch`` (data on the device,
-batched crop/flip, test set every epoch, no training-set re-evaluation) in three modes: its CPU
-default (fp32), bf16 autocast (``amp: bf16``, opt-in on CPU), and bf16 with the teacher-logit cache.
+The baseline follows the loop of the paper's code (``official.py``: PIL transforms per image, a
+4-worker DataLoader, fp32 NCHW, the teacher on every batch, the training set re-evaluated after each
+epoch, then the test set). kdlab runs ``Trainer.train_epoch`` (data on the device, batched crop/flip,
+test set every epoch, no training-set re-evaluation) in five modes: its CPU default (fp32), fp32
+with channels_last, fp32 with the teacher-logit cache, bf16 autocast (``amp: bf16``, opt-in on
+CPU), and bf16 with the cache.
 
 Every time is measured in this run on this machine, the arms interleaved, and each reported as the
 best of ``--repeats`` epochs (other processes on a shared machine only ever add time); the ratios
@@ -22,9 +20,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from common import (
     Seconds,
     best,
@@ -36,19 +32,18 @@ from common import (
     set_threads,
     timed,
 )
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from official import OfficialLoop
 
 from kdlab.cache import ViewGrid
-from kdlab.data import DatasetSplits, TensorData
+from kdlab.data import DatasetSplits
 from kdlab.engine import Trainer
 from kdlab.models import create_model
 from kdlab.teacher import load_teacher
 
 KDLAB_MODES = {  # name -> config overrides
     "kdlab fp32 (CPU default)": {"amp": "auto"},
+    "kdlab fp32 + channels_last": {"amp": "auto", "channels_last": True},
+    "kdlab fp32 + teacher-logit cache": {"amp": "auto", "kd": {"cache": True}},
     "kdlab bf16 (amp: bf16)": {"amp": "bf16"},
     "kdlab bf16 + teacher-logit cache": {"amp": "bf16", "kd": {"cache": True}},
 }
@@ -75,102 +70,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true", help="time kdlab only")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     return parser.parse_args()
-
-
-# --- the official loop ---------------------------------------------------------------------------
-
-
-class PILImageDataset(Dataset):
-    """torchvision's CIFAR/FashionMNIST ``__getitem__``: uint8 HWC array -> PIL image -> transform."""
-
-    def __init__(self, data: TensorData, transform: transforms.Compose) -> None:
-        images = data.images.cpu().permute(0, 2, 3, 1).numpy()  # [N, H, W, C] like torchvision's .data
-        self.images = images[..., 0] if images.shape[-1] == 1 else images
-        self.targets = data.labels.cpu().tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index], mode="L" if self.images.ndim == 3 else None)
-        return self.transform(image), self.targets[index]
-
-
-def official_loaders(splits: DatasetSplits, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader]:
-    """The official setter's train (crop + flip) and test loaders."""
-    normalize = [transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)]
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomCrop(splits.image_size, padding=splits.pad),
-            transforms.RandomHorizontalFlip(),
-            *normalize,
-        ]
-    )
-    train = PILImageDataset(splits.train, train_transform)
-    test = PILImageDataset(splits.test, transforms.Compose(normalize))
-    return (
-        DataLoader(train, batch_size=batch_size, shuffle=True, pin_memory=False, num_workers=workers),
-        DataLoader(test, batch_size=batch_size, pin_memory=False, num_workers=workers),
-    )
-
-
-def official_kd_loss(output, label, teacher_output, alpha: float, temperature: float) -> torch.Tensor:
-    """tools/losses.py ``kd_loss``: batchmean KLDiv of softened outputs x alpha T^2 + (1 - alpha) CE."""
-    kd = nn.KLDivLoss(reduction="batchmean")(
-        F.log_softmax(output / temperature, dim=1), F.softmax(teacher_output / temperature, dim=1)
-    )
-    return kd * (alpha * temperature * temperature) + nn.CrossEntropyLoss()(output, label) * (1.0 - alpha)
-
-
-def official_eval(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """tools/traineval.py ``eval_model``: eval mode but no ``no_grad``, a ``.item()`` per batch."""
-    teacher.eval()
-    student.eval()
-    losses, labels, predictions = [], [], []
-    for image, label in loader:
-        image, label = image.type(torch.FloatTensor), label.type(torch.LongTensor)
-        pred_label = student(image)
-        teacher_label = teacher(image)
-        losses.append(official_kd_loss(pred_label, label, teacher_label, 0.9, 4.0).item())
-        labels.append(label.cpu().detach().numpy())
-        predictions.append(pred_label.cpu().detach().numpy())
-    accuracy = np.mean(np.argmax(np.concatenate(predictions), axis=1) == np.concatenate(labels))
-    return float(np.mean(losses)), float(accuracy)
-
-
-class OfficialLoop:
-    """The official training loop's state: fp32 NCHW teacher and student, SGD, the two loaders."""
-
-    def __init__(self, splits: DatasetSplits, teacher_path: Path, args: argparse.Namespace) -> None:
-        self.teacher = load_teacher(str(teacher_path), torch.device("cpu"))
-        torch.manual_seed(0)
-        self.student = create_model(args.student, splits.num_classes, splits.in_channels, splits.image_size)
-        weights = [p for p in self.student.parameters() if p.ndim > 1]
-        others = [p for p in self.student.parameters() if p.ndim <= 1]
-        self.optimizer = torch.optim.SGD(
-            [{"params": others, "weight_decay": 0}, {"params": weights, "weight_decay": 5e-4}],
-            lr=0.1, momentum=0.9, nesterov=True,
-        )  # fmt: skip
-        self.train_loader, self.test_loader = official_loaders(splits, args.batch_size, args.workers)
-
-    def train_steps(self) -> None:
-        self.student.train()
-        for image, label in self.train_loader:
-            image, label = image.type(torch.FloatTensor), label.type(torch.LongTensor)
-            pred_label = self.student(image)
-            teacher_label = self.teacher(image)
-            self.optimizer.zero_grad()
-            loss = official_kd_loss(pred_label, label, teacher_label, 0.9, 4.0)
-            loss.backward()
-            self.optimizer.step()
-
-    def epoch(self) -> dict[str, Seconds]:
-        """Seconds of each part of one official epoch."""
-        train, _ = timed(self.train_steps)
-        reevaluate, _ = timed(lambda: official_eval(self.teacher, self.student, self.train_loader))
-        test, _ = timed(lambda: official_eval(self.teacher, self.student, self.test_loader))
-        return {"train steps": train, "re-evaluate training set": reevaluate, "test set": test}
 
 
 # --- kdlab ---------------------------------------------------------------------------------------
@@ -244,7 +143,11 @@ def main() -> None:
         teacher = save_random_teacher(folder / "teacher.pt", args.teacher, splits)
         stand_in = save_random_teacher(folder / "stand-in.pt", args.cache_stand_in, splits)
         warm_up(splits, args)
-        official = None if args.skip_baseline else OfficialLoop(splits, teacher, args)
+        official = (
+            None
+            if args.skip_baseline
+            else OfficialLoop(splits, teacher, args.student, args.batch_size, args.workers)
+        )
         arms = {}
         for index, (name, overrides) in enumerate(KDLAB_MODES.items()):
             uses_cache = overrides.get("kd", {}).get("cache", False)

@@ -37,3 +37,17 @@ def one_torch_thread() -> Iterator[None]:
         yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def digits_teacher(tmp_path_factory, one_torch_thread) -> str:
+    """A convnet-8 trained for 3 epochs on digits (about 80% test accuracy; module-scoped: trained once)."""
+    from fixtures_engine import make_config
+
+    from kdlab.engine import train
+
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    config = make_config(out)
+    config.model, config.optim.epochs = "convnet-8", 3
+    train(config)
+    return str(out)

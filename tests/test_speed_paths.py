@@ -9,12 +9,17 @@ made: training with the cache against a teacher whose logits are not float16 num
 from __future__ import annotations
 
 import json
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from fixtures_data import write_idx, write_imagefolder
+from fixtures_engine import (
+    assert_same_weights,
+    make_config,
+    random_teacher,
+    state,
+    train_losses,
+)
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -23,9 +28,8 @@ from kdlab.config import RunConfig, build_config
 from kdlab.device import autocast_context
 from kdlab.engine import Trainer, train, train_lockstep
 from kdlab.engine import loop as engine_loop
+from kdlab.engine.stacked import stacks
 from kdlab.errors import UserError
-from kdlab.models import create_model
-from kdlab.runs import CHECKPOINT_FORMAT, atomic_torch_save
 
 # Tiny nets compared bitwise: one thread (conftest.one_torch_thread) is as fast, and does not stall
 # when other jobs share the cores.
@@ -36,65 +40,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def private_cache(tmp_path, monkeypatch):
     """Downloads and teacher-logit caches go to a fresh folder, never the user's."""
     monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def make_config(out: Path, dataset: str = "digits", data_dir: Path | None = None, **kd) -> RunConfig:
-    """A fast CPU run: convnet-4, batch 64, 2 epochs, no progress bars or TensorBoard."""
-    return build_config(
-        base={
-            "model": "convnet-4",
-            "device": "cpu",
-            "out": str(out),
-            "progress": False,
-            "tensorboard": False,
-            "data": {"name": dataset, "data_dir": str(data_dir) if data_dir else None},
-            "optim": {"epochs": 2, "batch_size": 64, "lr": 0.05},
-            "kd": kd,
-        }
-    )
-
-
-def random_teacher(path: Path, in_channels: int, num_classes: int = 10, seed: int = 0) -> Path:
-    """A kdlab checkpoint of a randomly initialised convnet-4 (its logits are as varied as a trained one's)."""
-    torch.manual_seed(seed)
-    model = create_model("convnet-4", num_classes, in_channels)
-    atomic_torch_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model_name": "convnet-4",
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "image_size": None,
-            "model": model.state_dict(),
-        },
-        path,
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits_teacher(tmp_path_factory, one_torch_thread) -> str:
-    """A convnet-8 trained for 3 epochs on digits (about 80% test accuracy; module-scoped: trained once)."""
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    config = make_config(out)
-    config.model, config.optim.epochs = "convnet-8", 3
-    train(config)
-    return str(out)
-
-
-def state(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=True)["model"]
-
-
-def train_losses(run: Path) -> list[float]:
-    return [json.loads(line)["train_loss"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_same_weights(run_a: Path, run_b: Path) -> None:
-    weights_a, weights_b = state(run_a), state(run_b)
-    assert weights_a.keys() == weights_b.keys()
-    for name in weights_a:
-        assert torch.equal(weights_a[name], weights_b[name]), name
 
 
 # --- the teacher-logit cache ---------------------------------------------------------------------
@@ -259,15 +204,23 @@ def _masks(index) -> bool:
     return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
 
 
+@pytest.mark.parametrize("stack", ["off", "on"])
 @pytest.mark.parametrize("cache", [False, True])
-def test_no_host_device_sync_inside_an_epoch(tmp_path, digits_teacher, cache):
-    """Between the first batch and the end of the data, the step loop reads no tensor on the host."""
+def test_no_host_device_sync_inside_an_epoch(tmp_path, digits_teacher, cache, stack):
+    """Between the first batch and the end of the data, the step loop reads no tensor on the host:
+    live teacher or cache, students in lockstep or stacked."""
     configs = [
         make_config(tmp_path / name, teacher=digits_teacher, loss=loss, cache=cache)
         for name, loss in (("kl", "kl"), ("mse", "mse"))
     ]
+    for config in configs:
+        config.stack = stack
     trainer = Trainer(configs)
     students = [trainer.build_student(config, resume=False, overwrite=False) for config in configs]
+    units = trainer.train_step_for(students).units
+    assert [type(unit).__name__ for unit in units] == (
+        ["StackedStudents"] if stack == "on" else ["OneStudent"] * 2
+    )
     counter = SyncCounter()
     batches = trainer.train_loader
 
@@ -295,19 +248,25 @@ def test_no_host_device_sync_inside_an_epoch(tmp_path, digits_teacher, cache):
     assert counter.reads == ["item", "__bool__", "__float__", "tolist", "__getitem__"]
 
 
-def test_amp_and_compile_are_opt_in_on_cpu():
-    cpu, defaults = torch.device("cpu"), RunConfig()
+def test_amp_compile_and_stacking_defaults():
+    """fp32 on every device unless amp: bf16 (kdlab.device.AUTO_BF16 says why); stacking on CUDA only."""
+    cpu, cuda, defaults = torch.device("cpu"), torch.device("cuda"), RunConfig()
     assert (defaults.amp, defaults.compile, defaults.channels_last, defaults.kd.cache) == (
         "auto",
         False,
         False,
         False,
     )
+    assert (defaults.stack, defaults.cuda_graph) == ("auto", True)
     assert not isinstance(autocast_context(defaults, cpu), torch.autocast)  # auto = fp32 on CPU
+    assert not isinstance(autocast_context(defaults, cuda), torch.autocast)  # and on CUDA
     bf16 = autocast_context(build_config(base={"amp": "bf16"}), cpu)
     assert isinstance(bf16, torch.autocast) and bf16.fast_dtype == torch.bfloat16
-    with warnings.catch_warnings():  # building a CUDA autocast without CUDA warns, harmlessly
-        warnings.simplefilter("ignore")
-        assert (
-            autocast_context(defaults, torch.device("cuda")).fast_dtype == torch.bfloat16
-        )  # auto: bf16 on CUDA
+    assert (stacks("auto", cpu), stacks("auto", cuda), stacks("on", cpu), stacks("off", cuda)) == (
+        False,
+        True,
+        True,
+        False,
+    )
+    with pytest.raises(UserError, match="stack='sometimes' is invalid: choose auto, on or off"):
+        build_config(base={"stack": "sometimes"})

@@ -11,7 +11,7 @@ crop at ``(dy, dx)`` with flip ``f`` is ``(dy * (2p + 1) + dx) * F + f`` (``F`` 
 Why float16 rather than bfloat16: it keeps 11 significant bits against bfloat16's 8, so its rounding
 error is 8x smaller (relative 2^-11 ~ 4.9e-4), and its range (|z| <= 65504) is far beyond any
 classifier's logits; the build refuses teacher logits outside it. When the teacher itself runs under
-bfloat16 autocast (the default on CUDA), its logits are bfloat16 values, which float16 holds exactly
+bfloat16 autocast (`amp: bf16`), its logits are bfloat16 values, which float16 holds exactly
 for ``6.1e-5 <= |z| <= 65504``: there the cache is bitwise the live teacher.
 
 The file lives in ``kd.cache_dir`` (default ``$KDLAB_CACHE_DIR/teacher-logits``) under a name
@@ -49,6 +49,7 @@ from kdlab.runs import atomic_write_json
 CACHE_FORMAT = "kdlab-teacher-logits-v1"
 STORAGE_DTYPE = np.float16
 FLOAT16_MAX = 65504.0
+GPU_BUILD_BATCH = 1024  # images per teacher forward when building on a GPU: large batches keep it busy
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,24 @@ class TeacherLogitCache:
         """float32 ``[B, K]`` on the device: the teacher's logits for images ``indices`` seen through ``aug``.
 
         ``indices`` int64 ``[B]`` are positions in the training split (``Batch.indices``); ``aug`` the
-        batch's crop/flip draws (``None``: the unaugmented image). The row numbers are computed on the
-        CPU, where the draws are, and copied from pinned memory, so the step never waits on the device.
+        batch's crop/flip draws (``None``: the unaugmented image).
+        """
+        return self.gather(self.rows(indices, aug))
+
+    def rows(self, indices: Tensor, aug: AugParams | None) -> Tensor:
+        """int64 ``[B]``: the table rows ``index * V + view`` of a batch, where the table is.
+
+        Computed on the CPU, where the draws are, and copied from pinned memory without waiting, so
+        the step never waits on the device; the training step receives them as an input (a captured
+        CUDA graph then gathers whatever rows its static buffer holds).
         """
         rows = indices.cpu() * self.grid.num_views + self.grid.view_index(aug, len(indices))
         if self.flat.is_cuda:
             rows = rows.pin_memory().to(self.flat.device, non_blocking=True)
+        return rows
+
+    def gather(self, rows: Tensor) -> Tensor:
+        """float32 ``[B, K]`` on the training device: the logits of table ``rows`` (from :meth:`rows`)."""
         return self.flat.index_select(0, rows).to(self.device, non_blocking=True).float()
 
 
@@ -260,6 +273,8 @@ def open_logit_cache(
                 "free space, set kd.cache_dir elsewhere, or drop kd.cache"
             )
         start = time.perf_counter()
+        if device.type != "cpu":
+            batch_size = max(batch_size, GPU_BUILD_BATCH)
         _build(path, images, grid, num_classes, teacher_fn, loader, batch_size, config.progress)
         atomic_write_json(
             path.with_suffix(".json"),

@@ -92,9 +92,11 @@ class RunConfig:
     seed: int = 9999
     out: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: str = "auto"  # auto (fp32 on CUDA and CPU: kdlab.device.AUTO_BF16) | bf16 | off
     channels_last: bool = False
     compile: bool = False
+    stack: str = "auto"  # students of one architecture as one module: auto (on CUDA) | on | off
+    cuda_graph: bool = True  # on CUDA, capture the training step as one CUDA graph and replay it
     deterministic: bool = False
     sync_bn: bool = False
     tensorboard: bool = True
@@ -133,6 +135,8 @@ class RunConfig:
         from kdlab.data.select import check_selection
 
         check_selection(self.data.select, self.data.select_pass, bool(specs))
+        if self.stack not in ("auto", "on", "off"):
+            raise UserError(f"stack={self.stack!r} is invalid: choose auto, on or off")
         if self.data.label_noise:
             from kdlab.data import parse_label_noise
 

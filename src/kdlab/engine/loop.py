@@ -14,6 +14,7 @@ stopping :mod:`kdlab.engine.stop`, and one student's model, optimiser and checkp
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from typing import Any
@@ -28,8 +29,18 @@ from kdlab.config import RunConfig
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
 from kdlab.data.select import select_training_set
 from kdlab.device import World, autocast_context, current_world, resolve_device
+from kdlab.engine.stacked import StackedStudents, stack_models, stacks
 from kdlab.engine.state import EpochState
-from kdlab.engine.step import check_feature_losses, train_step
+from kdlab.engine.step import (
+    OneStudent,
+    StepTeacher,
+    TrainStep,
+    Unit,
+    capture_possible,
+    check_feature_losses,
+    live_teacher_logits,
+    set_units_lr,
+)
 from kdlab.engine.stop import StopRequests, interrupted, raise_if_not_finite
 from kdlab.engine.student import (
     Student,
@@ -37,6 +48,7 @@ from kdlab.engine.student import (
     lr_at,
     make_optimizer,
     prepare_run_folder,
+    stack_key,
     tensorboard_writer,
 )
 from kdlab.errors import UserError
@@ -101,6 +113,8 @@ class Trainer:
             )
         if lead.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":  # static shapes: cuDNN times its kernels once per shape
+            torch.backends.cudnn.benchmark = not lead.deterministic
         self.splits, self.clean_labels, self.noise_record = load_data(lead, self.world)
         for split in ("train", "val", "test"):  # once, so that every loader below shares one device copy
             if isinstance(getattr(self.splits, split), TensorData):
@@ -147,6 +161,8 @@ class Trainer:
         if self.teacher is not None and lead.compile:  # the teacher's forward is most of a KD step
             self.teacher = torch.compile(self.teacher)
         self.logit_cache: TeacherLogitCache | None = None
+        self.step: TrainStep | None = None  # made by the first epoch (train_step_for)
+        self.step_students: list[int] = []
         if self.teacher is not None and self.teacher_needed and lead.kd.cache:
             self.logit_cache = open_logit_cache(
                 lead, self.train_loader, self.teacher, self.live_teacher_logits, self.splits.num_classes,
@@ -166,20 +182,24 @@ class Trainer:
             return self.logit_cache.lookup(batch.indices, batch.aug)
         return self.live_teacher_logits(batch.inputs)
 
-    def teacher_outputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        """Teacher logits, and its float32 penultimate features ``[B, D]`` when a student's loss reads them."""
-        if not self.teacher_features_needed:
-            return self.teacher_logits(batch), None
-        with torch.inference_mode(), self.autocast():
-            features = self.teacher.forward_features(batch.inputs)
-            logits = self.teacher.classifier(features)
-        return logits.float().clone(), features.float().clone()
+    def step_teacher(self) -> StepTeacher:
+        """The training step's teacher: the cache, the live teacher, or none when no student reads one."""
+        autocast = functools.partial(autocast_context, self.configs[0], self.device)
+        if not self.teacher_needed:
+            return StepTeacher(None, None, autocast)
+        if self.teacher_features_needed:  # features come from the live teacher only, its logits with them
+            return StepTeacher(self.teacher, None, autocast, features=True)
+        return StepTeacher(self.teacher if self.logit_cache is None else None, self.logit_cache, autocast)
+
+    def cache_rows(self, batch: Batch) -> Tensor | None:
+        """The cache rows of a training batch, on the cache's device (None without a cache)."""
+        if self.logit_cache is None or not self.teacher_needed or self.teacher_features_needed:
+            return None
+        return self.logit_cache.rows(batch.indices, batch.aug)
 
     def live_teacher_logits(self, inputs: Tensor) -> Tensor:
         """The frozen teacher's float32 logits; cloned out of inference mode so autograd may read them."""
-        with torch.inference_mode(), self.autocast():
-            logits = self.teacher(inputs)
-        return logits.float().clone()
+        return live_teacher_logits(self.teacher, inputs, self.autocast)
 
     # -- students ----------------------------------------------------------------------------
 
@@ -224,6 +244,53 @@ class Trainer:
             student.writer = tensorboard_writer(config, run)
         return student
 
+    def make_units(self, students: list[Student]) -> list[Unit]:
+        """Students that share architecture and optimiser settings (``stack_key``) as stacked units
+        where ``stack`` allows it (:func:`kdlab.engine.stacked.stacks`), every other one alone."""
+        lead = self.configs[0]
+        if not stacks(lead.stack, self.device) or self.world.size > 1:
+            return [OneStudent(student, slot) for slot, student in enumerate(students)]
+        by_key: dict[str, list[int]] = {}
+        for slot, student in enumerate(students):
+            by_key.setdefault(repr(stack_key(student.config)), []).append(slot)
+        units: list[Unit] = []
+        for slots in by_key.values():
+            members = [students[slot] for slot in slots]
+            stacked, reason = None, None
+            if len(members) > 1:
+                stacked, reason = stack_models(
+                    [member.model for member in members], self.probe(), lead.channels_last
+                )
+            if stacked is not None:
+                units.append(StackedStudents(members, slots, stacked))
+                continue
+            if reason is not None and lead.progress and self.world.is_main:
+                tqdm.write(
+                    f"kdlab: {members[0].config.model} students not stacked ({reason}): lockstep instead"
+                )
+            units += [OneStudent(student, slot) for slot, student in zip(slots, members, strict=True)]
+        return units
+
+    def probe(self) -> Tensor:
+        """A 2-image input batch of the training data's shape (to check that students stack)."""
+        splits = self.splits
+        size = (2, splits.in_channels, splits.image_size, splits.image_size)
+        probe = torch.randn(size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        return probe.contiguous(memory_format=torch.channels_last) if self.configs[0].channels_last else probe
+
+    def train_step_for(self, students: list[Student]) -> TrainStep:
+        """The group's step (units, epoch state and, on CUDA, its graph): made once, kept for every epoch."""
+        if self.step is None or self.step_students != [id(student) for student in students]:
+            lead = self.configs[0]
+            autocast = functools.partial(autocast_context, lead, self.device)  # no reference to self
+            self.step_students = [id(student) for student in students]
+            units = self.make_units(students)
+            self.step = TrainStep(
+                units, EpochState(len(students), self.device), self.step_teacher(), autocast,
+                lead.optim.batch_size, capture_possible(self.device, self.world.size, lead.cuda_graph),
+            )  # fmt: skip
+        return self.step
+
     # -- the loop ----------------------------------------------------------------------------
 
     def fit(self, students: list[Student]) -> list[dict[str, Any]]:
@@ -248,31 +315,32 @@ class Trainer:
     def train_epoch(self, students: list[Student], epoch: int) -> None:
         lead = self.configs[0]
         epoch_start = time.perf_counter()
+        step = self.train_step_for(students)
+        state = step.state
         self.train_loader.set_epoch(epoch)
-        for student in students:
-            student.set_lr(epoch)
-            student.module.train()
-        state = EpochState.begin([student.progress for student in students], self.device, self.world)
+        set_units_lr(step.units, lambda student: lr_at(student.config, epoch))
+        for unit in step.units:
+            unit.train()
+        state.begin([student.progress for student in students], self.world)
         for student in students:
             student.progress = None  # used once: the next epoch starts from zero
         bar = tqdm(
             self.train_loader, desc=f"epoch {epoch + 1}/{lead.optim.epochs}", leave=False,
             disable=None if lead.progress and self.world.is_main else True, unit="batch",
         )  # fmt: skip
-        for step, batch in enumerate(bar):
-            if step < state.first_step:
+        for index, batch in enumerate(bar):
+            if index < state.first_step:
                 continue  # replays the epoch's fixed order up to where a mid-epoch checkpoint stopped
-            teacher_logits, teacher_features = (
-                self.teacher_outputs(batch) if self.teacher_needed else (None, None)
-            )
-            train_step(students, batch, teacher_logits, state, step, self.autocast, epoch, teacher_features)
+            step(batch.inputs, batch.targets, self.cache_rows(batch), epoch)
             state.seen += len(batch.targets)
-            if (step + 1) % self.stop.check_every == 0 and step + 1 < len(self.train_loader):
+            if (index + 1) % self.stop.check_every == 0 and index + 1 < len(self.train_loader):
                 signum = self.stop.agreed()
                 if signum is not None:
                     raise_if_not_finite(students, state, self.world, epoch)
-                    self.save_mid_epoch(students, epoch, step + 1, state)
-                    raise interrupted(students, signum, f"at epoch {epoch + 1}, step {step + 1}")
+                    self.save_mid_epoch(students, epoch, index + 1, state)
+                    raise interrupted(students, signum, f"at epoch {epoch + 1}, step {index + 1}")
+        for unit in step.units:
+            unit.publish()  # each student's own model and optimiser: evaluated and saved below
         count = self.world.all_reduce(torch.tensor(float(state.seen), device=self.device)).item()
         train_time = time.perf_counter() - epoch_start  # after .item(), so the device's queue is done too
         raise_if_not_finite(students, state, self.world, epoch)
@@ -299,6 +367,8 @@ class Trainer:
     def save_mid_epoch(self, students: list[Student], epoch: int, step: int, state: EpochState) -> None:
         """``last.pt`` of each student after ``step`` steps of ``epoch`` (0-based), with the running
         sums of all ranks, so that ``--resume`` continues the epoch at the next step."""
+        for unit in self.step.units:
+            unit.publish()
         for student, progress in zip(students, state.progress(step, self.world), strict=True):
             if self.world.is_main:
                 atomic_torch_save(student.checkpoint(epoch, progress), student.run.last_checkpoint)

@@ -8,7 +8,6 @@ checkpoint stores :meth:`EpochState.progress` and ``--resume`` rebuilds the stat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,51 +18,57 @@ from kdlab.device import World
 NEVER = 2**62  # "no non-finite step" when the first bad step is reduced with min over ranks
 
 
-@dataclass
 class EpochState:
-    sums: list[dict[str, Tensor]]
-    correct: list[Tensor]
-    first_bad_step: list[Tensor]
-    seen: int  # samples seen by this process (after a restore on rank 0: by all processes)
-    first_step: int  # the step the epoch (re)starts at
-    device: torch.device
+    """One group's running sums, made once and reset in place at each epoch's start.
 
-    @classmethod
-    def begin(cls, progress: list[dict[str, Any] | None], device: torch.device, world: World) -> EpochState:
+    Every tensor here keeps its address for the whole run, and the step writes them in place, so
+    that a step captured as a CUDA graph in one epoch keeps adding to them in the next. The index of
+    the step being taken is a device counter too (``step``), advanced by the step itself.
+    """
+
+    def __init__(self, count: int, device: torch.device) -> None:
+        self.device = device
+        self.sums: list[dict[str, Tensor]] = [{} for _ in range(count)]
+        self.correct = [torch.zeros((), device=device) for _ in range(count)]
+        self.first_bad_step = [torch.full((), -1, device=device) for _ in range(count)]
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0  # samples seen by this process (after a restore on rank 0: by all processes)
+        self.first_step = 0  # the step the epoch (re)starts at
+
+    def begin(self, progress: list[dict[str, Any] | None], world: World) -> None:
         """Zero at an epoch's start; after a mid-epoch checkpoint, its totals over all ranks (kept by
         rank 0, the other ranks starting from zero) and its step. ``progress``: one entry per student."""
-        zero = torch.zeros((), device=device)
         keep = world.is_main and progress[0] is not None
-        sums = [
-            {name: value.to(device) if keep else zero.clone() for name, value in saved["sums"].items()}
-            if saved is not None
-            else {}
-            for saved in progress
-        ]
-        correct = [saved["correct"].to(device) if keep else zero.clone() for saved in progress]
-        return cls(
-            sums=sums,
-            correct=correct,
-            first_bad_step=[torch.full((), -1, device=device) for _ in progress],
-            seen=progress[0]["seen"] if keep else 0,
-            first_step=progress[0]["step"] if progress[0] is not None else 0,
-            device=device,
-        )
+        for sums, correct, bad, saved in zip(
+            self.sums, self.correct, self.first_bad_step, progress, strict=True
+        ):
+            for total in sums.values():
+                total.zero_()
+            correct.zero_()
+            bad.fill_(-1)
+            if saved is not None and keep:
+                for name, value in saved["sums"].items():
+                    sums.setdefault(name, torch.zeros((), device=self.device)).copy_(value)
+                correct.copy_(saved["correct"])
+        self.seen = progress[0]["seen"] if keep else 0
+        self.first_step = progress[0]["step"] if progress[0] is not None else 0
+        self.step.fill_(self.first_step)
 
-    def add(self, index: int, terms: dict[str, Tensor], logits: Tensor, targets: Tensor, step: int) -> None:
+    def add(self, index: int, terms: dict[str, Tensor], logits: Tensor, targets: Tensor) -> None:
         """Accumulate student ``index``'s step: ``terms`` hold the batch means, ``"loss"`` included."""
         size = len(targets)
         sums = self.sums[index]
         for name, value in terms.items():
             if name in sums:
-                sums[name] = sums[name] + value.detach() * size
-            else:
+                sums[name].add_(value.detach() * size)
+            else:  # the first step of the run names the terms (before any capture)
                 sums[name] = value.detach() * size
-        self.correct[index] += (logits.detach().argmax(dim=1) == targets).sum()
+        self.correct[index].add_((logits.detach().argmax(dim=1) == targets).sum())
         bad = ~torch.isfinite(terms["loss"].detach()) & (self.first_bad_step[index] < 0)
-        self.first_bad_step[index] = torch.where(
-            bad, torch.full_like(self.first_bad_step[index], step), self.first_bad_step[index]
-        )
+        self.first_bad_step[index].copy_(torch.where(bad, self.step, self.first_bad_step[index]))
+
+    def next_step(self) -> None:
+        self.step.add_(1)
 
     def totals(self, index: int, world: World) -> dict[str, Tensor]:
         """Student ``index``'s sums and ``"correct"`` over all ranks (a collective)."""

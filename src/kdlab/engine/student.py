@@ -1,7 +1,8 @@
 """One student in training: its model, optimiser, learning-rate schedule, run folder and checkpoint.
 
-Also the rule that decides which students may train together on one data order and one teacher
-pass (:func:`group_key`), used by the engine and by ``kdlab sweep`` alike.
+Also the rules that decide which students may train together: on one data order and one teacher
+pass (:func:`group_key`, used by the engine and by ``kdlab sweep`` alike), and, within such a group,
+as one stacked module (:func:`stack_key`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,34 @@ def lr_at(config: RunConfig, epoch: int) -> float:
     return config.optim.lr * config.optim.gamma ** sum(epoch >= milestone for milestone in milestones)
 
 
-def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.SGD:
-    """SGD, Nesterov momentum; weight decay only on parameters with more than one dimension."""
+def make_optimizer(model: nn.Module, config: RunConfig, lr: float | None = None) -> torch.optim.SGD:
+    """SGD, Nesterov momentum; weight decay only on parameters with more than one dimension.
+
+    Fused (one kernel updates every parameter, on CPU and CUDA alike), with the learning rate held
+    in a 0-d tensor on the parameters' device: :func:`set_lr` writes that tensor in place, so a
+    captured CUDA graph of the step reads the new rate without being captured again.
+    """
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": config.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    device = next(model.parameters()).device
+    rate = torch.tensor(config.optim.lr if lr is None else lr, device=device)
     return torch.optim.SGD(
-        groups, lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov
+        groups, lr=rate, momentum=config.optim.momentum, nesterov=config.optim.nesterov, fused=True
     )
+
+
+def set_lr(optimizer: torch.optim.SGD, lr: float) -> None:
+    """Write ``lr`` into the optimiser's learning-rate tensor (in place: no new capture, no sync)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:  # restored from a checkpoint, which stores the rate as a number
+            group["lr"] = torch.tensor(lr, device=group["params"][0].device)
+        group["fused"], group["foreach"] = True, None  # also for checkpoints of other settings
 
 
 def group_key(config: RunConfig) -> dict[str, Any]:
@@ -53,6 +71,20 @@ def group_key(config: RunConfig) -> dict[str, Any]:
         "device": config.device,
         "amp": config.amp,
         "channels_last": config.channels_last,
+        "stack": config.stack,  # group settings: one step function serves the whole group
+        "cuda_graph": config.cuda_graph,
+    }
+
+
+def stack_key(config: RunConfig) -> dict[str, Any]:
+    """What students of one group must also share to train as one stacked module
+    (:mod:`kdlab.engine.stacked`): the architecture and every optimiser setting (one optimiser)."""
+    return {
+        **group_key(config),
+        "model": config.model,
+        "optim": repr(config.optim),
+        "compile": config.compile,
+        "sync_bn": config.sync_bn,
     }
 
 
@@ -82,19 +114,20 @@ class Student:
     writer: Any = None
     progress: dict[str, Any] | None = None  # running sums of an epoch a mid-epoch checkpoint stopped in
 
-    def set_lr(self, epoch: int) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.config, epoch)
+    lr: float | None = None  # the learning rate of the current epoch, as the host knows it
 
     def checkpoint(self, epoch: int, progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``last.pt``/``best.pt`` hold after ``epoch`` finished epochs (plus ``progress`` when mid-epoch)."""
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a number, as in any SGD checkpoint (no device read)
+            group["lr"] = self.config.optim.lr if self.lr is None else self.lr
         return {
             "format": CHECKPOINT_FORMAT,
             "model_name": self.config.model,
             **self.data_info,
             "dataset": self.config.data.name,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "epoch": epoch,
             "test_acc_best": self.test_acc_best,
             "best_epoch": self.best_epoch,
@@ -112,6 +145,7 @@ class Student:
             )
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        set_lr(self.optimizer, lr_at(self.config, int(checkpoint["epoch"])))
         self.start_epoch = int(checkpoint["epoch"])
         self.test_acc_best = float(checkpoint["test_acc_best"])
         self.best_epoch = int(checkpoint["best_epoch"])

@@ -235,6 +235,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # continuation (another machine, another data path), and a report does not group runs by them.
 RUNTIME_KEYS = (
     "out", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
+    "stack", "cuda_graph",
     "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
 )  # fmt: skip
 

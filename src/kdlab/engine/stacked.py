@@ -1,0 +1,257 @@
+"""N students of one architecture as one module: a grid of students costs one launch sequence.
+
+Channel stacking: student ``i``'s channels are channels ``[i*C, (i+1)*C)`` of the stacked model, so
+every layer runs once for all N students with N times the work:
+
+- ``Conv2d(C, O, groups=g)`` becomes ``Conv2d(N*C, N*O, groups=N*g)``: each student convolves only
+  its own channels (a grouped convolution);
+- ``BatchNorm2d(C)`` becomes ``BatchNorm2d(N*C)``: statistics are per channel, hence per student,
+  running statistics included;
+- ``Linear(D, K)`` becomes :class:`StackedLinear`: ``[B, N*D] -> [B, N*K]``, one batched matmul;
+- layers without parameters (ReLU, pooling, flatten) see ``[B, N*C, H, W]`` and act per channel.
+
+The input is repeated N times along the channels, and the logits ``[B, N*K]`` are split into each
+student's ``[B, K]``. Every stacked tensor (weight, bias, running statistic, momentum buffer) is the
+concatenation along dim 0 of the students' tensors, so student ``i``'s slice is
+``stacked.chunk(N)[i]`` and each student's own model, optimiser state and checkpoint are written
+from it (:meth:`StackedStudents.publish`): checkpoints are the standard per-student format.
+
+Which models stack: any model built from those layers whose forward treats channels independently
+(every kdlab CIFAR and small model). A layer of another kind with parameters, or a forward that
+mixes channels (a channel shuffle, a channel-wise pad), is found before training by
+:func:`stack_models` (the stacked forward must equal the students' on a probe batch); those students
+then train in lockstep instead, one after another on each batch.
+
+Numerics: a grouped convolution and a batched matmul may accumulate in another order than the
+students' own kernels, so stacked students equal their standalone runs to rounding, not bitwise
+(``tests/test_stacked.py`` states the measured difference).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.engine.student import Student, make_optimizer
+
+PROBE_TOLERANCE = 1e-4  # relative: the stacked and the students' forward differ only by rounding
+
+
+def stacks(setting: str, device: torch.device) -> bool:
+    """Whether ``stack`` (auto | on | off) stacks compatible students on ``device``.
+
+    ``auto`` stacks on CUDA, where a student's step is bound by kernel launches and N students in one
+    launch sequence do N times the work per launch; not on the CPU, which is bound by arithmetic
+    everywhere and where the grouped convolutions measured slower than N separate ones
+    (docs/benchmarks.md).
+    """
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+class StackedLinear(nn.Module):
+    """N linear layers ``D -> K`` on ``[..., N*D]`` -> ``[..., N*K]``; ``weight`` ``[N*K, D]``, ``bias`` ``[N*K]``."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        super().__init__()
+        self.count = len(layers)
+        self.in_features, self.out_features = layers[0].in_features, layers[0].out_features
+        self.weight = nn.Parameter(torch.cat([layer.weight.detach() for layer in layers]))
+        self.bias = (
+            nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]))
+            if layers[0].bias is not None
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        rows = x.reshape(-1, self.count, self.in_features).transpose(0, 1)  # [N, R, D]
+        weight = self.weight.view(self.count, self.out_features, self.in_features).transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(rows, weight)
+        else:
+            out = torch.baddbmm(self.bias.view(self.count, 1, self.out_features), rows, weight)
+        return out.transpose(0, 1).reshape(*lead, self.count * self.out_features)
+
+
+def _stack_conv(layers: list[nn.Conv2d]) -> nn.Conv2d:
+    first, count = layers[0], len(layers)
+    return nn.Conv2d(
+        count * first.in_channels, count * first.out_channels, first.kernel_size, first.stride,
+        first.padding, first.dilation, count * first.groups, first.bias is not None, first.padding_mode,
+    )  # fmt: skip
+
+
+def _stack_batch_norm(layers: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    first = layers[0]
+    return nn.BatchNorm2d(
+        len(layers) * first.num_features, first.eps, first.momentum, first.affine, first.track_running_stats
+    )
+
+
+STACKERS = {nn.Conv2d: _stack_conv, nn.BatchNorm2d: _stack_batch_norm, nn.Linear: StackedLinear}
+
+
+@torch.no_grad()
+def _stacked_layer(layers: list[nn.Module]) -> nn.Module:
+    """One layer for N students' ``layers``; each tensor the students' concatenated along dim 0."""
+    stacked = STACKERS[type(layers[0])](layers)
+    for name, tensor in [*stacked.named_parameters(), *stacked.named_buffers()]:
+        parts = [getattr(layer, name) for layer in layers]
+        tensor.copy_(parts[0] if tensor.ndim == 0 else torch.cat(parts))
+    return stacked
+
+
+class StackedModel(nn.Module):
+    """The N students as one module: ``forward(x [B, C, H, W]) -> [B, N, K]``."""
+
+    def __init__(self, models: list[nn.Module], channels_last: bool = False) -> None:
+        super().__init__()
+        self.count, self.channels_last = len(models), channels_last
+        body = copy.deepcopy(models[0])
+        for name, layer in list(body.named_modules()):
+            if type(layer) in STACKERS:
+                parent, _, attribute = name.rpartition(".")
+                layers = [model.get_submodule(name) for model in models]
+                setattr(body.get_submodule(parent), attribute, _stacked_layer(layers))
+        if hasattr(body, "in_channels"):  # models that check their input's channels see N times as many
+            body.in_channels = self.count * body.in_channels
+        self.body = body
+
+    def stack_input(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, N*C, H, W]``: every student's copy of the batch."""
+        stacked = x.repeat(1, self.count, *([1] * (x.dim() - 2)))
+        return stacked.contiguous(memory_format=torch.channels_last) if self.channels_last else stacked
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, N, D]``: each student's penultimate vector."""
+        features = self.body.forward_features(self.stack_input(x))
+        return features.view(len(x), self.count, -1)
+
+    def classifier(self, features: Tensor) -> Tensor:
+        """``[B, N, D]`` -> ``[B, N, K]``."""
+        return self.body.classifier(features.flatten(1)).view(len(features), self.count, -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(self.stack_input(x)).view(len(x), self.count, -1)
+
+
+def _unstackable(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be channel-stacked, or None."""
+    for name, layer in model.named_modules():
+        own = [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]
+        if own and type(layer) not in STACKERS:
+            return (
+                f"its layer {name or 'the model'} ({type(layer).__name__}) has parameters kdlab cannot stack"
+            )
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+            return f"its layer {name} pads with {layer.padding_mode!r}"
+    if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
+        return "it has no forward_features/classifier"
+    return None
+
+
+@torch.no_grad()
+def stack_models(
+    models: list[nn.Module], probe: Tensor, channels_last: bool = False
+) -> tuple[StackedModel | None, str | None]:
+    """The stacked model of ``models`` (one architecture), or ``(None, reason)`` when it cannot be.
+
+    ``probe``: a small input batch ``[b, C, H, W]``. The stacked forward must match each student's
+    own on it (eval mode, so nothing changes): a forward that mixes channels fails here.
+    """
+    reason = _unstackable(models[0])
+    if reason is not None:
+        return None, reason
+    stacked = StackedModel(models, channels_last).to(probe.device)
+    if channels_last:
+        stacked = stacked.to(memory_format=torch.channels_last)
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    stacked.eval()
+    try:
+        together = stacked(probe).float()
+        alone = torch.stack([model(probe).float() for model in models], dim=1)
+    except Exception as error:  # a forward that breaks on N*C channels cannot be stacked
+        return None, f"its forward fails on stacked channels ({type(error).__name__})"
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+    scale = alone.abs().max().clamp_min(1e-6)
+    if together.shape != alone.shape or not ((together - alone).abs().max() <= PROBE_TOLERANCE * scale):
+        return None, "its forward mixes channels (the stacked forward differs from the students')"
+    return stacked.train(), None
+
+
+class StackedStudents:
+    """One training unit of N students as a :class:`StackedModel` with one optimiser over the stacked
+    parameters (all students share the optimiser settings: ``engine.student.stack_key``). SGD acts
+    elementwise, so student i's slice of the optimiser state is its own optimiser's state."""
+
+    def __init__(self, students: list[Student], slots: list[int], model: StackedModel) -> None:
+        self.students, self.slots, self.count = students, slots, len(students)
+        lead = students[0]
+        self.model = model
+        self.optimizer = make_optimizer(model, lead.config, lr=lead.lr)
+        # (stacked tensor, [each student's tensor of that name]) for parameters and for buffers
+        self.parameters = self._pairs("parameters")
+        self.buffers = self._pairs("buffers")
+        self._load_momentum()
+        self.module: nn.Module = torch.compile(model) if lead.config.compile else model
+
+    def _pairs(self, kind: str) -> list[tuple[Tensor, list[Tensor]]]:
+        own = [dict(getattr(student.model, f"named_{kind}")()) for student in self.students]
+        return [
+            (tensor, [named[name] for named in own])
+            for name, tensor in getattr(self.model.body, f"named_{kind}")()
+        ]
+
+    def _load_momentum(self) -> None:
+        """Momentum buffers from the students' optimisers (restored from their checkpoints, or none yet)."""
+        for stacked, parts in self.parameters:
+            buffers = [
+                student.optimizer.state.get(part, {}).get("momentum_buffer")
+                for student, part in zip(self.students, parts, strict=True)
+            ]
+            if all(buffer is not None for buffer in buffers):
+                self.optimizer.state[stacked]["momentum_buffer"] = torch.cat(buffers).to(stacked.device)
+
+    def forward(self, inputs: Tensor, features: bool) -> list[tuple[Tensor, Tensor | None]]:
+        """Each student's logits ``[B, K]`` and, with ``features``, penultimate features ``[B, D]``
+        (contiguous: the losses then reduce as for a student alone)."""
+        if not features:
+            return [(logits.contiguous(), None) for logits in self.module(inputs).unbind(1)]
+        penultimate = self.model.forward_features(inputs)
+        logits = self.model.classifier(penultimate)
+        return [
+            (one.contiguous(), own.contiguous())
+            for one, own in zip(logits.unbind(1), penultimate.unbind(1), strict=True)
+        ]
+
+    def train(self) -> None:
+        self.module.train()
+
+    @torch.no_grad()
+    def publish(self) -> None:
+        """Write every student's slice into its own model and optimiser (before evaluation or a checkpoint)."""
+        for stacked, parts in self.parameters + self.buffers:
+            for part, piece in zip(parts, _slices(stacked, self.count), strict=True):
+                part.copy_(piece)
+        for stacked, parts in self.parameters:
+            buffer = self.optimizer.state.get(stacked, {}).get("momentum_buffer")
+            if buffer is None:
+                continue
+            for student, part, piece in zip(self.students, parts, _slices(buffer, self.count), strict=True):
+                state = student.optimizer.state[part]
+                if "momentum_buffer" in state:
+                    state["momentum_buffer"].copy_(piece)
+                else:
+                    state["momentum_buffer"] = piece.clone()
+
+
+def _slices(stacked: Tensor, count: int) -> list[Tensor]:
+    """Student i's part of a stacked tensor: the i-th of N equal chunks along dim 0 (a 0-d tensor,
+    such as BatchNorm's batch counter, is shared)."""
+    return [stacked] * count if stacked.ndim == 0 else list(stacked.chunk(count))

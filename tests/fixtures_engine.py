@@ -1,0 +1,66 @@
+"""What the engine's exactness tests share: a fast CPU run config, a random teacher, and readers of
+a run folder's weights and losses (the trained ``digits_teacher`` fixture is in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kdlab.config import RunConfig, build_config
+from kdlab.models import create_model
+from kdlab.runs import CHECKPOINT_FORMAT, atomic_torch_save
+
+
+def make_config(out: Path, dataset: str = "digits", data_dir: Path | None = None, **kd) -> RunConfig:
+    """A fast CPU run: convnet-4, batch 64, 2 epochs, no progress bars or TensorBoard."""
+    return build_config(
+        base={
+            "model": "convnet-4",
+            "device": "cpu",
+            "out": str(out),
+            "progress": False,
+            "tensorboard": False,
+            "data": {"name": dataset, "data_dir": str(data_dir) if data_dir else None},
+            "optim": {"epochs": 2, "batch_size": 64, "lr": 0.05},
+            "kd": kd,
+        }
+    )
+
+
+def random_teacher(path: Path, in_channels: int, num_classes: int = 10, seed: int = 0) -> Path:
+    """A kdlab checkpoint of a randomly initialised convnet-4 (its logits are as varied as a trained one's)."""
+    torch.manual_seed(seed)
+    model = create_model("convnet-4", num_classes, in_channels)
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": "convnet-4",
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": None,
+            "model": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def checkpoint(run: Path) -> dict:
+    return torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=True)
+
+
+def state(run: Path) -> dict[str, torch.Tensor]:
+    return checkpoint(run)["model"]
+
+
+def train_losses(run: Path) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    weights_a, weights_b = state(run_a), state(run_b)
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name

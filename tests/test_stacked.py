@@ -1,0 +1,230 @@
+"""Stacked students (kdlab.engine.stacked) against their standalone runs, checkpoints that resume in
+either mode, which models stack, and the captured CUDA step against the eager one (where CUDA is).
+
+Not bitwise: a stacked student's convolutions are one grouped convolution of all students, and its
+classifier one batched matmul, whose kernels add up the batch's contributions to a weight gradient
+in another order than a student's own kernels (its forward is bitwise the same on this CPU in NCHW;
+the first weight gradients differ by ~1e-8). Training amplifies those roundings a little each step.
+Measured on digits (convnet-4 students of a convnet-8 teacher, 2 epochs = 46 SGD steps, one thread,
+AVX-512 CPU): weights and momentum agree to 1.3e-4 absolute (weights of size ~0.5; 1e-6 for the ce
+and kl students, 1.3e-4 for mse), epoch losses to 3.8e-7 relative, test and training accuracy
+exactly; a run stopped mid-epoch and resumed in the other mode is as close. The bounds asserted
+below are 8-10x what was measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fixtures_engine import checkpoint, make_config, train_losses
+from torch import nn
+
+import kdlab.engine.step
+from kdlab.data import load_dataset
+from kdlab.engine import Trainer, train, train_lockstep
+from kdlab.engine.stacked import StackedStudents, stack_models
+from kdlab.errors import RunInterrupted
+from kdlab.losses import LOSSES, register_loss
+from kdlab.models import create_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WEIGHT_ATOL = 1e-3  # measured 1.3e-4
+LOSS_RTOL = 4e-6  # measured 3.8e-7
+
+STUDENTS = {  # one architecture and one optimiser: they stack; each its own loss, alpha and tau
+    "ce": {"loss": "ce"},
+    "kl": {"loss": "kl", "alpha": 0.9, "tau": 4.0},
+    "mse": {"loss": "mse"},
+}
+
+
+def configs(root: Path, teacher: str, stack: str) -> list:
+    made = [make_config(root / name, teacher=teacher, **kd) for name, kd in STUDENTS.items()]
+    for config in made:
+        config.stack = stack
+    return made
+
+
+def assert_close_runs(run_a: Path, run_b: Path) -> None:
+    """Equal within the rounding of grouped kernels (module docstring): weights, buffers, momentum,
+    losses; the same checkpoint format (keys, shapes, optimiser groups). Prints the differences."""
+    a, b = checkpoint(run_a), checkpoint(run_b)
+    assert a.keys() == b.keys() and a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    assert all(a["model"][name].shape == value.shape for name, value in b["model"].items())
+    groups_a, groups_b = a["optimizer"]["param_groups"], b["optimizer"]["param_groups"]
+    assert [{**g, "params": None} for g in groups_a] == [{**g, "params": None} for g in groups_b]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    pairs = [(a["model"][name].float(), value.float()) for name, value in b["model"].items()]
+    pairs += [
+        (a["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"])
+        for key, value in b["optimizer"]["state"].items()
+    ]
+    weights = max((x - y).abs().max().item() for x, y in pairs)
+    losses_a, losses_b = train_losses(run_a), train_losses(run_b)
+    losses = max(abs(x - y) / abs(y) for x, y in zip(losses_a, losses_b, strict=True))
+    print(f"{Path(run_a).name}: weights and momentum differ by {weights:.1e}, epoch losses by {losses:.1e}")
+    assert weights <= WEIGHT_ATOL and losses <= LOSS_RTOL
+
+
+def test_stacked_students_equal_their_standalone_runs(tmp_path, digits_teacher, capsys):
+    trainer = Trainer(configs(tmp_path / "probe", digits_teacher, "on"))
+    students = [trainer.build_student(config, False, False) for config in trainer.configs]
+    (unit,) = trainer.make_units(students)  # all three as one stacked module
+    assert isinstance(unit, StackedStudents) and unit.count == 3
+    summaries = train_lockstep(configs(tmp_path / "stacked", digits_teacher, "on"))
+    for (name, kd), summary in zip(STUDENTS.items(), summaries, strict=True):
+        alone = train(make_config(tmp_path / "alone" / name, teacher=digits_teacher, **kd))
+        assert_close_runs(tmp_path / "stacked" / name, tmp_path / "alone" / name)
+        assert summary["test_acc_last"] == alone["test_acc_last"]
+        assert summary["train_acc"] == alone["train_acc"]
+        assert summary["logit_distance"] == pytest.approx(alone["logit_distance"], rel=1e-3)
+
+
+@pytest.fixture
+def feature_loss():
+    """A loss that reads both penultimate feature vectors (as kdlab's feature losses do)."""
+
+    @register_loss("normgap", label="NormGap", reads=("student_features", "teacher_features"))
+    def norm_gap(student_logits, targets, *, student_features, teacher_features):
+        gap = student_features.norm(dim=1) - teacher_features.norm(dim=1)
+        return {"ce": F.cross_entropy(student_logits, targets), "norm": 0.1 * gap.square().mean()}
+
+    yield
+    LOSSES.unregister("normgap")
+
+
+def test_stacked_students_get_features_and_the_epoch_their_losses_read(
+    tmp_path, digits_teacher, feature_loss
+):
+    """A feature loss reads each student's slice of the stacked penultimate features; DKD reads the
+    epoch (its warm-up ramp): both stacked equal their standalone runs within the same bounds."""
+    students = {"normgap": {"loss": "normgap"}, "dkd": {"loss": "dkd", "dkd_warmup": 2}}
+
+    def made(root: Path, stack: str) -> list:
+        configs = [make_config(root / name, teacher=digits_teacher, **kd) for name, kd in students.items()]
+        for config in configs:
+            config.stack = stack
+        return configs
+
+    trainer = Trainer(made(tmp_path / "probe", "on"))
+    (unit,) = trainer.make_units([trainer.build_student(config, False, False) for config in trainer.configs])
+    assert isinstance(unit, StackedStudents)
+    train_lockstep(made(tmp_path / "stacked", "on"))
+    for name, kd in students.items():
+        train(make_config(tmp_path / "alone" / name, teacher=digits_teacher, **kd))
+        assert_close_runs(tmp_path / "stacked" / name, tmp_path / "alone" / name)
+
+
+def interrupt_at_loss_call(monkeypatch: pytest.MonkeyPatch, at_call: int) -> None:
+    """SIGINT during the ``at_call``-th loss evaluation (1-based): the loop stops after that step."""
+    original, calls = kdlab.engine.step.loss_terms, [0]
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at_call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kdlab.engine.step, "loss_terms", counting)
+
+
+@pytest.mark.parametrize(("first", "then"), [("on", "off"), ("off", "on")])
+def test_checkpoints_resume_across_stacked_and_unstacked(tmp_path, digits_teacher, monkeypatch, first, then):
+    """Stopped mid-epoch while stacked, resumed unstacked (and the reverse): the standard per-student
+    checkpoint carries weights, momentum and the epoch's running sums across."""
+    steps_per_epoch = math.ceil(len(load_dataset("digits").train) / 64)
+    straight = tmp_path / "straight"
+    train_lockstep(configs(straight, digits_teacher, first))
+    # Three students per step: the first student's loss at epoch 2, step 4 sends the signal.
+    interrupt_at_loss_call(monkeypatch, 3 * (steps_per_epoch + 3) + 1)
+    with pytest.raises(RunInterrupted, match="stopped by SIGINT at epoch 2, step 4"):
+        train_lockstep(configs(tmp_path / "run", digits_teacher, first))
+    monkeypatch.undo()
+    for name in STUDENTS:
+        saved = checkpoint(tmp_path / "run" / name)
+        assert (saved["epoch"], saved["epoch_progress"]["step"]) == (1, 4)
+    train_lockstep(configs(tmp_path / "run", digits_teacher, then), resume=True)
+    for name in STUDENTS:
+        assert_close_runs(tmp_path / "run" / name, straight / name)
+
+
+class ChannelShuffle(nn.Module):
+    """A model whose forward mixes channels (reverses them): it cannot be channel-stacked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.classifier = nn.Linear(4, 10)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flip(1).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+class WithLayerNorm(ChannelShuffle):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+
+
+@pytest.mark.parametrize("model", ["convnet-4", "mlp-16", "wrn-10-1", "resnet20"])
+def test_kdlab_models_stack_exactly_in_the_forward(model):
+    """The probe accepts kdlab's models; their stacked forward is each student's (NCHW, fp32)."""
+    torch.manual_seed(0)
+    size, channels = (8, 1) if model in ("convnet-4", "mlp-16") else (16, 3)
+    models = [create_model(model, 10, channels, size) for _ in range(3)]
+    inputs = torch.randn(5, channels, size, size)
+    stacked, reason = stack_models(models, inputs[:2])
+    assert reason is None
+    with torch.no_grad():
+        together = stacked.eval()(inputs)
+        for index, single in enumerate(models):
+            assert torch.allclose(together[:, index], single.eval()(inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_models_that_mix_channels_or_hold_other_parameters_do_not_stack():
+    shuffled, reason = stack_models([ChannelShuffle(), ChannelShuffle()], torch.randn(2, 1, 6, 6))
+    assert (
+        shuffled is None
+        and reason == "its forward mixes channels (the stacked forward differs from the students')"
+    )
+    normed, reason = stack_models([WithLayerNorm(), WithLayerNorm()], torch.randn(2, 1, 6, 6))
+    assert normed is None and reason == "its layer norm (LayerNorm) has parameters kdlab cannot stack"
+
+
+def test_mixed_architectures_fall_back_to_lockstep(tmp_path, digits_teacher):
+    made = configs(tmp_path, digits_teacher, "on")
+    made[2].model = "convnet-8"
+    trainer = Trainer(made)
+    units = trainer.make_units([trainer.build_student(config, False, False) for config in made])
+    assert [type(unit).__name__ for unit in units] == ["StackedStudents", "OneStudent"]
+    assert [unit.slots for unit in units] == [[0, 1], [2]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the captured step needs CUDA")
+def test_captured_cuda_step_equals_the_eager_step(tmp_path, digits_teacher):
+    """On CUDA: a run whose full batches replay one captured graph against the same run eager
+    (cuda_graph: false). The graph runs the same kernels on the same addresses, so they agree to the
+    rounding of kernels that cuDNN may choose differently between runs (same bound as stacking)."""
+    runs = {}
+    for graph in (True, False):
+        made = configs(tmp_path / f"graph-{graph}", digits_teacher, "on")
+        for config in made:  # deterministic kernels: the two runs may differ only by the capture
+            config.device, config.cuda_graph, config.deterministic = "cuda", graph, True
+        trainer = Trainer(made)
+        students = [trainer.build_student(config, False, False) for config in made]
+        trainer.fit(students)
+        runs[graph] = trainer.step
+    assert runs[True].graph is not None and runs[True].replays > 0 and runs[False].graph is None
+    for name in STUDENTS:
+        assert_close_runs(tmp_path / "graph-True" / name, tmp_path / "graph-False" / name)
