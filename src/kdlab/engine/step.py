@@ -14,7 +14,9 @@ momentum buffers, ``torch.compile`` compiles), the next full batch is copied int
 captured and replayed, and every later full batch is copied into those buffers and replayed.
 Shapes are static: a last partial batch runs through the same function eagerly, so CPU and GPU
 train on exactly the same samples and nothing is dropped or padded. Signals are read between
-replays (a host flag, every step), non-finite losses at the end of the epoch (a device flag).
+replays (a host flag, every step), non-finite losses at the end of the epoch (a device flag). A
+loss that reads the epoch holds it as a number in the graph: such a group is captured again in
+each epoch.
 """
 
 from __future__ import annotations
