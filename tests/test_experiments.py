@@ -12,6 +12,8 @@ import copy
 import csv
 import json
 import math
+import shutil
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,11 @@ def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_pat
             for name, run in plan.teachers.items():
                 # One teachers folder serves every recipe of a scale: equal names must be equal runs.
                 assert teachers.setdefault(name, run.config.to_dict()) == run.config.to_dict(), name
+            shipped_file = resources.files("kdlab") / "recipes" / f"{experiment}-{scale}.yaml"
+            assert yaml.safe_load(shipped_file.read_text())["extends"] == f"_{scale}", experiment  # one base
+            assert any(run.config.kd.loss == "ce" for run in plan.students), (
+                experiment
+            )  # the gates' CE student
     grid = plan_sweep(load_recipe("grid-paper"), tmp_path / "g")
     assert len(grid.students) == 51  # 10 alphas x 5 taus and the gates' CE student
     config = grid.students[0].config
@@ -222,6 +229,7 @@ def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_pat
     pairs = plan_sweep(load_recipe("pairs-paper"), tmp_path / "p")
     assert {run.config.model for run in pairs.students} == {"wrn-16-2", "wrn-16-4", "wrn-28-2", "wrn-40-2"}
     methods = plan_sweep(load_recipe("methods-small"), tmp_path / "m")
+    assert list(methods.teachers) == ["convnet-32"]  # the teacher of the other *-small recipes
     assert [run.name for run in methods.students if run.config.seed == 0] == [
         "ce-s0", "dist-b2-g2-t4-s0", "dkd-a1-b8-t4-w3-s0", "kl-a1-t4-s0", "kl-ls-a1-t2-s0", "mse-a1-s0",
     ]  # fmt: skip
@@ -229,8 +237,9 @@ def test_every_experiment_has_a_recipe_at_both_scales_and_teachers_agree(tmp_pat
         len(methods.students) == 18 and len(lockstep_groups(methods.students)) == 3
     )  # one teacher pass per seed
     fraction = plan_sweep(load_recipe("data-fraction-paper"), tmp_path / "f")
-    assert sorted(run.config.data.select or "all" for run in fraction.students) == [
-        "all", "classes:random:0-0.1", "samples:entropy:0-0.1", "samples:random:0-0.1", "samples:tld:0-0.1",
+    assert sorted((run.config.kd.loss, run.config.data.select or "all") for run in fraction.students) == [
+        ("ce", "all"), ("kl", "all"), ("kl", "classes:random:0-0.1"), ("kl", "samples:entropy:0-0.1"),
+        ("kl", "samples:random:0-0.1"), ("kl", "samples:tld:0-0.1"),
     ]  # fmt: skip
     assert {(run.config.kd.alpha, run.config.kd.tau, run.config.model) for run in fraction.students} == {
         (1.0, 20.0, "wrn-16-2")
@@ -466,7 +475,7 @@ def test_report_groups_seeds_and_draws_the_grid(tmp_path):
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "config.yaml").write_text("model: convnet-4\n")
     result = write_report(tmp_path, log=log_nothing)
-    assert result == {"runs": 12, "groups": 6, "plots": ["heatmap.png", "tau_curves.png"]}
+    assert result == {"runs": 12, "groups": 6, "plots": ["heatmap.png", "tau_curves.png"], "gates": []}
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     by_label = {(row["kd.loss"], row["kd.alpha"], row["kd.tau"]): row for row in rows}
     kl = by_label[("kl", "1", "inf")]
@@ -485,8 +494,125 @@ def test_report_groups_seeds_and_draws_the_grid(tmp_path):
     assert "| context | CE | KL tau=1 | KL tau=inf | MSE |" in report
     assert "| 60.00 ± 0.00 | 73.50 ± 0.71 | 75.50 ± 0.71 | 79.00 ± 0.00 |" in report  # last-epoch accuracy
     assert "![alpha x tau: " in report and (tmp_path / "heatmap.png").stat().st_size > 1000
+    # The teacher the runs name was never trained here: the gates section says so in one line.
+    missing = (
+        "no gates for teacher teacher: runs/teacher is not a finished run folder (no summary.json there)"
+    )
+    assert report.index("## The regime: gates") < report.index("## Results") and f"\n{missing}\n" in report
+    assert json.loads((tmp_path / "gates.json").read_text()) == {"gates": [], "no_gates": [missing]}
     with pytest.raises(UserError, match="holds no finished runs"):
         write_report(tmp_path / "unfinished", log=log_nothing)
+
+
+def test_report_applies_the_regime_gates_to_each_teacher_and_ce_setting(tmp_path):
+    # Two teachers (one only as an ensemble member), two student models with CE runs, two seeds.
+    document = digits_recipe(
+        optim={"epochs": 1, "batch_size": 64},
+        teachers={"big": {"model": "convnet-8", "optim": {"epochs": 2}}, "other": {"model": "convnet-4", "seed": 1}},
+        kd={"teacher": "big", "loss": "kl", "alpha": 1.0},
+        grid={"model": ["convnet-4", "mlp-16"], "kd.loss": ["ce", "kl"]},
+        runs=[{"kd.teacher": ["big", "other"], "kd.loss": "mse"}],
+    )  # fmt: skip
+    sweep = tmp_path / "sweep"
+    plan, summaries = run_sweep(parse_recipe(document, "r"), sweep, seeds=2, log=log_nothing)
+    teachers = {name: summaries[run.name] for name, run in plan.teachers.items()}
+    ce = {
+        model: [summaries[run.name] for run in plan.students if (run.config.model, run.config.kd.loss) == (model, "ce")]
+        for model in ("convnet-4", "mlp-16")
+    }  # fmt: skip
+    assert [len(runs) for runs in ce.values()] == [2, 2]
+
+    def by_hand(teacher: str, model: str) -> dict[str, float]:
+        """G1 = teacher train_acc; G2 = teacher test_acc_last - mean CE test_acc_last; G3 = mean CE train_acc."""
+        runs = ce[model]
+        mean = lambda key: sum(run[key] for run in runs) / len(runs)  # noqa: E731
+        summary = teachers[teacher]
+        return {
+            "G1": summary["train_acc"], "G2": summary["test_acc_last"] - mean("test_acc_last"),
+            "G3": mean("train_acc"),
+        }  # fmt: skip
+
+    expected = {
+        (f"{name} -> {model} CE, 2 seeds", gate): value
+        for name, teacher in (("teachers/big (convnet-8)", "big"), ("teachers/other (convnet-4)", "other"))
+        for model in ("convnet-4", "mlp-16")
+        for gate, value in by_hand(teacher, model).items()
+    }
+    # Teachers inside the folder are runs too (teachers/other is a CE convnet-4): never counted as CE students.
+    result = write_report(sweep, log=log_nothing)
+    got = {(gate["scope"], gate["name"]): gate for gate in result["gates"]}
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        gate = got[key]
+        assert gate["value"] == pytest.approx(value, abs=1e-9), key
+        assert gate["passed"] == (value >= gate["threshold"])
+    assert json.loads((sweep / "gates.json").read_text()) == {"gates": result["gates"], "no_gates": []}
+    big_mlp = got[("teachers/big (convnet-8) -> mlp-16 CE, 2 seeds", "G2")]
+    assert big_mlp["teacher"] == str(sweep / "teachers" / "big") and len(big_mlp["ce_runs"]) == 2
+    report = (sweep / "report.md").read_text()
+    assert (
+        report.index("## The regime: gates")
+        < report.index("Gates, declared before any run")
+        < report.index("## Results")
+    )
+    value = expected[("teachers/big (convnet-8) -> mlp-16 CE, 2 seeds", "G3")]
+    assert (
+        f"| teachers/big (convnet-8) -> mlp-16 CE, 2 seeds | G3 | CE student clean-train accuracy >= 90% | {value:.2f} "
+        f"| >= 90 | {'yes' if value >= 90 else '**no**'} |" in report
+    )  # fmt: skip
+
+    # The students without their teachers (a shared --teachers-dir elsewhere): teachers are read from disk.
+    alone = tmp_path / "students"
+    alone.mkdir()
+    for run in plan.students:
+        shutil.copytree(run.config.out, alone / run.name)
+    gates = write_report(alone, log=log_nothing)["gates"]
+    assert {(g["scope"].replace("big", "teachers/big").replace("other", "teachers/other"), g["name"]): g["value"]
+            for g in gates} == pytest.approx(expected)  # fmt: skip
+
+    # No CE student: one line says so.
+    for run in plan.students:
+        if run.config.kd.loss == "ce":
+            shutil.rmtree(alone / run.name)
+    lines: list[str] = []
+    assert write_report(alone, log=lines.append)["gates"] == []
+    missing = "no gates: no CE student (a run with kd.loss ce, not itself a teacher) among the 6 runs: add one trained on the teacher's data"
+    assert missing in lines and f"## The regime: gates\n\n{missing}\n" in (alone / "report.md").read_text()
+
+
+def test_report_gates_read_ce_students_trained_on_the_teachers_data(tmp_path):
+    def write(name: str, model: str, loss: str, teacher: str | None, noise: str | None, train: float, test: float,
+              seed: int = 0) -> None:  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"model": model, "seed": seed, "out": str(folder), "data": {"name": "digits", "label_noise": noise},
+                  "kd": {"teacher": teacher, "loss": loss}}  # fmt: skip
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = {"train_acc": train, "test_acc_last": test, "test_acc_best": test, "seed": seed}
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    noisy, teacher = "symmetric:0.4", str(tmp_path / "t")
+    write("ce-clean-s0", "mlp-16", "ce", None, None, 95.0, 80.0)
+    assert write_report(tmp_path, log=log_nothing)["gates"] == []
+    first = "no gates: none of the 1 runs reads a teacher (the gates compare a teacher with its CE students)"
+    assert json.loads((tmp_path / "gates.json").read_text())["no_gates"] == [first]
+    write("t", "convnet-8", "ce", None, noisy, 99.5, 88.0)
+    write("kl-s0", "mlp-16", "kl", teacher, noisy, 70.0, 84.0)
+    write("ce-s0", "mlp-16", "ce", teacher, None, 95.0, 80.0)
+    write_report(tmp_path, log=log_nothing)
+    assert json.loads((tmp_path / "gates.json").read_text())["no_gates"] == [
+        "no gates for teacher t: no CE student trained on its data (the CE runs differ in data.label_noise "
+        "(teacher: symmetric:0.4))"
+    ]
+    for seed, (train, test) in enumerate(
+        [(91.0, 85.0), (88.0, 84.0)]
+    ):  # CE students on the teacher's noisy data
+        write(f"ce-noisy-s{seed}", "mlp-16", "ce", teacher, noisy, train, test, seed)
+    gates = {gate["name"]: gate for gate in write_report(tmp_path, log=log_nothing)["gates"]}
+    assert {name: (gate["value"], gate["passed"]) for name, gate in gates.items()} == {
+        "G1": (99.5, True), "G2": (pytest.approx(88.0 - 84.5), True), "G3": (pytest.approx(89.5), False)
+    }  # fmt: skip
+    assert gates["G3"]["scope"] == "t (convnet-8) -> mlp-16 CE, 2 seeds"
 
 
 # --- claim statistics and reproduce ----------------------------------------------------------------

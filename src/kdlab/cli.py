@@ -322,7 +322,7 @@ def report(
     folder: Annotated[str, typer.Argument(help="sweep folder (run folders are found recursively)")],
     out: Annotated[str | None, typer.Option("--out", help="default: FOLDER")] = None,
 ) -> None:
-    """report.md + results.csv: mean +- std over seeds, alpha x tau heatmap, tau curves, KL vs MSE."""
+    """report.md + results.csv + gates.json: the regime gates, mean +- std over seeds, heatmaps, curves, losses."""
     from kdlab.experiments.report import write_report
 
     write_report(folder, out, log=typer.echo)

@@ -771,12 +771,8 @@ def check_c9(result: ClaimResult, experiment: Experiment, context: Context) -> N
 def _scope(teacher: RunRecord, students: list[RunRecord]) -> str:
     """``pairs/: convnet-32-b (convnet-32) -> mlp-64 CE, 3 seeds``: the students' folder, the teacher's name
     (and model when they differ), the CE students' model and seeds."""
-    name, model = teacher.path.name, teacher.config.model
-    models = ", ".join(sorted({record.config.model for record in students})) or "no CE student"
-    seeds = len({record.config.seed for record in students})
     folder = f"{students[0].path.parent.name}/: " if students else ""
-    teacher_text = name if name == model else f"{name} ({model})"
-    return f"{folder}{teacher_text} -> {models} CE, {seeds} seed{'s' * (seeds != 1)}"
+    return folder + regime.scope_text(teacher.path.name, teacher.config.model, students)
 
 
 def _gates(experiment: Experiment, teacher_name: str, **match: Any) -> list[Gate]:

@@ -38,6 +38,7 @@ from typing import Any
 
 from kdlab.analysis.records import RunRecord
 
+CE_LOSS = "ce"  # the loss of the gates' student: cross-entropy alone, no KD term
 TEST_ACC = "test_acc_last"  # test accuracy of the final weights (a teacher's students read its last.pt)
 TRAIN_ACC = "train_acc"  # accuracy on the clean (unaugmented) training set, at the end of training
 
@@ -148,6 +149,15 @@ def check_poor_teacher(teacher: Record, ce_students: Sequence[Record], scope: st
 def check_label_noise(students: Sequence[Record], scope: str = "") -> list[Gate]:
     """N1 (C9's condition): the training labels were noisy (mean realised rate over the runs, in %)."""
     return [Gate.measure(N1, 100.0 * _mean(students, "label_noise_realised_rate"), scope)]
+
+
+def scope_text(teacher: str, teacher_model: str, ce_students: Sequence[RunRecord], detail: str = "") -> str:
+    """``convnet-32-b (convnet-32) -> mlp-64 CE, 3 seeds``: what a set of gates was measured on (the
+    teacher's name, its model when they differ, the CE students' model(s), ``detail`` and their seeds)."""
+    models = ", ".join(sorted({record.config.model for record in ce_students})) or "no CE student"
+    seeds = len({record.config.seed for record in ce_students})
+    teacher_text = teacher if teacher == teacher_model else f"{teacher} ({teacher_model})"
+    return f"{teacher_text} -> {models} CE{detail}, {seeds} seed{'s' * (seeds != 1)}"
 
 
 def failing(gates: Sequence[Gate]) -> list[Gate]:

@@ -1,4 +1,8 @@
-"""``kdlab report DIR``: a sweep folder as ``report.md``, ``results.csv`` and plots.
+"""``kdlab report DIR``: a sweep folder as ``report.md``, ``results.csv``, ``gates.json`` and plots.
+
+The report opens with the regime gates (``kdlab.experiments.regime``) wherever the runs allow them: for
+every teacher the runs read and every setting of CE runs (not themselves teachers) trained on that
+teacher's data, G1-G3 over the CE runs' seeds; a teacher without them gets a "no gates" line.
 
 Runs are grouped by everything in their config but the seed (and settings that do not change the
 result: device, progress, output folder...); each group shows mean +- standard deviation over its
@@ -24,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
-from kdlab.analysis.records import RunRecord, find_runs
+from kdlab.analysis.records import RunRecord, find_runs, read_run
 from kdlab.analysis.stats import Stat
 from kdlab.experiments.recipes import identity
+from kdlab.experiments.regime import CE_LOSS, GATES_TEXT, Gate, check_gates, gates_table, scope_text
 from kdlab.losses import LOSSES, LossSpec, Param, format_value, loss_fields, loss_spec
-from kdlab.runs import atomic_write_text
-from kdlab.teacher import teacher_specs
+from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
+from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
 
 METRICS = ("test_acc_last", "test_acc_at_best_val", "test_acc_best", "train_acc", "logit_distance")
 TITLES = {
@@ -296,6 +301,107 @@ def _hidden_at_defaults(group: Group) -> bool:
     return all(getattr(kd, param.field) == param.default for param in group.spec.params if param.hide_default)
 
 
+# --- regime gates ----------------------------------------------------------------------------------
+
+
+@dataclass
+class GateCheck:
+    """G1-G3 of one teacher against the CE runs of one student setting (one per seed)."""
+
+    teacher: RunRecord
+    students: list[RunRecord]
+    gates: list[Gate]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        runs = {"teacher": str(self.teacher.path), "ce_runs": [str(run.path) for run in self.students]}
+        return [{**gate.to_dict(), **runs} for gate in self.gates]
+
+
+def _data(record: RunRecord) -> dict[str, Any]:
+    """The ``data.*`` settings that make a run's data (runtime settings such as the data folder left out)."""
+    return {key: value for key, value in identity(record.config).items() if key.startswith("data.")}
+
+
+def find_teacher(spec: str, records: list[RunRecord]) -> tuple[RunRecord | None, str]:
+    """The finished run of one teacher spec (a run folder, or a checkpoint inside one), looked up among
+    ``records`` first (a sweep folder moved with its teachers inside), then on disk; else None and why."""
+    if spec.startswith(FOREIGN_PREFIX):
+        return None, "foreign weights, not a kdlab run (no clean-train accuracy)"
+    path = Path(spec)
+    for folder in [path, path.parent.parent] if path.is_file() else [path]:  # RUN/checkpoints/last.pt
+        for record in records:
+            if record.config.out == str(folder) or record.path.resolve() == folder.resolve():
+                return record, ""
+        if RunFolder(folder).is_finished() and RunFolder(folder).config_path.is_file():
+            return read_run(folder), ""
+    return None, f"{spec} is not a finished run folder (no summary.json there)"
+
+
+def regime_gates(records: list[RunRecord], root: Path | None = None) -> tuple[list[GateCheck], list[str]]:
+    """The regime gates wherever the runs allow: for every teacher the runs read (ensemble members one
+    by one) and every setting of CE runs trained on that teacher's data (same ``data.*``), the gates of
+    ``kdlab.experiments.regime``. A CE setting is a report group without its teacher: its model and every
+    other key. Returns the checks and one "no gates" line per teacher (or for the folder) that has none."""
+    specs = list(dict.fromkeys(spec for r in records for spec in teacher_specs(r.config.kd.teacher)))
+    if not specs:
+        return [], [f"no gates: none of the {len(records)} runs reads a teacher (the gates compare a teacher "
+                    "with its CE students)"]  # fmt: skip
+    teachers = {spec: find_teacher(spec, records) for spec in specs}
+    teacher_paths = {found.path.resolve() for found, _ in teachers.values() if found is not None}
+    ce_runs = [r for r in records if r.config.kd.loss == CE_LOSS and r.path.resolve() not in teacher_paths]
+    if not ce_runs:
+        return [], [f"no gates: no CE student (a run with kd.loss {CE_LOSS}, not itself a teacher) among the "
+                    f"{len(records)} runs: add one trained on the teacher's data"]  # fmt: skip
+    checks: list[GateCheck] = []
+    missing: list[str] = []
+    for spec, (teacher, reason) in teachers.items():
+        name = teacher_name(spec, root)
+        if teacher is None:
+            missing.append(f"no gates for teacher {name}: {reason}")
+            continue
+        data = _data(teacher)
+        matching = [run for run in ce_runs if _data(run) == data]
+        if not matching:
+            differing = sorted(
+                {
+                    key
+                    for run in ce_runs
+                    for key in {*data, *_data(run)}
+                    if _data(run).get(key) != data.get(key)
+                }
+            )
+            missing.append(
+                f"no gates for teacher {name}: no CE student trained on its data (the CE runs differ in "
+                + ", ".join(f"{key} (teacher: {_cell(data.get(key))})" for key in differing)
+                + ")"
+            )
+            continue
+        settings: dict[str, tuple[dict[str, Any], list[RunRecord]]] = {}
+        for run in matching:
+            key = {k: v for k, v in group_key(run, root).items() if k != "kd.teacher"}
+            settings.setdefault(repr(sorted(key.items())), (key, []))[1].append(run)
+        keys = [key for key, _ in settings.values()]
+        shown = [  # what tells this teacher's CE settings of one model apart (usually nothing)
+            k
+            for k in sorted({k for key in keys for k in key})
+            if k != "model" and len({repr(key.get(k)) for key in keys}) > 1
+        ]
+        for _, (key, runs) in sorted(settings.items()):
+            detail = "".join(f", {k}={_cell(key.get(k))}" for k in shown)
+            scope = scope_text(name, teacher.config.model, runs, detail)
+            checks.append(GateCheck(teacher, runs, check_gates(teacher, runs, scope)))
+    return checks, missing
+
+
+def gates_section(checks: list[GateCheck], missing: list[str]) -> str:
+    """Markdown: the gates' text (``GATES_TEXT``, verbatim) and table, then a line per teacher without gates."""
+    lines = ["## The regime: gates\n"]
+    if checks:
+        lines += [GATES_TEXT + "\n", gates_table([gate for check in checks for gate in check.gates]) + "\n"]
+    lines += [line + "\n" for line in missing]
+    return "\n".join(lines)
+
+
 def write_report(
     folder: str | Path, out: str | Path | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -309,9 +415,14 @@ def write_report(
         raise UserError(f"{folder} holds no finished runs (no summary.json found): run a sweep into it first")
     groups = group_runs(records, folder)
     columns = varying_keys(groups)
+    checks, missing = regime_gates(records, folder)
+    gates = [entry for check in checks for entry in check.to_dicts()]
     atomic_write_text(out / "results.csv", results_csv(groups, columns))
+    atomic_write_json(out / "gates.json", {"gates": gates, "no_gates": missing})
     sections = [
         f"# kdlab report: {folder}\n",
+        gates_section(checks, missing),
+        "## Results\n",
         f"{len(records)} finished runs in {len(groups)} groups (mean ± standard deviation over seeds; "
         "last = final-epoch test accuracy, at best val = at the epoch of best validation accuracy, best-on-test = "
         "best epoch chosen on the test set, shown for comparison with papers that report it). Logit distance: mean "
@@ -363,8 +474,12 @@ def write_report(
     for title, name in plots:
         sections.append(f"## {title}\n\n![{title}]({name})\n")
     atomic_write_text(out / "report.md", "\n".join(sections))
-    log(f"report: wrote {out / 'report.md'} and {out / 'results.csv'}")
-    return {"runs": len(records), "groups": len(groups), "plots": [name for _, name in plots]}
+    for check in checks:
+        log(f"gates ({check.gates[0].scope}): " + "; ".join(gate.text() for gate in check.gates))
+    for line in missing:
+        log(line)
+    log(f"report: wrote {out / 'report.md'}, {out / 'results.csv'} and {out / 'gates.json'}")
+    return {"runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates}
 
 
 def _wrap(text: str, width: int = 70) -> str:
