@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_data import write_cifar100, write_idx
+from fixtures_data import write_cifar10, write_cifar100, write_idx
 
 import kdlab.runs
 from kdlab.cli import main
@@ -137,6 +137,45 @@ def _cifar100(files: Files, truncate: bool = False) -> Path:
     return folder
 
 
+def _cifar10(files: Files) -> Path:
+    folder = files.root / "cifar10"
+    if not folder.exists():
+        write_cifar10(folder, n_train=100, n_test=50)
+    return folder
+
+
+def _two_epochs_done(run: Path) -> None:
+    """Make the copied 1-epoch run look as if it had trained 2 of 2 epochs (its checkpoint and rows)."""
+    for name in ("last.pt", "best.pt"):
+        path = run / "checkpoints" / name
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["epoch"] = 2
+        checkpoint.get("config", {}).get("optim", {})["epochs"] = 2
+        torch.save(checkpoint, path)
+    rows = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(rows + rows.replace('"epoch": 1', '"epoch": 2'))
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 2\n"))
+
+
+def _older_with_cut_metrics(run: Path) -> None:
+    """A run as an older kdlab left it (no rows in last.pt) whose metrics.jsonl was cut."""
+    last = run / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    for key in ("metrics", "config"):
+        checkpoint.pop(key, None)
+    torch.save(checkpoint, last)
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text()[:20])
+
+
+def _images(files: Files) -> Path:
+    from fixtures_data import write_imagefolder
+
+    folder = files.root / "images"
+    if not folder.exists():
+        write_imagefolder(folder, classes=2, per_class=4, size=16)
+    return folder
+
+
 def _truncated_idx(files: Files) -> Path:
     folder = files.root / "mnist-truncated"
     if not folder.exists():
@@ -146,10 +185,113 @@ def _truncated_idx(files: Files) -> Path:
     return folder
 
 
-def _yaml(files: Files, text: str, name: str) -> Path:
+def _yaml(files: Files, text: str | bytes, name: str) -> Path:
     path = files.root / name
-    path.write_text(text)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
     return path
+
+
+def _idx_variant(files: Files, name: str, n_test: int = 50, train_images: bytes | None = None) -> Path:
+    """An MNIST folder in the IDX format, with ``n_test`` test images or other training-image bytes."""
+    folder = files.root / name
+    if not folder.exists():
+        write_idx(folder, n_train=100, n_test=n_test)
+        if train_images is not None:
+            (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(train_images))
+    return folder
+
+
+def _cifar_train_pickle(files: Files, name: str, pickled: bytes) -> Path:
+    """A CIFAR-100 folder whose ``train`` file is ``pickled``."""
+    folder = files.root / name
+    if not folder.exists():
+        write_cifar100(folder, n_train=200, n_test=100)
+        (folder / "cifar-100-python" / "train").write_bytes(pickled)
+    return folder
+
+
+# An IDX header of 2^21 x 2^21 x 2^22 images and no pixels: 2^64 wraps to 0 in numpy's int64.
+IDX_HEADER_2_POW_64 = bytes((0, 0, 8, 3)) + b"".join((2**k).to_bytes(4, "big") for k in (21, 21, 22))
+
+# Protocol-2 pickles that allocate through the allowed globals: bytes(2_000_000_000) in 29 bytes, and
+# numpy's _reconstruct asked for an array of 10^12 elements.
+BYTES_BOMB = b"\x80\x02c__builtin__\nbytes\nJ\x00\x94\x35\x77\x85R."
+ARRAY_BOMB = (
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85"
+    b"c_codecs\nencode\nX\x01\x00\x00\x00bX\x06\x00\x00\x00latin1\x86R\x87R."
+)
+
+
+def _checkpoint_variant(files: Files, name: str, change: Callable[[dict], None]) -> Path:
+    """The teacher's last.pt (a real kdlab checkpoint) with ``change`` applied, saved as ``name``."""
+    checkpoint = torch.load(files.teacher / "checkpoints" / "last.pt", weights_only=True)
+    change(checkpoint)
+    path = files.root / name
+    torch.save(checkpoint, path)
+    return path
+
+
+def _nan_weights(checkpoint: dict) -> None:
+    for value in checkpoint["model"].values():
+        if value.is_floating_point():
+            value.fill_(math.nan)
+
+
+def _run_variant(files: Files, name: str, change: Callable[[Path], None], finished: bool = False) -> Path:
+    """A copy of the teacher run (without its summary unless ``finished``), changed by ``change``."""
+    folder = files.root / name
+    if not folder.exists():
+        shutil.copytree(files.teacher, folder)
+        if not finished:
+            (folder / "summary.json").unlink()
+        change(folder)
+    return folder
+
+
+def _drop_optimizer(run: Path) -> None:
+    last = run / "checkpoints" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["optimizer"]
+    torch.save(checkpoint, last)
+
+
+def _sweep_of(files: Files, name: str, change: Callable[[Path], None]) -> Path:
+    """A folder holding a copy of the finished teacher run, changed by ``change``: what `report` reads."""
+    folder = files.root / name
+    if not folder.exists():
+        shutil.copytree(files.teacher, folder / "run")
+        change(folder / "run")
+    return folder
+
+
+def _marked(files: Files, name: str, link_checkpoints: bool = False) -> Path:
+    """A folder kdlab marked (a copy of the teacher run); optionally its checkpoints/ a link elsewhere."""
+    folder = files.root / name
+    if not folder.exists():
+        shutil.copytree(files.teacher, folder)
+        if link_checkpoints:
+            elsewhere = files.root / f"{name}-elsewhere"
+            shutil.move(folder / "checkpoints", elsewhere)
+            (folder / "checkpoints").symlink_to(elsewhere)
+    return folder
+
+
+def _foreign(files: Files, name: str, *names: str) -> Path:
+    """A user's folder (no marker) holding their own files with kdlab's names among others."""
+    folder = files.root / name
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "data.csv").write_text("x,y\n1,2\n")
+        for own in names:
+            (folder / own).write_text("the user's own file\n")
+    return folder
+
+
+# The billion laughs inside a valid key: level i lists level i - 1 ten times, so optim.lr stands for
+# about 10^9 values, which the old error message tried to print.
+ALIAS_BOMB = "optim:\n  lr:\n  - &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)
 
 
 # (case id, args given (files, out), the message's text). Each message names the problem and the fix.
@@ -231,6 +373,155 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      "batch size 5000 x 1 process(es) is larger than the 1437 training images: lower --batch-size or enlarge --subset"),
     ("nproc-not-a-number", lambda f, out: ["train", *DIGITS, "--nproc", "two", "--out", out],
      "--nproc 'two' is not a positive integer: e.g. --nproc 2"),
+    # --- issue 8: what a hostile new user tried --------------------------------------------------
+    ("flag-of-the-wrong-type", lambda f, out: ["train", *DIGITS, "--epochs", "abc", "--out", out],
+     "Invalid value for '--epochs': Input should be a valid integer, unable to parse string as an integer: see kdlab "
+     "train --help"),
+    ("out-is-a-file", lambda f, out: ["train", *DIGITS, "--out", _yaml(f, "a file\n", "a-file.txt")],
+     "a-file.txt is a file: name a folder for the run (it is created if missing)"),
+    ("out-is-dev-null", lambda f, out: ["train", *DIGITS, "--out", "/dev/null"],
+     "--out /dev/null is not a folder: name a folder for the run (it is created if missing)"),
+    ("out-not-writable", lambda f, out: ["train", *DIGITS, "--out", "/proc/self/kdlab-run"],
+     "--out /proc/self/kdlab-run cannot be created: /proc/self is not writable; choose a folder you can write"),
+    ("out-empty", lambda f, out: ["train", *DIGITS, "--out", ""],
+     "--out is empty: name a folder for the run"),
+    ("out-holds-kdlab-names-but-no-marker",
+     lambda f, out: ["train", *DIGITS, "--out", _foreign(f, "foreign-metrics", "metrics.jsonl")],
+     "foreign-metrics holds metrics.jsonl but no kdlab-run.json, so it is not a run folder kdlab created and kdlab will "
+     "not write into it: choose another --out (or move those files away yourself)"),
+    ("overwrite-unmarked-folder",
+     lambda f, out: ["train", *DIGITS, "--out", _foreign(f, "foreign-config", "config.yaml"), "--overwrite"],
+     "foreign-config holds config.yaml but no kdlab-run.json, so it is not a run folder kdlab created and "
+     "--overwrite deletes nothing there: choose another --out"),
+    ("overwrite-teacher-folder",
+     lambda f, out: ["distill", "--teacher", _marked(f, "own-teacher"), *DIGITS, "--out", _marked(f, "own-teacher"),
+                     "--overwrite"],
+     "own-teacher: the run reads"),
+    ("symlink-inside-run-folder",
+     lambda f, out: ["train", *DIGITS, "--out", _marked(f, "linked", link_checkpoints=True), "--overwrite"],
+     "linked: checkpoints is a symbolic link; kdlab writes only real files in a run folder, so that it never writes "
+     "or deletes elsewhere: remove the link or choose another --out"),
+    ("seed-negative", lambda f, out: ["train", *DIGITS, "--seed", "-1", "--out", out],
+     "seed=-1 is outside [0, 4294967295] (2^32 - 1): choose e.g. --seed 0"),
+    ("seed-above-2^32-1", lambda f, out: ["train", *DIGITS, "--seed", "4294967296", "--out", out],
+     "seed=4294967296 is outside [0, 4294967295] (2^32 - 1): choose e.g. --seed 0"),
+    ("weight-decay-negative", lambda f, out: ["train", *DIGITS, "--set", "optim.weight_decay=-0.1", "--out", out],
+     "optim.weight_decay=-0.1 is invalid: it must be >= 0 and finite, e.g. 5e-4"),
+    ("gamma-nan", lambda f, out: ["train", *DIGITS, "--set", "optim.gamma=.nan", "--out", out],
+     "optim.gamma=nan is invalid: it must be positive and finite, e.g. 0.1"),
+    ("nesterov-without-momentum", lambda f, out: ["train", *DIGITS, "--set", "optim.momentum=0", "--out", out],
+     "optim.nesterov=true needs optim.momentum > 0: set optim.momentum=0.9, or optim.nesterov=false"),
+    ("milestones-nan", lambda f, out: ["train", *DIGITS, "--set", "optim.milestones=[.nan]", "--out", out],
+     "optim.milestones=[nan] is invalid: it must be fractions of the epochs in [0, 1], e.g. [0.5, 0.75]"),
+    ("milestones-in-epochs", lambda f, out: ["train", *DIGITS, "--set", "optim.milestones=[100, 150]", "--out", out],
+     "optim.milestones=[100.0, 150.0] is invalid: it must be fractions of the epochs in [0, 1]"),
+    ("lr-infinite", lambda f, out: ["train", *DIGITS, "--lr", "inf", "--out", out],
+     "optim.lr=inf must be positive and finite, e.g. --lr 0.1"),
+    ("num-workers-negative", lambda f, out: ["train", *DIGITS, "--set", "data.num_workers=-1", "--out", out],
+     "data.num_workers=-1 is invalid: it must be >= 0 (0 loads in the main process)"),
+    ("device-meta", lambda f, out: ["train", *DIGITS, "--device", "meta", "--out", out],
+     "--device 'meta' is not a device kdlab trains on: use auto, cpu, cuda, cuda:N or mps"),
+    ("device-mps-missing", lambda f, out: ["train", *DIGITS, "--device", "mps", "--out", out],
+     "--device mps was asked for but MPS is not available here: use --device cpu or auto"),
+    ("yaml-not-utf8", lambda f, out: ["train", *DIGITS, "--config", _yaml(f, b"optim: {lr: 0.1}\n# \xff\xfe\n", "latin.yaml"),
+                                      "--out", out],
+     "latin.yaml is not UTF-8 text (byte 0xff at offset 19): save it as UTF-8"),
+    ("yaml-nested-20000-deep", lambda f, out: ["train", *DIGITS, "--config", _yaml(f, "a: " + "[" * 20000, "deep.yaml"),
+                                               "--out", out],
+     "deep.yaml is nested more than 64 levels deep: a kdlab config has a few levels"),
+    ("yaml-alias-bomb", lambda f, out: ["train", *DIGITS, "--config", _yaml(f, ALIAS_BOMB, "bomb.yaml"), "--out", out],
+     "bomb.yaml expands to more than 100000 values (YAML aliases repeating an anchor?): a kdlab config holds a few "
+     "dozen; write the values out"),
+    ("yaml-larger-than-1-mib",
+     lambda f, out: ["train", *DIGITS, "--config", _yaml(f, "# " + "x" * (1 << 20) + "\n", "huge.yaml"), "--out", out],
+     "huge.yaml is larger than 1 MiB: a kdlab config is a few KB; check the path"),
+    ("set-nested-20000-deep", lambda f, out: ["train", *DIGITS, "--set", "optim.lr=" + "[" * 20000, "--out", out],
+     "--set optim.lr is nested more than 64 levels deep"),
+    ("yaml-5000-digit-integer", lambda f, out: ["train", *DIGITS, "--set", "seed=" + "9" * 5000, "--out", out],
+     "--set seed holds a value YAML cannot read ("),
+    ("run-config-yaml-a-list",
+     lambda f, out: ["report", _sweep_of(f, "sweep-list-config", lambda run: (run / "config.yaml").write_text("- 1\n")),
+                     "--out", out],
+     "config.yaml must hold a mapping of config keys, got list"),
+    ("summary-truncated",
+     lambda f, out: ["report", _sweep_of(f, "sweep-cut-summary", lambda run: (run / "summary.json").write_text('{"te')),
+                     "--out", out],
+     "summary.json is damaged (truncated, or not a JSON object): delete it, then run the same command with --resume"),
+    ("summary-not-an-object-on-resume",
+     lambda f, out: ["train", *DIGITS, "--resume", "--out",
+                     _run_variant(f, "list-summary", lambda run: (run / "summary.json").write_text("[]"), finished=True)],
+     "summary.json is damaged (truncated, or not a JSON object): delete it, then run the same command with --resume"),
+    ("test-split-empty",
+     lambda f, out: ["train", "--dataset", "mnist", "--data-dir", _idx_variant(f, "mnist-no-test", n_test=0),
+                     "--model", "convnet-4", "--epochs", "1", "--out", out],
+     "the test split of mnist holds no images: its files are incomplete; fetch them again"),
+    ("idx-header-far-larger-than-the-file",
+     lambda f, out: ["train", "--dataset", "mnist", "--model", "convnet-4", "--epochs", "1", "--out", out, "--data-dir",
+                     _idx_variant(f, "mnist-huge-header", train_images=IDX_HEADER_2_POW_64)],
+     "train-images-idx3-ubyte.gz is truncated or corrupt (expected 18446744073709551632 bytes, got 16): delete it"),
+    ("cifar-pickle-bytes-bomb",
+     lambda f, out: ["train", "--dataset", "cifar100", "--data-dir", _cifar_train_pickle(f, "cifar-bytes-bomb", BYTES_BOMB),
+                     "--model", "convnet-4", "--epochs", "1", "--out", out],
+     "cifar-100-python/train is truncated or corrupt (UnpicklingError): delete it and fetch it again"),
+    ("cifar-pickle-array-bomb",
+     lambda f, out: ["train", "--dataset", "cifar100", "--data-dir", _cifar_train_pickle(f, "cifar-array-bomb", ARRAY_BOMB),
+                     "--model", "convnet-4", "--epochs", "1", "--out", out],
+     "cifar-100-python/train is truncated or corrupt (UnpicklingError): delete it and fetch it again"),
+    ("teacher-outputs-nan",
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "nan.pt", _nan_weights), *DIGITS, "--out", out],
+     "nan.pt outputs NaN or inf logits on digits: its weights are damaged (a run that diverged?); use another teacher"),
+    ("teacher-input-shape-differs",
+     lambda f, out: ["distill", "--teacher", f.teacher, "--dataset", "cifar10", "--data-dir", _cifar10(f),
+                     "--model", "convnet-4", "--epochs", "1", "--batch-size", "32", "--out", out],
+     "cannot take the images of cifar10 ([3, 32, 32]): "),
+    ("student-cannot-take-the-images",
+     lambda f, out: ["train", "--dataset", "imagefolder", "--data-dir", _images(f), "--model", "convnet-4",
+                     "--epochs", "1", "--batch-size", "4", "--set", "data.image_size=1", "--set", "data.num_workers=0",
+                     "--out", out],
+     "--model convnet-4 cannot take the images of imagefolder ([3, 1, 1]): Given input size: (4x1x1). Calculated "
+     "output size: (4x0x0). Output size is too small; choose a model for such images"),
+    ("checkpoint-class-count-disagrees-with-weights",
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "classes.pt", lambda c: c.update(num_classes=7)),
+                     *DIGITS, "--out", out],
+     "classes.pt holds 'classifier.weight' of shape [10, "),
+    ("checkpoint-model-name-unknown",
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "name.pt", lambda c: c.update(model_name="convnet-x")),
+                     *DIGITS, "--out", out],
+     "name.pt names a model kdlab cannot build: unknown model 'convnet-x'"),
+    ("checkpoint-model-name-disagrees-with-weights",
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "other.pt", lambda c: c.update(model_name="convnet-8")),
+                     *DIGITS, "--out", out],
+     "other.pt holds 'features.0.weight' of shape [4, "),
+    ("checkpoint-without-weights",
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "empty.pt", lambda c: c.pop("model")),
+                     *DIGITS, "--out", out],
+     "empty.pt has no valid 'model' (found None): the file is damaged or was not written by kdlab"),
+    ("resume-without-optimizer-state",
+     lambda f, out: ["train", *DIGITS, "--resume", "--out", _run_variant(f, "no-optimizer", _drop_optimizer)],
+     "last.pt has no valid 'optimizer' (found None): --resume needs it; use another checkpoint, or --overwrite to "
+     "start the run again"),
+    ("resume-with-truncated-metrics-of-an-older-kdlab",
+     lambda f, out: ["train", *DIGITS, "--resume", "--out", _run_variant(f, "old-cut-metrics", _older_with_cut_metrics)],
+     "metrics.jsonl lacks rows of the 1 epoch(s) in "),
+    ("resume-with-another-dataset",
+     lambda f, out: ["train", *DIGITS, "--dataset", "mnist", "--data-dir", _idx_variant(f, "mnist-ok"), "--resume",
+                     "--out", _run_variant(f, "resume-dataset", lambda run: None)],
+     "resume-dataset was trained with data.name='digits', not 'mnist': --resume continues a run as it was started; "
+     "drop the change, or choose another --out"),
+    ("resume-with-another-batch-size",
+     lambda f, out: ["train", *DIGITS, "--batch-size", "32", "--resume",
+                     "--out", _run_variant(f, "resume-batch", lambda run: None)],
+     "resume-batch was trained with optim.batch_size=64, not 32: --resume continues a run as it was started"),
+    ("resume-with-fewer-epochs",
+     lambda f, out: ["train", *DIGITS, "--epochs", "1", "--resume",
+                     "--out", _run_variant(f, "resume-fewer", _two_epochs_done)],
+     "resume-fewer has trained 2 epochs already, more than --epochs 1: pass --epochs 2 or more"),
+    ("analyze-class-out-of-range",
+     lambda f, out: ["analyze", f.teacher, "--classes", "0,1,99", "--out", out],
+     "--classes 0,1,99 must be three different classes of digits, in 0..9: e.g. --classes 0,1,2"),
+    ("sweep-seeds-unbounded",
+     lambda f, out: ["sweep", "grid-small", "--seeds", "1000000", "--dry-run", "--out", out],
+     "--seeds 1000000 is outside 1..100: each seed repeats every run of the recipe; the paper uses a handful"),
 ]  # fmt: skip
 
 
@@ -241,9 +532,10 @@ def test_bad_input_is_one_line_exit_2_and_out_untouched(
     out = files.out()
     arguments = args(files, out)
     watched = Path(arguments[arguments.index("--out") + 1])
-    before = snapshot(watched)
+    before, existed = snapshot(watched), watched.exists()
     assert message in kdlab_error(capsys, arguments)
     assert snapshot(watched) == before
+    assert watched.exists() == existed  # a failed start creates nothing
     assert not (files.root / "pwned").exists()  # no payload ever ran
 
 
@@ -256,6 +548,68 @@ def test_overwrite_with_a_bad_model_leaves_the_previous_run_in_place(
     line = kdlab_error(capsys, ["train", *DIGITS, "--model", "convnet4", "--out", run, "--overwrite"])
     assert line.startswith("unknown model 'convnet4'")
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--seed", "-1"], "seed=-1 is outside"),
+        (["--set", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
+        (["--set", "optim.milestones=[.nan]"], "optim.milestones=[nan] is invalid"),
+        (["--batch-size", "5000"], "batch size 5000 x 1 process(es) is larger than the 1437 training images"),
+    ],
+    ids=["seed", "nesterov", "milestones", "batch-size"],
+)
+def test_overwrite_with_an_input_found_bad_later_leaves_the_previous_run_in_place(
+    files: Files, capsys: pytest.CaptureFixture[str], bad: list[str], message: str
+) -> None:
+    # The issue's triggers: found bad by the optimizer, the schedule, the data order or the data.
+    run = files.root / "previous"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(files.teacher, run)
+    before = snapshot(run)
+    assert message in kdlab_error(capsys, ["train", *DIGITS, *bad, "--out", run, "--overwrite"])
+    assert snapshot(run) == before
+
+
+def test_overwrite_with_a_teacher_that_cannot_take_the_data_leaves_the_previous_run_in_place(
+    files: Files, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = files.root / "previous-student"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(files.teacher, run)
+    before = snapshot(run)
+    line = kdlab_error(capsys, ["distill", "--teacher", files.teacher, "--dataset", "cifar10", "--data-dir",
+                                _cifar10(files), "--model", "convnet-4", "--epochs", "1", "--batch-size", "32",
+                                "--out", run, "--overwrite"])  # fmt: skip
+    assert "cannot take the images of cifar10" in line
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--dataset", "mnist"], "was trained with data.name='digits', not 'mnist'"),
+        (["--lr", "0.3"], "was trained with optim.lr=0.1, not 0.3"),
+    ],
+    ids=["dataset", "lr"],
+)
+def test_resume_of_a_finished_run_with_settings_that_change_it_is_refused(
+    files: Files, capsys: pytest.CaptureFixture[str], change: list[str], message: str
+) -> None:
+    before = snapshot(files.teacher)
+    args = [
+        "train",
+        *DIGITS,
+        *change,
+        "--data-dir",
+        _idx_variant(files, "mnist-ok"),
+        "--resume",
+        "--out",
+        files.teacher,
+    ]
+    assert message in kdlab_error(capsys, args)
+    assert snapshot(files.teacher) == before
 
 
 def test_resume_from_a_corrupt_last_checkpoint_says_so_and_touches_nothing(
@@ -306,3 +660,34 @@ def test_no_space_left_for_a_checkpoint_keeps_the_previous_one_intact(
 def test_off_for_a_text_key_is_not_a_type_error() -> None:
     # YAML 1.1 reads `off` as False; `--set amp=off` (the README's example) must still mean "off".
     assert build_config(overrides=["amp=off"]).amp == "off"
+
+
+@pytest.mark.parametrize("pickled", [BYTES_BOMB, ARRAY_BOMB], ids=["bytes(2e9)", "array-of-1e12"])
+def test_a_cifar_file_of_a_few_bytes_is_refused_before_it_allocates(pickled: bytes) -> None:
+    import tracemalloc
+
+    from kdlab.data.formats import load_cifar_pickle
+    from kdlab.errors import UserError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"^bomb is truncated or corrupt \(UnpicklingError\)"):
+            load_cifar_pickle(pickled, "bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # under 1 MiB; the old reader allocated 2 GB (bytes) or tried 1 TB (array)
+
+
+def test_a_nan_member_of_an_ensemble_teacher_is_named(
+    files: Files, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nan = _checkpoint_variant(files, "nan-member.pt", _nan_weights)
+    out = files.out()
+    line = kdlab_error(
+        capsys, ["distill", "--teacher", files.teacher, "--teacher", nan, *DIGITS, "--out", out]
+    )
+    assert line == (
+        f"teacher {nan} outputs NaN or inf logits on digits: its weights are damaged (a run that diverged?); use "
+        "another teacher checkpoint"
+    )

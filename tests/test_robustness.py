@@ -313,3 +313,117 @@ def test_non_finite_loss_in_epoch_2_keeps_the_epoch_1_checkpoint_untouched(
     )
     assert [row["epoch"] for row in metric_rows(run)] == [1]
     assert not (run / "summary.json").exists()
+
+
+# --- issue 8: an epoch's commit, more epochs, a sweep's workers, damaged images -------------------
+
+
+@pytest.mark.parametrize("failing", ["metrics.jsonl", "last.pt"])
+def test_a_failed_write_at_epoch_2_loses_no_metrics_row_and_resume_ends_exactly_like_the_uninterrupted_run(
+    tmp_path: Path, uninterrupted: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    # The disk fills while epoch 2 is committed: first its metrics row, else its last.pt.
+    run, real_write, writes = tmp_path / "run", kdlab.runs._atomic_write, {"count": 0}
+
+    def write_until_the_disk_fills(path, *args, **kwargs):
+        if Path(path).name == failing:
+            writes["count"] += 1
+            if writes["count"] == 2:
+                raise kdlab.runs.UserError(f"no space left on the device to write {path}: free some space")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(kdlab.runs, "_atomic_write", write_until_the_disk_fills)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TRAIN, "--out", str(run)])
+    assert exit_info.value.code == 2
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    monkeypatch.undo()
+
+    run_kdlab(*TRAIN, "--out", str(run), "--resume")
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert_same_run(run, uninterrupted)
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_to_exactly_the_longer_run(tmp_path: Path) -> None:
+    # Without milestones the schedule does not depend on --epochs, so 2 epochs then 2 more must equal
+    # 4 epochs straight; --resume without the change leaves the finished run as it is.
+    constant_lr = [*TRAIN, "--set", "optim.milestones=[]"]
+    run_kdlab(*constant_lr, "--epochs", "4", "--out", str(tmp_path / "straight"))
+    run_kdlab(*constant_lr, "--epochs", "2", "--out", str(tmp_path / "run"))
+    run_kdlab(*constant_lr, "--epochs", "2", "--out", str(tmp_path / "run"), "--resume")
+    assert [row["epoch"] for row in metric_rows(tmp_path / "run")] == [1, 2]
+    run_kdlab(*constant_lr, "--epochs", "4", "--out", str(tmp_path / "run"), "--resume")
+    assert [row["epoch"] for row in metric_rows(tmp_path / "run")] == [1, 2, 3, 4]
+    assert "epochs: 4" in (tmp_path / "run" / "config.yaml").read_text()
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+
+
+def _pool_workers(pid: int) -> set[int]:
+    """Live worker processes (``multiprocessing`` spawn children) of process ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_to_a_sweep_with_jobs_stops_its_workers_after_their_checkpoints_and_exits_143(
+    tmp_path: Path,
+) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(SWEEP_RECIPE.replace("epochs: 4,", "epochs: 40,"))
+    plan = plan_sweep(load_recipe(recipe), tmp_path / "sweep")
+    students = [Path(run.config.out) for run in plan.students]
+    process = start_kdlab("sweep", str(recipe), "--out", str(tmp_path / "sweep"), "--jobs", "2")
+    deadline = time.monotonic() + 240
+    while sum(len(metric_rows(run)) > 0 for run in students) < 2:  # both workers are training
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = _pool_workers(process.pid)
+    assert len(workers) >= 2
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 143
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "kdlab: sweep stopped by SIGTERM: its worker processes saved checkpoints of the runs they were "
+        "training; run the same sweep command again to continue"
+    )
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no orphan keeps training
+    started = [run for run in students if (run / "checkpoints" / "last.pt").is_file()]
+    assert len(started) >= 2 and not any((run / "summary.json").exists() for run in students)
+    for run in started:  # each worker saved where it stopped, and its rows match its checkpoint
+        checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+        assert [row["epoch"] for row in metric_rows(run)] == list(range(1, checkpoint["epoch"] + 1))
+
+
+def test_damaged_images_in_an_image_folder_are_skipped_counted_and_named_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures_data import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "images", classes=2, per_class=6, size=24)
+    (root / "train" / "class_0" / "0000.jpg").write_text("not a JPEG at all")
+    cut = root / "train" / "class_1" / "0001.jpg"
+    cut.write_bytes(cut.read_bytes()[:200])
+    (root / "val" / "class_1" / "0002.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header, nothing else
+    run_kdlab("train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "convnet-4", "--epochs", "2",
+              "--batch-size", "4", "--set", "data.image_size=16", "--set", "data.num_workers=0", "--set", "progress=false",
+              "--set", "tensorboard=false", "--out", str(tmp_path / "run"))  # fmt: skip
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kdlab: warning:")]
+    assert warnings == [
+        f"kdlab: warning: skipped 2 image file(s) of the train split that cannot be read (first: "
+        f"{root / 'train' / 'class_0' / '0000.jpg'} (UnidentifiedImageError)); delete or replace them",
+        f"kdlab: warning: skipped 1 image file(s) of the test split that cannot be read (first: "
+        f"{root / 'val' / 'class_1' / '0002.jpg'} (UnidentifiedImageError)); delete or replace them",
+    ]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [row["epoch"] for row in metric_rows(tmp_path / "run")] == [1, 2]
+    assert summary["train_images"] == 12

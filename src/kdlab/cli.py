@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> None:
         launched, args = distributed.launch_if_requested(sys.argv[1:] if argv is None else list(argv))
         if launched is not None:
             sys.exit(launched)
-        app(args=args, prog_name="kdlab")
+        # Not standalone: the parser's own errors come here as exceptions, to be printed as one line.
+        code = app(args=args, prog_name="kdlab", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as error:
         if not quiet:
             typer.echo(f"kdlab: error: {error}", err=True)
@@ -390,9 +392,17 @@ def main(argv: list[str] | None = None) -> None:
         if not quiet:
             typer.echo(f"kdlab: {interrupted}", err=True)
         sys.exit(interrupted.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("kdlab: interrupted; resume with --resume", err=True)
         sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as error:  # a flag of the wrong type, a missing option, a typo'd command
+        message = " ".join(error.format_message().split()) if hasattr(error, "format_message") else str(error)
+        if message and not quiet:  # no message: the help was printed (`kdlab` alone)
+            command = getattr(getattr(error, "ctx", None), "command_path", None) or "kdlab"
+            typer.echo(f"kdlab: error: {message.rstrip('.')}: see {command} --help", err=True)
+        sys.exit(getattr(error, "exit_code", 2))
 
 
 if __name__ == "__main__":

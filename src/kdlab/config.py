@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.errors import UserError, did_you_mean
+from kdlab.errors import UserError, did_you_mean, shown
 
 ENSEMBLE_REDUCTIONS = ("mean", "sum")
 
@@ -119,12 +119,13 @@ class RunConfig:
         for name, value in [("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size)]:
             if value < 1:
                 raise UserError(f"{name}={value} must be a positive integer")
-        if not self.optim.lr > 0:
-            raise UserError(f"optim.lr={self.optim.lr} must be positive")
+        if not 0 < self.optim.lr < math.inf:
+            raise UserError(f"optim.lr={self.optim.lr} must be positive and finite, e.g. --lr 0.1")
         if self.kd.ensemble not in ENSEMBLE_REDUCTIONS:
             raise UserError(
                 f"kd.ensemble={self.kd.ensemble!r} is invalid: choose {' or '.join(ENSEMBLE_REDUCTIONS)}"
             )
+        self._validate_ranges()
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"amp={self.amp!r} is invalid: choose auto, bf16 or off")
         if self.kd.cache and self.data.augment == "autoaugment":
@@ -141,7 +142,43 @@ class RunConfig:
             from kdlab.data import parse_label_noise
 
             parse_label_noise(self.data.label_noise)
+        from kdlab.device import check_device
+
+        check_device(self.device)
         return self
+
+    def _validate_ranges(self) -> None:
+        """Seeds, optimiser and data settings that PyTorch or numpy would refuse mid-run (or accept
+        silently, such as a negative weight decay)."""
+        optim = self.optim
+        for name, seed in (("seed", self.seed), ("data.subset_seed", self.data.subset_seed),
+                           ("data.noise_seed", self.data.noise_seed)):  # fmt: skip
+            if not 0 <= seed <= MAX_SEED:
+                raise UserError(f"{name}={seed} is outside [0, {MAX_SEED}] (2^32 - 1): choose e.g. --seed 0")
+        ranges = [  # (key, value, valid, what it must be); NaN fails every comparison, so it is refused too
+            ("optim.weight_decay", optim.weight_decay, 0 <= optim.weight_decay < math.inf, ">= 0 and finite, e.g. 5e-4"),
+            ("optim.momentum", optim.momentum, 0 <= optim.momentum < 1, "in [0, 1), e.g. 0.9"),
+            ("optim.gamma", optim.gamma, 0 < optim.gamma < math.inf, "positive and finite, e.g. 0.1"),
+            ("optim.milestones", optim.milestones, all(0 <= m <= 1 for m in optim.milestones),
+             "fractions of the epochs in [0, 1], e.g. [0.5, 0.75]"),
+            ("data.num_workers", self.data.num_workers, self.data.num_workers >= 0, ">= 0 (0 loads in the main process)"),
+            ("kd.cache_limit_gb", self.kd.cache_limit_gb, 0 < self.kd.cache_limit_gb < math.inf, "positive, e.g. 8"),
+        ]  # fmt: skip
+        for name, value, valid, accepted in ranges:
+            if not valid:
+                raise UserError(f"{name}={shown(value)} is invalid: it must be {accepted}")
+        if optim.nesterov and optim.momentum == 0:
+            raise UserError(
+                "optim.nesterov=true needs optim.momentum > 0: set optim.momentum=0.9, or optim.nesterov=false"
+            )
+        for name, value in (("data.subset", self.data.subset), ("data.test_subset", self.data.test_subset)):
+            if value is not None and value < 1:
+                raise UserError(f"{name}={value} must be a positive number of images (or absent: all)")
+        if self.out is not None and not self.out.strip():
+            raise UserError("--out is empty: name a folder for the run")
+
+
+MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed take [0, 2^32 - 1] everywhere
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -188,7 +225,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)):
             return str(value)
     type_name = getattr(annotation, "__name__", str(annotation))
-    raise UserError(f"{key}={value!r} is not a valid {type_name}: give {key} a {type_name} value")
+    raise UserError(f"{key}={shown(value)} is not a valid {type_name}: give {key} a {type_name} value")
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -202,10 +239,10 @@ def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> 
     hints = _fields(cls)
     unknown = [key for key in data if key not in hints]
     if unknown:
-        key = unknown[0]
+        key = str(unknown[0])[:200]
         raise UserError(
-            f"unknown config key '{prefix}{key}'{did_you_mean(prefix + str(key), [prefix + n for n in hints])}: valid keys are "
-            + ", ".join(prefix + name for name in hints)
+            f"unknown config key {shown(prefix + key)}{did_you_mean(prefix + key, [prefix + n for n in hints])}: "
+            "valid keys are " + ", ".join(prefix + name for name in hints)
         )
     values = {}
     for key, value in data.items():
@@ -235,7 +272,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {text!r} is malformed: write --set key=value, e.g. --set optim.lr=0.05")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"--set {key}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return unflatten({key: value})
@@ -253,12 +290,87 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+# A config or recipe is a few KB of a few levels; these bounds refuse what only an attack would send.
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_DEPTH = 64
+YAML_MAX_VALUES = 100_000  # counted as expanded: aliases to an anchor count again each time
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses documents nested deeper than ``YAML_MAX_DEPTH`` (PyYAML's
+    composer recurses per level, so 20,000 levels would end in a RecursionError)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > YAML_MAX_DEPTH:
+                raise _TooDeep
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _count_values(data: Any, budget: int) -> int:
+    """``budget`` minus the number of values in ``data`` as if its aliases were expanded; stops below 0."""
+    budget -= 1
+    if isinstance(data, dict):
+        items = [*data.keys(), *data.values()]
+    elif isinstance(data, list):
+        items = data
+    else:
+        return budget
+    for item in items:
+        budget = _count_values(item, budget)
+        if budget < 0:
+            break
+    return budget
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` bounded in depth and expanded size (UserError naming ``source``);
+    a syntax error is left as ``yaml.YAMLError`` for the caller to word."""
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except (_TooDeep, RecursionError):
+        raise UserError(
+            f"{source} is nested more than {YAML_MAX_DEPTH} levels deep: a kdlab config has a few levels"
+        ) from None
+    except ValueError as error:  # a value the constructor cannot build: a 5000-digit integer, a 13th month
+        detail = str(error).split(":")[0][:80]
+        raise UserError(f"{source} holds a value YAML cannot read ({detail}): fix that value") from None
+    if _count_values(data, YAML_MAX_VALUES) < 0:
+        raise UserError(
+            f"{source} expands to more than {YAML_MAX_VALUES} values (YAML aliases repeating an anchor?): "
+            "a kdlab config holds a few dozen; write the values out"
+        )
+    return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (a config, a recipe, a run's config.yaml), or a UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist: check the path given to --config")
+    with open(path, "rb") as handle:
+        raw = handle.read(YAML_MAX_BYTES + 1)
+    if len(raw) > YAML_MAX_BYTES:
+        raise UserError(
+            f"{path} is larger than {YAML_MAX_BYTES >> 20} MiB: a kdlab config is a few KB; check the path"
+        )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}): save it as UTF-8"
+        ) from None
+    try:
+        data = safe_yaml(text, str(path)) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -294,6 +406,66 @@ def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
         elif value is not None:
             cleaned[key] = value
     return cleaned
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"kd": {"tau": 3}, "optim.lr": 0.1}`` -> ``{"kd.tau": 3, "optim.lr": 0.1}`` (later keys win)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+# Settings that do not change what a run computes: they may differ between an interrupted run and its
+# continuation (another machine, another data path), and a report does not group runs by them.
+RUNTIME_KEYS = (
+    "out", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
+    "stack", "cuda_graph",
+    "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
+)  # fmt: skip
+
+
+def identity(config: RunConfig) -> dict[str, Any]:
+    """The flattened config without ``RUNTIME_KEYS`` and without the loss hyperparameters its loss
+    does not read (a CE run has no tau): what makes two runs the same computation."""
+    from kdlab.losses import loss_fields, loss_spec
+
+    unread = {f"kd.{field}" for field in loss_fields()} - {
+        f"kd.{field}" for field in loss_spec(config.kd.loss).fields
+    }
+    return {
+        key: value
+        for key, value in flatten(config.to_dict()).items()
+        if key not in RUNTIME_KEYS and key not in unread
+    }
+
+
+def first_difference(
+    old: RunConfig, new: RunConfig, ignore: tuple[str, ...] = ()
+) -> tuple[str, Any, Any] | None:
+    """``(key, old value, new value)`` of the first setting (outside ``RUNTIME_KEYS`` and ``ignore``)
+    in which two configs compute differently, or None. Teachers are compared by file or folder name,
+    so that a moved sweep or run folder still matches."""
+    before, after = identity(old), identity(new)
+    for key in dict.fromkeys([*before, *after]):
+        if key in ignore:
+            continue
+        old_value, new_value = before.get(key), after.get(key)
+        if key == "kd.teacher":
+            old_value, new_value = _teacher_names(old_value), _teacher_names(new_value)
+        if old_value != new_value:
+            return key, old_value, new_value
+    return None
+
+
+def _teacher_names(value: Any) -> list[str]:
+    from kdlab.teacher import teacher_specs
+
+    return [Path(spec).name for spec in teacher_specs(value)]
 
 
 def to_yaml(config: RunConfig) -> str:

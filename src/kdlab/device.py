@@ -6,17 +6,32 @@ Used by the engine, the teacher-logit cache, evaluation and analysis; it imports
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from kdlab.errors import UserError
+from kdlab.errors import UserError, shown
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?|mps")
+
+
+def check_device(name: str) -> None:
+    """A UserError for a device name kdlab cannot train on here: not one of auto, cpu, cuda, cuda:N,
+    mps (``meta``, a typo), or MPS on a machine without it. (CUDA's availability: resolve_device.)"""
+    if not _DEVICE.fullmatch(name):
+        raise UserError(
+            f"--device {shown(name)} is not a device kdlab trains on: use auto, cpu, cuda, cuda:N or mps"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for but MPS is not available here: use --device cpu or auto")
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; any other name is checked against this machine."""
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -126,9 +126,12 @@ def split_nproc(argv: list[str]) -> tuple[int, list[str]]:
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``kdlab ARGV`` as ``nproc`` processes through ``torch.distributed.run --standalone``.
 
-    Returns the exit code to leave with: 0, the first failing rank's code (2 for a user error,
-    rank 0's preferred so its one-line message is the one that counts), or ``128 + signal`` when
-    this launcher was stopped by a signal (its workers got SIGTERM, saved and stopped).
+    Returns the exit code to leave with: 0, a failing rank's code (2 for a user error), or
+    ``128 + signal`` when this launcher was stopped by a signal (its workers got SIGTERM, saved and
+    stopped). Among failed ranks, one that exited by itself is preferred (rank 0 first, so its
+    one-line message is the one that counts) over one that torchrun's agent killed because another
+    rank had already failed: when every rank fails on the same user error, the slower one is often
+    stopped by the agent's SIGTERM, and its signal is not what went wrong.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -146,13 +149,17 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as error:
-        failures = error.failures
-        failure = failures.get(0) or failures[min(failures)]
-        code = failure.exitcode
-        return 128 - code if code < 0 else code  # a negative code is the signal that ended it
+        return _exit_code({rank: failure.exitcode for rank, failure in error.failures.items()})
     except SignalException as error:
         return 128 + int(error.sigval)
     return 0
+
+
+def _exit_code(codes: dict[int, int]) -> int:
+    """The exit code of a failed launch from each failed rank's code (negative: killed by that signal)."""
+    by_preference = sorted(codes, key=lambda rank: (codes[rank] <= 0, rank))
+    code = codes[by_preference[0]]
+    return 128 - code if code < 0 else code
 
 
 def launch_if_requested(argv: list[str]) -> tuple[int | None, list[str]]:

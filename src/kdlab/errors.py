@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class UserError(ValueError):
@@ -16,6 +18,18 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxtuple = 2, 4, 4, 4
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` bounded to about 60 characters whatever its size or depth, for error messages
+    that echo what the user gave (a YAML alias bomb must not become a gigabyte-long line)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 80 else text[:60] + "..."
+
+
 class RunInterrupted(Exception):
     """SIGTERM or SIGINT stopped a run after it saved a checkpoint; the CLI exits ``128 + signal``.
 
@@ -24,5 +38,8 @@ class RunInterrupted(Exception):
     """
 
     def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
+        super().__init__(message, signum)  # both in args: a sweep worker's exception is pickled back
+        self.message, self.signum, self.exit_code = message, signum, 128 + signum
+
+    def __str__(self) -> str:
+        return self.message

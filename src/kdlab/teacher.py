@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError, did_you_mean
 from kdlab.models import Classifier, create_model
-from kdlab.runs import load_checkpoint, resolve_checkpoint, unreadable_reason
+from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, unreadable_reason
 
 FOREIGN_PREFIX = "torchvision:"
 
@@ -32,15 +32,19 @@ def teacher_specs(value: str | Path | Sequence[str | Path] | None) -> list[str]:
 
 
 def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file."""
-    checkpoint = load_checkpoint(resolve_checkpoint(spec), map_location)
-    model = create_model(
-        checkpoint["model_name"],
-        checkpoint["num_classes"],
-        checkpoint["in_channels"],
-        checkpoint.get("image_size"),
-    )
-    model.load_state_dict(checkpoint["model"])
+    """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file; a UserError
+    naming the first key whose shape differs when the weights do not fit the model it names."""
+    path = resolve_checkpoint(spec)
+    checkpoint = load_checkpoint(path, map_location)
+    name, num_classes = checkpoint["model_name"], checkpoint["num_classes"]
+    image_size = checkpoint.get("image_size")
+    try:
+        model = create_model(
+            name, num_classes, checkpoint["in_channels"], image_size if isinstance(image_size, int) else None
+        )
+    except UserError as error:
+        raise UserError(f"{path} names a model kdlab cannot build: {error}") from None
+    load_model_state(model, checkpoint["model"], path, f"{name} with {num_classes} classes")
     return model
 
 
@@ -176,3 +180,35 @@ def load_teacher(
         )
     teacher = members[0] if len(members) == 1 else EnsembleTeacher(members, ensemble)
     return teacher.to(device).eval().requires_grad_(False)
+
+
+def teacher_files(value: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """The files or run folders a teacher setting reads (torchvision weights: the path after '=')."""
+    files = []
+    for spec in teacher_specs(value):
+        path = spec.partition("=")[2] if spec.startswith(FOREIGN_PREFIX) else spec
+        if path:
+            files.append(path)
+    return files
+
+
+def check_teacher(teacher: nn.Module, specs: object, inputs: Tensor, dataset: str) -> None:
+    """Run the teacher once on a batch of the data before training: a UserError if it cannot take
+    the images, or if its logits (or an ensemble member's) are NaN or inf, naming that teacher."""
+    members = list(teacher.members) if isinstance(teacher, EnsembleTeacher) else [teacher]
+    names = teacher_specs(specs)  # type: ignore[arg-type]
+    for member, name in zip(members, names, strict=True):
+        try:
+            with torch.inference_mode():
+                logits = member(inputs)
+        except RuntimeError as error:
+            detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise UserError(
+                f"teacher {name} cannot take the images of {dataset} ({list(inputs.shape[1:])}): {detail}; "
+                f"use a teacher trained on {dataset}"
+            ) from None
+        if not torch.isfinite(logits).all():
+            raise UserError(
+                f"teacher {name} outputs NaN or inf logits on {dataset}: its weights are damaged (a run that "
+                "diverged?); use another teacher checkpoint"
+            )

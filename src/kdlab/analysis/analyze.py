@@ -140,6 +140,11 @@ def analyze_runs(
         image_size=data.image_size,
         val_split=data.val_split,  # the images the runs trained on, validation ones held out
     )
+    if len(set(classes)) != 3 or not all(0 <= c < splits.num_classes for c in classes):
+        raise UserError(
+            f"--classes {','.join(map(str, classes))} must be three different classes of {data.name}, in "
+            f"0..{splits.num_classes - 1}: e.g. --classes 0,1,2"
+        )
     loader = make_loader(splits, "train", 512, device=target, train=False)
     labels = torch.cat(
         [batch.targets.cpu() for batch in loader]

@@ -124,6 +124,12 @@ def load_dataset(
             f"image_size={image_size} does not apply to {name}, whose images are "
             f"{splits.image_size}x{splits.image_size}: drop the image size or use imagefolder"
         )
+    for split in ("train", "test"):  # an empty split would end the first epoch in a division by zero
+        if len(getattr(splits, split)) == 0:
+            raise UserError(
+                f"the {split} split of {name} holds no images: its files are incomplete; fetch them again "
+                "(or point --data-dir at complete ones)"
+            )
     splits.train = _take_subset(splits.train, subset, subset_seed, splits.num_classes, "subset")
     splits.test = _take_subset(splits.test, test_subset, subset_seed, splits.num_classes, "test_subset")
     if val_split is not None:

@@ -7,6 +7,7 @@ malformed file into a one-line :class:`~kdlab.errors.UserError` that names the f
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import tarfile
 import zlib
@@ -36,26 +37,49 @@ def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _bounded_reconstruct(limit: int):
+    """numpy's ``_reconstruct`` for plain arrays no larger than ``limit`` elements: numpy pickles
+    always call it with shape ``(0,)`` and fill the array from the file's bytes afterwards."""
+
+    def reconstruct(subtype: type, shape: object, dtype: object) -> np.ndarray:
+        if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(map(int, shape)) > limit:
+            raise pickle.UnpicklingError(f"an array of shape {str(shape)[:40]} cannot come from this file")
+        return _reconstruct(subtype, shape, dtype)
+
+    return reconstruct
+
+
+def _bytes(*args: object) -> bytes:
+    """``bytes()`` and ``bytes(bytes-like)`` only: ``bytes(2_000_000_000)`` would allocate 2 GB from a
+    file of a few dozen bytes."""
+    if len(args) > 1 or (args and not isinstance(args[0], (bytes, bytearray))):
+        raise pickle.UnpicklingError("bytes() may only copy bytes in a CIFAR file")
+    return bytes(*args)
+
+
 # Everything a CIFAR pickle needs: numpy arrays (written by numpy 1.x or 2.x) and bytes. Module names
-# arrive unmapped (Python 2's ``__builtin__``), because find_class is overridden.
+# arrive unmapped (Python 2's ``__builtin__``), because find_class is overridden. A callable that
+# allocates is bounded by the size of the file (``_CifarUnpickler.find_class``).
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_bytes,
-    ("__builtin__", "bytes"): bytes,
-    ("builtins", "bytes"): bytes,
+    ("__builtin__", "bytes"): _bytes,
+    ("builtins", "bytes"): _bytes,
 }
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``: a payload never runs."""
+    """An unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``: a payload never runs,
+    and no allocation exceeds the file's size."""
 
     def __init__(self, data: bytes, source: str) -> None:
         # The official files are Python-2 pickles; "bytes" keeps their str keys as b'data', b'labels'.
         super().__init__(io.BytesIO(data), encoding="bytes")
         self.source = source
+        self.size = len(data)
 
     def find_class(self, module: str, name: str) -> object:
         allowed = _ALLOWED_GLOBALS.get((module, name))
@@ -64,7 +88,7 @@ class _CifarUnpickler(pickle.Unpickler):
                 f"refusing to unpickle {module}.{name} from {self.source}: "
                 "CIFAR files only hold numpy arrays and lists"
             )
-        return allowed
+        return _bounded_reconstruct(self.size) if allowed is _reconstruct else allowed
 
 
 def load_cifar_pickle(data: bytes, source: str) -> dict[bytes, object]:
@@ -164,8 +188,11 @@ def read_cifar(location: Path, fmt: CifarFormat) -> tuple[ArraySplits, list[str]
         images, labels = [], []
         for name in names:
             batch = batches[name]
-            data = np.asarray(batch.get(b"data"))
-            label = np.asarray(batch.get(fmt.label_key, []), dtype=np.int64)
+            try:
+                data = np.asarray(batch.get(b"data"))
+                label = np.asarray(batch.get(fmt.label_key, []), dtype=np.int64)
+            except (ValueError, TypeError, OverflowError):
+                data, label = np.zeros((0,)), np.zeros((0,))
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(label) != len(data):
                 raise UserError(
                     f"{sources[name]} is not a CIFAR batch (data {data.dtype} {list(data.shape)}, "
@@ -176,7 +203,7 @@ def read_cifar(location: Path, fmt: CifarFormat) -> tuple[ArraySplits, list[str]
         return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
     names = batches[fmt.meta_file].get(fmt.names_key, [])
-    class_names = [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+    class_names = [name.decode(errors="replace") if isinstance(name, bytes) else str(name) for name in names]
     return ArraySplits(*split(fmt.train_files), *split((fmt.test_file,))), class_names
 
 
@@ -191,31 +218,47 @@ IDX_FILES = (
 )
 
 
-def _decompress(path: Path) -> tuple[bytes, bool]:
-    """The file's content and whether it is complete (a cut gzip stream still yields its prefix)."""
+def _decompress(path: Path, ndim: int) -> tuple[bytes, bool]:
+    """The IDX file's content and whether it is complete (a cut gzip stream still yields its prefix).
+
+    A ``.gz`` file is inflated only as far as its header says the content goes (plus one byte, to
+    see trailing data), so a small file cannot expand into gigabytes.
+    """
     raw = path.read_bytes()
     if path.suffix != ".gz":
         return raw, True
     stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        content = stream.decompress(raw) + stream.flush()
+        content = stream.decompress(raw, 4 + 4 * ndim)
+        dims = _idx_dims(content, ndim)
+        if dims is not None:  # deflate expands at most ~1032x, which also caps a header that lies
+            wanted = min(4 + 4 * ndim + math.prod(dims) + 1, len(raw) * 1100) - len(content)
+            if wanted > 0:  # (0 would mean: no limit)
+                content += stream.decompress(stream.unconsumed_tail, wanted)
     except zlib.error as error:
         raise UserError(f"{path} is truncated or corrupt ({error}): {REFETCH}") from None
     return content, stream.eof
 
 
+def _idx_dims(content: bytes, ndim: int) -> tuple[int, ...] | None:
+    """The ``ndim`` dimensions in an IDX header, or None when ``content`` is shorter than the header."""
+    offset = 4 + 4 * ndim
+    if len(content) < offset:
+        return None
+    return tuple(int(d) for d in np.frombuffer(content[4:offset], dtype=">u4"))
+
+
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (``.gz`` or plain) with ``ndim`` dimensions, e.g. ``[N, 28, 28]``."""
-    content, complete = _decompress(path)
+    content, complete = _decompress(path, ndim)
     offset = 4 + 4 * ndim
     magic_ok = content[:4] == bytes((0, 0, _IDX_UBYTE, ndim))
-    if not magic_ok and complete and len(content) >= 4:
+    if not magic_ok and len(content) >= 4:
         raise UserError(f"{path} is corrupt (not an IDX file of bytes with {ndim} dimensions): {REFETCH}")
-    dims = (
-        tuple(int(d) for d in np.frombuffer(content[4:offset], dtype=">u4")) if len(content) >= offset else ()
-    )
-    expected = f"{offset + int(np.prod(dims))} bytes" if dims else f"an IDX header of {offset} bytes"
-    if not complete or len(dims) != ndim or len(content) != offset + int(np.prod(dims)):
+    dims = _idx_dims(content, ndim)
+    size = offset + math.prod(dims) if dims is not None else None  # Python ints: no overflow
+    expected = f"{size} bytes" if size is not None else f"an IDX header of {offset} bytes"
+    if not complete or size is None or len(content) != size:
         cut = " before the gzip stream ended" if not complete else ""
         raise UserError(
             f"{path} is truncated or corrupt (expected {expected}, got {len(content)}{cut}): {REFETCH}"

@@ -13,12 +13,14 @@ most one and the caller sums correct/total counts over ranks.
 
 from __future__ import annotations
 
+import sys
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from kdlab.errors import UserError
 
@@ -172,15 +174,40 @@ class _IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor | None, int | str, int]:
+        """``(image, target, index)``; ``(None, "PATH (why)", index)`` for a file that cannot be
+        decoded (not an image, truncated), which :func:`_collate_readable` drops."""
         index, sample_seed = item
-        if sample_seed is None:
-            image, target = self.dataset[index]
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
+        try:
+            if sample_seed is None:
                 image, target = self.dataset[index]
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sample_seed)
+                    image, target = self.dataset[index]
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for a damaged file
+            return None, f"{_sample_path(self.dataset, index)} ({type(error).__name__})", index
         return image, target, index
+
+
+def _sample_path(dataset: Dataset, index: int) -> str:
+    """The file behind sample ``index`` of an ImageFolder (possibly inside Subsets)."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"sample {index}"
+
+
+def _collate_readable(
+    items: list[tuple[torch.Tensor | None, int | str, int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]] | list[str]:
+    """The batch of the samples that could be read, and the files that could not; only those files
+    when none could be read."""
+    readable = [item for item in items if item[0] is not None]
+    unreadable = [item[1] for item in items if item[0] is None]
+    if not readable:
+        return unreadable
+    return (*default_collate(readable), unreadable)
 
 
 class _EpochSampler(Sampler):
@@ -203,6 +230,17 @@ class _EpochSampler(Sampler):
         return iter(list(zip(order[positions].tolist(), seeds.tolist(), strict=True)))
 
 
+@dataclass
+class _Skipped:
+    """The files of one dataset that cannot be decoded, and how many a warning has counted."""
+
+    files: set[str] = field(default_factory=set)
+    warned: int = 0
+
+
+_SKIPPED: weakref.WeakKeyDictionary[Dataset, _Skipped] = weakref.WeakKeyDictionary()
+
+
 class DatasetLoader:
     """Batches of a torch Dataset (imagefolder/imagenet) through a DataLoader, as :class:`Batch`."""
 
@@ -218,14 +256,19 @@ class DatasetLoader:
         num_workers: int,
         channels_last: bool,
         drop_last: bool,
+        split: str = "train",
     ) -> None:
         self.device, self.channels_last = device, channels_last
+        self.split = split
+        # Shared by every loader of this dataset (training and clean passes): one warning per file.
+        self.skipped = _SKIPPED.setdefault(dataset, _Skipped())
         self.sampler = _EpochSampler(len(dataset), seed, train, rank, world_size)
         self.loader = DataLoader(
             _IndexedDataset(dataset),
             batch_size=batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
+            collate_fn=_collate_readable,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
             drop_last=drop_last,
@@ -238,11 +281,28 @@ class DatasetLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, targets, indices in self.loader:
+        """Batches of the images that can be decoded. A damaged image file is skipped and counted; a
+        complete pass that found new ones ends with a one-line warning naming the first (by path). A
+        batch of nothing but damaged files is an error: the folder is not usable."""
+        for batch in self.loader:
+            if isinstance(batch, list):
+                raise UserError(
+                    f"none of a batch of {len(batch)} images of the {self.split} split can be read (first: "
+                    f"{batch[0]}): check the image folder"
+                )
+            images, targets, indices, unreadable = batch
+            self.skipped.files.update(unreadable)
             inputs = images.to(self.device, non_blocking=True)
             if self.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             yield Batch(inputs, targets.to(self.device, non_blocking=True), indices, None)
+        if len(self.skipped.files) > self.skipped.warned:
+            self.skipped.warned = len(self.skipped.files)
+            print(
+                f"kdlab: warning: skipped {self.skipped.warned} image file(s) of the {self.split} split that "
+                f"cannot be read (first: {min(self.skipped.files)}); delete or replace them",
+                file=sys.stderr,
+            )
 
 
 def make_loader(
@@ -288,5 +348,5 @@ def make_loader(
             "(random resized crop + flip): use data.augment=default"
         )
     return DatasetLoader(
-        data, batch_size, device, train, seed, rank, world_size, num_workers, channels_last, drop_last
+        data, batch_size, device, train, seed, rank, world_size, num_workers, channels_last, drop_last, split
     )

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,17 +47,18 @@ from kdlab.engine.stop import StopRequests, interrupted, raise_if_not_finite
 from kdlab.engine.student import (
     Student,
     check_group,
+    check_model_takes,
+    check_resume,
     lr_at,
     make_optimizer,
-    prepare_run_folder,
     stack_key,
     tensorboard_writer,
 )
 from kdlab.errors import UserError
 from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import count_parameters, create_model
-from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment
-from kdlab.teacher import load_teacher
+from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment, load_checkpoint
+from kdlab.teacher import check_teacher, load_teacher, teacher_files
 
 
 def _json_float(value: float) -> float | str:
@@ -119,6 +122,10 @@ class Trainer:
         for split in ("train", "val", "test"):  # once, so that every loader below shares one device copy
             if isinstance(getattr(self.splits, split), TensorData):
                 setattr(self.splits, split, getattr(self.splits, split).to(self.device))
+        # A few test images: the teacher and the students must take them before anything is written.
+        self.sample_inputs = next(
+            iter(make_loader(self.splits, "test", 4, train=False, device=self.device, num_workers=0))
+        ).inputs
         self.teacher = (
             load_teacher(lead.kd.teacher, self.device, lead.kd.ensemble) if lead.kd.teacher else None
         )
@@ -128,6 +135,7 @@ class Trainer:
                     f"the teacher predicts {self.teacher.num_classes} classes but {lead.data.name} has "
                     f"{self.splits.num_classes}: use a teacher trained on {lead.data.name}"
                 )
+            check_teacher(self.teacher, lead.kd.teacher, self.sample_inputs, lead.data.name)
             if lead.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         # A teacher-chosen fraction of the training set (data.select), before any loader is built.
@@ -204,16 +212,19 @@ class Trainer:
     # -- students ----------------------------------------------------------------------------
 
     def build_student(self, config: RunConfig, resume: bool, overwrite: bool) -> Student:
+        """A student ready to train, restored from ``last.pt`` when resuming. Writes nothing: its run
+        folder is taken, cleared (``--overwrite``) and written when :meth:`fit` starts."""
         if not config.out:
             raise UserError("no output folder: pass --out RUN")
         run = RunFolder(config.out)
+        protected = teacher_files(config.kd.teacher)
+        can_resume = distributed.main_process_decides(lambda: run.check_out(resume, overwrite, protected))
         torch.manual_seed(config.seed)  # the same initial weights standalone or in lockstep
         model = create_model(
             config.model, self.splits.num_classes, self.splits.in_channels, self.splits.image_size
         )
-        # Only now, with every input checked, may --overwrite delete what --out holds.
-        can_resume = distributed.main_process_decides(lambda: prepare_run_folder(run, resume, overwrite))
         model = model.to(self.device)
+        check_model_takes(model, self.sample_inputs, config)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         data_info = {
@@ -222,9 +233,10 @@ class Trainer:
             "image_size": self.splits.image_size,
         }
         student = Student(
-            config, run, model, make_optimizer(model, config), module=model, data_info=data_info
-        )
-        if can_resume and run.last_checkpoint.is_file():
+            config, run, model, make_optimizer(model, config), module=model, data_info=data_info,
+            resume=resume, overwrite=overwrite,
+        )  # fmt: skip
+        if can_resume:
             student.restore(self.device)
         if config.sync_bn and self.world.size > 1:
             student.module = nn.SyncBatchNorm.convert_sync_batchnorm(student.module)
@@ -233,15 +245,6 @@ class Trainer:
             student.module = nn.parallel.DistributedDataParallel(student.module, device_ids=device_ids)
         if config.compile:
             student.module = torch.compile(student.module)
-        if self.world.is_main:
-            run_info = {**environment(), "world_size": self.world.size}
-            run_info["global_batch_size"] = config.optim.batch_size * self.world.size
-            run.write_config(config, run_info)
-            if self.noise_record is not None:
-                atomic_write_json(run.path / "label_noise.json", self.noise_record)
-            if self.selection is not None:
-                atomic_write_json(run.path / "selection.json", self.selection)
-            student.writer = tensorboard_writer(config, run)
         return student
 
     def make_units(self, students: list[Student]) -> list[Unit]:
@@ -290,6 +293,40 @@ class Trainer:
                 lead.optim.batch_size, capture_possible(self.device, self.world.size, lead.cuda_graph),
             )  # fmt: skip
         return self.step
+
+    @contextlib.contextmanager
+    def started(self, students: list[Student]) -> Iterator[None]:
+        """Hold the students' run folders while the block trains them (see :meth:`start`)."""
+        with contextlib.ExitStack() as held:
+            for student in students:
+                distributed.main_process_decides(lambda student=student: self.start(student, held))
+            yield
+
+    def start(self, student: Student, held: contextlib.ExitStack) -> None:
+        """Take the student's run folder (rank 0): its lock, held in ``held`` until the run ends, the
+        same checks as before under the lock, then clear it (``--overwrite``) and write the marker,
+        config.yaml, label noise, the data selection, restored metrics rows and the TensorBoard writer."""
+        config, run = student.config, student.run
+        held.enter_context(run.lock())
+        protected = teacher_files(config.kd.teacher)
+        if run.check_out(student.resume, student.overwrite, protected) != student.resumed:
+            raise UserError(f"--out {run.path} changed while the run was starting: run the command again")
+        run.remove_temporaries()  # left by a process killed mid-write (kill -9)
+        if student.overwrite:
+            run.clear()
+        run.write_marker()
+        if student.resumed:
+            if student.start_epoch < config.optim.epochs:
+                run.summary_path.unlink(missing_ok=True)  # more --epochs: unfinished until they are done
+            run.write_metrics(student.metrics)  # the rows the checkpoint holds, whatever the file held
+        run_info = {**environment(), "world_size": self.world.size}
+        run_info["global_batch_size"] = config.optim.batch_size * self.world.size
+        run.write_config(config, run_info)
+        if self.noise_record is not None:
+            atomic_write_json(run.path / "label_noise.json", self.noise_record)
+        if self.selection is not None:
+            atomic_write_json(run.path / "selection.json", self.selection)
+        student.writer = tensorboard_writer(config, run)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -381,11 +418,13 @@ class Trainer:
         student.metrics.append(row)
         if not self.world.is_main:
             return
+        # Rows first, last.pt last: if a write fails, last.pt still holds the previous epoch, whose
+        # --resume redoes this one; the checkpoint carries the rows too (see Student.restore).
+        student.run.write_metrics(student.metrics)
         checkpoint = student.checkpoint(epoch)
         if improved:
             atomic_torch_save(checkpoint, student.run.best_checkpoint)
         atomic_torch_save(checkpoint, student.run.last_checkpoint)
-        student.run.write_metrics(student.metrics)
         if student.writer is not None:
             for key, value in row.items():
                 if key != "epoch":
@@ -517,18 +556,26 @@ def train_lockstep(
     Finished runs (with ``resume``) are returned from their summary.json without training.
     """
     check_group(configs)
+    outs = [os.path.realpath(config.out) for config in configs if config.out]
+    if len(set(outs)) < len(outs):
+        raise UserError(f"two runs of one group write --out {outs[0]}: give each run its own folder")
     pending = []
     summaries: dict[int, dict[str, Any]] = {}
     for index, config in enumerate(configs):
         run = RunFolder(config.out or "")
-        if resume and config.out and run.is_finished() and not overwrite:
-            summaries[index] = run.summary()
+        summary = run.summary() if resume and config.out and run.is_finished() and not overwrite else None
+        if summary is not None and run.last_checkpoint.is_file():  # finished, but as asked now?
+            check_resume(load_checkpoint(run.last_checkpoint, resume=True), config, run)
+        if summary is not None and summary.get("epochs") == config.optim.epochs:
+            summaries[index] = summary  # finished as asked (more --epochs: continued below)
         else:
             pending.append(index)
     if pending:
         trainer = Trainer([configs[i] for i in pending])
         students = [trainer.build_student(configs[i], resume, overwrite) for i in pending]
-        for index, summary in zip(pending, trainer.fit(students), strict=True):
+        with trainer.started(students):  # every input checked: now the run folders are taken and written
+            results = trainer.fit(students)
+        for index, summary in zip(pending, results, strict=True):
             summaries[index] = summary
     return [summaries[index] for index in range(len(configs))]
 

@@ -7,16 +7,15 @@ as one stacked module (:func:`stack_key`).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from kdlab.config import RunConfig
-from kdlab.errors import UserError
-from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint
+from kdlab.config import RunConfig, first_difference, from_dict
+from kdlab.errors import UserError, shown
+from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint, load_model_state
 
 
 def lr_at(config: RunConfig, epoch: int) -> float:
@@ -113,7 +112,9 @@ class Student:
     best_epoch: int = 0
     writer: Any = None
     progress: dict[str, Any] | None = None  # running sums of an epoch a mid-epoch checkpoint stopped in
-
+    resume: bool = False  # --resume and --overwrite as asked (see Trainer.start)
+    overwrite: bool = False
+    resumed: bool = False  # restored from last.pt
     lr: float | None = None  # the learning rate of the current epoch, as the host knows it
 
     def checkpoint(self, epoch: int, progress: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -133,39 +134,105 @@ class Student:
             "best_epoch": self.best_epoch,
             "rng_cpu": torch.get_rng_state(),
             "epoch_progress": progress,
+            # With the checkpoint: resume compares the settings, and rewrites every metrics row even
+            # when writing metrics.jsonl failed (the rows are written first, the checkpoint last).
+            "config": self.config.to_dict(),
+            "metrics": list(self.metrics),
         }
 
     def restore(self, device: torch.device) -> None:
-        """Continue from ``last.pt``: weights, optimiser, epoch, best so far, metrics, CPU generator."""
-        checkpoint = load_checkpoint(self.run.last_checkpoint, device)
-        if checkpoint.get("model_name") != self.config.model:
+        """Continue from ``last.pt``: weights, optimiser, epoch, best so far, metrics, CPU generator.
+
+        A UserError (nothing written) when the checkpoint is incomplete, its weights do not fit, or
+        the run now asks for settings that change what it computes (:func:`check_resume`).
+        """
+        path = self.run.last_checkpoint
+        checkpoint = load_checkpoint(path, device, resume=True)
+        check_resume(checkpoint, self.config, self.run)
+        what = f"{self.config.model} with {checkpoint['num_classes']} classes"
+        load_model_state(self.model, checkpoint["model"], path, what)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            torch.set_rng_state(checkpoint["rng_cpu"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
             raise UserError(
-                f"{self.run.last_checkpoint} holds a {checkpoint.get('model_name')}, not a {self.config.model}: "
-                "resume with the same --model or choose another --out"
-            )
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+                f"{path} holds optimizer or generator state that does not fit a {what} ({shown(str(error))}): "
+                "use another checkpoint, or --overwrite to start the run again"
+            ) from None
         set_lr(self.optimizer, lr_at(self.config, int(checkpoint["epoch"])))
         self.start_epoch = int(checkpoint["epoch"])
         self.test_acc_best = float(checkpoint["test_acc_best"])
         self.best_epoch = int(checkpoint["best_epoch"])
-        self.metrics = [row for row in self.run.metrics() if row["epoch"] <= self.start_epoch]
+        self.metrics = _restored_rows(checkpoint, self.run)
         self.progress = checkpoint.get("epoch_progress")
-        torch.set_rng_state(checkpoint["rng_cpu"])
+        self.resumed = True
 
 
-def prepare_run_folder(run: RunFolder, resume: bool, overwrite: bool) -> bool:
-    """Check ``--out`` against what it holds; True when there is a checkpoint to resume from."""
-    if run.has_content():
-        if overwrite:
-            shutil.rmtree(run.path)
-        elif not resume:
-            state = "a finished run" if run.is_finished() else "an unfinished run"
-            raise UserError(
-                f"--out {run.path} already holds {state}: pass --resume to continue it, --overwrite to start "
-                "again, or choose another --out"
-            )
-    return resume and run.last_checkpoint.is_file()
+def check_resume(checkpoint: dict[str, Any], config: RunConfig, run: RunFolder) -> None:
+    """Refuse to continue a checkpoint with settings that change what the run computes (another
+    dataset, batch size, loss, ...). Runtime settings (device, data path, ...) may change, and so may
+    ``--epochs``, to extend (or shorten) the run, as long as it keeps the epochs already trained.
+    Checkpoints written before kdlab stored the config in them: model and dataset are compared."""
+    if checkpoint["model_name"] != config.model:
+        raise UserError(
+            f"{run.last_checkpoint} holds a {checkpoint['model_name']}, not a {config.model}: "
+            "resume with the same --model or choose another --out"
+        )
+    try:
+        difference = first_difference(from_dict(checkpoint.get("config")), config, ignore=("optim.epochs",))
+    except UserError:  # no config (an older checkpoint), or one this kdlab cannot read
+        old_name = checkpoint.get("dataset")
+        difference = ("data.name", old_name, config.data.name) if old_name != config.data.name else None
+    if difference is not None:
+        key, before, after = difference
+        raise UserError(
+            f"{run.path} was trained with {key}={shown(before)}, not {shown(after)}: --resume continues a run as "
+            "it was started; drop the change, or choose another --out"
+        )
+    done = checkpoint["epoch"] + (checkpoint.get("epoch_progress") is not None)
+    if config.optim.epochs < done:
+        raise UserError(
+            f"{run.path} has trained {done} epochs already, more than --epochs {config.optim.epochs}: pass "
+            f"--epochs {done} or more"
+        )
+
+
+def _restored_rows(checkpoint: dict[str, Any], run: RunFolder) -> list[dict[str, Any]]:
+    """The metrics rows of the checkpoint's finished epochs: from the checkpoint (written with it),
+    else (older checkpoints) from metrics.jsonl, which must then hold every one of them."""
+    epochs = checkpoint["epoch"]
+    rows = checkpoint.get("metrics")
+    if not isinstance(rows, list):
+        try:
+            rows = [
+                row for row in run.metrics() if isinstance(row.get("epoch"), int) and row["epoch"] <= epochs
+            ]
+        except UserError:  # a damaged file: the message below says what the run lacks
+            rows = []
+    if [row.get("epoch") if isinstance(row, dict) else None for row in rows] != list(range(1, epochs + 1)):
+        raise UserError(
+            f"{run.metrics_path} lacks rows of the {epochs} epoch(s) in {run.last_checkpoint}: the run cannot "
+            "be continued with its metrics; --overwrite to start it again"
+        )
+    return rows
+
+
+def check_model_takes(model: nn.Module, inputs: Tensor, config: RunConfig) -> None:
+    """A UserError when ``model`` cannot run on ``inputs`` (a few images of the data): checked before
+    anything is written, in eval mode (no BatchNorm statistics change, no random numbers drawn)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(inputs)
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"--model {config.model} cannot take the images of {config.data.name} ({list(inputs.shape[1:])}): "
+            f"{detail}; choose a model for such images"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def tensorboard_writer(config: RunConfig, run: RunFolder) -> Any:

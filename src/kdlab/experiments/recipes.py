@@ -43,7 +43,17 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, from_dict, load_yaml, merge, parse_override, unflatten
+from kdlab.config import (  # noqa: F401 - flatten, identity and RUNTIME_KEYS are used through this module too
+    RUNTIME_KEYS,
+    RunConfig,
+    flatten,
+    from_dict,
+    identity,
+    load_yaml,
+    merge,
+    parse_override,
+    unflatten,
+)
 from kdlab.errors import UserError, did_you_mean
 from kdlab.losses import format_value, loss_fields, loss_spec
 from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
@@ -219,40 +229,6 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"kd": {"tau": 3}, "optim.lr": 0.1}`` -> ``{"kd.tau": 3, "optim.lr": 0.1}`` (later keys win)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-# Settings that do not change what a run computes: they may differ between an interrupted run and its
-# continuation (another machine, another data path), and a report does not group runs by them.
-RUNTIME_KEYS = (
-    "out", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
-    "stack", "cuda_graph",
-    "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
-)  # fmt: skip
-
-
-def identity(config: RunConfig) -> dict[str, Any]:
-    """The flattened config without ``RUNTIME_KEYS`` and without the loss hyperparameters its loss
-    does not read (a CE run has no tau): what makes two runs the same computation."""
-    unread = {f"kd.{field}" for field in loss_fields()} - {
-        f"kd.{field}" for field in loss_spec(config.kd.loss).fields
-    }
-    return {
-        key: value
-        for key, value in flatten(config.to_dict()).items()
-        if key not in RUNTIME_KEYS and key not in unread
-    }
-
-
 # --- expansion ------------------------------------------------------------------------------------
 
 
@@ -336,6 +312,9 @@ def _build(
     return config, names
 
 
+MAX_SEEDS = 100  # planning a million seeds would take minutes before training anything
+
+
 def plan_sweep(
     recipe: Recipe, out: str | Path, seeds: int | None = None, teachers_dir: str | Path | None = None
 ) -> SweepPlan:
@@ -344,8 +323,11 @@ def plan_sweep(
     out = Path(out)
     teachers_dir = Path(teachers_dir) if teachers_dir else out / TEACHERS_FOLDER
     count = seeds if seeds is not None else recipe.seeds
-    if count < 1:
-        raise UserError(f"--seeds {count} must be at least 1")
+    if not 1 <= count <= MAX_SEEDS:
+        raise UserError(
+            f"--seeds {count} is outside 1..{MAX_SEEDS}: each seed repeats every run of the recipe; "
+            "the paper uses a handful"
+        )
     teachers = _plan_teachers(recipe, teachers_dir)
     entries = _grid_points(recipe.grid) + recipe.runs or [{}]
     students: dict[str, PlannedRun] = {}

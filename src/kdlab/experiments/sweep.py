@@ -1,7 +1,8 @@
 """``kdlab sweep``: train a recipe's teachers once, then its students, resumable and shardable.
 
-Order of work: the teachers the selected students need (each under a lock file, so that shards
-sharing a teacher train it once: the second waits, then finds it finished), then the students.
+Order of work: the teachers the selected students need (each under its run folder's lock, waited
+for, so that shards sharing a teacher train it once: the second waits, then finds it finished),
+then the students (each locked by the engine: one writer per run folder).
 Students that share teacher, seed, data, batch size and epochs form a *lockstep group*: one teacher
 forward per batch serves them all (``kdlab.engine.train_lockstep``). ``jobs > 1`` runs groups in
 that many spawned processes, each with ``cores // jobs`` torch threads; groups are split when there
@@ -13,29 +14,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig
-from kdlab.errors import UserError
+from kdlab.config import RunConfig, first_difference, from_dict, load_yaml
+from kdlab.errors import RunInterrupted, UserError, shown
 from kdlab.experiments.recipes import (
     PlannedRun,
     Recipe,
     SweepPlan,
-    identity,
     load_recipe,
     parse_shard,
     plan_sweep,
     select_shard,
 )
 from kdlab.runs import RunFolder, atomic_write_text, load_checkpoint
-from kdlab.teacher import teacher_specs
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
@@ -75,50 +76,27 @@ def split_for_jobs(groups: list[list[PlannedRun]], jobs: int) -> list[list[Plann
 def check_existing(planned: PlannedRun) -> None:
     """Refuse to resume a folder that holds a run with other settings (a changed recipe or --set).
 
-    Compared: ``identity`` (runtime settings such as the device may change), teachers by folder name
-    (the sweep folder may have moved).
+    Compared: what the run computes (``kdlab.config.first_difference``: runtime settings such as the
+    device may change, teachers are compared by folder name since the sweep folder may have moved).
     """
     run = RunFolder(planned.config.out or "")
     if not run.config_path.is_file():
         return
     try:
-        old_identity = identity(run.read_config())
+        stored = load_yaml(run.config_path)
+        stored.pop("run_info", None)
+        old = from_dict(stored)
     except UserError:
         raise UserError(
             f"{run.config_path} cannot be read as a kdlab config: delete {run.path} or choose another --out"
         ) from None
-    wanted = identity(planned.config)
-    for key, value in wanted.items():
-        old = old_identity.get(key)
-        if key == "kd.teacher":
-            value, old = _teacher_names(value), _teacher_names(old)
-        if old != value:
-            raise UserError(
-                f"{run.path} holds a run with {key}={old!r}, but the sweep now asks for {value!r}: "
-                "use another --out, or delete that folder to retrain it"
-            )
-
-
-def _teacher_names(value: Any) -> list[str]:
-    return [Path(spec).name for spec in teacher_specs(value)]
-
-
-@contextlib.contextmanager
-def run_lock(folder: str | Path) -> Iterator[None]:
-    """An exclusive lock on ``FOLDER.lock`` (fcntl; released if the process dies). No-op without fcntl."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: shards sharing a teacher should train it first (--teachers-only)
-        yield
-        return
-    path = Path(f"{folder}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    difference = first_difference(old, planned.config)
+    if difference is not None:
+        key, before, after = difference
+        raise UserError(
+            f"{run.path} holds a run with {key}={shown(before)}, but the sweep now asks for {shown(after)}: "
+            "use another --out, or delete that folder to retrain it"
+        )
 
 
 def _resume_point(config: RunConfig) -> tuple[int, int]:
@@ -155,7 +133,7 @@ def train_teacher(config: RunConfig) -> dict[str, Any]:
     """Train one shared teacher under its lock: a second process waits, then finds it finished."""
     from kdlab.engine import train
 
-    with run_lock(config.out or ""):
+    with RunFolder(config.out or "").lock(wait=True):
         return train(config, resume=True)
 
 
@@ -163,6 +141,9 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    # Ctrl-C reaches every process of the terminal's group; the parent passes it on as SIGTERM
+    # (see _forward_stop_signals), so an idle worker need not die of it with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) -> list[Any]:
@@ -184,14 +165,63 @@ def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) 
             return [function(*task) for task in tasks]
         finally:
             torch.set_num_threads(before)
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(jobs, len(tasks)),
         mp_context=get_context("spawn"),
         initializer=_init_worker,
         initargs=(threads,),
-    ) as pool:
-        futures = [pool.submit(function, *task) for task in tasks]
-        return [future.result() for future in futures]
+    )
+    futures: list[Future] = []
+    with _forward_stop_signals(pool, futures) as stopped, pool:  # the pool's exit waits for its workers
+        futures += [pool.submit(function, *task) for task in tasks]
+        outcomes = [_outcome(future) for future in futures]
+    if stopped:
+        raise RunInterrupted(
+            f"sweep stopped by {signal.Signals(stopped[0]).name}: its worker processes saved checkpoints of "
+            "the runs they were training; run the same sweep command again to continue",
+            stopped[0],
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+def _outcome(future: Future) -> Any:
+    """The future's result, or the exception it ended with (cancelled: CancelledError)."""
+    try:
+        return future.result()
+    except BaseException as error:  # noqa: BLE001 - sorted out by the caller once every worker is done
+        return error
+
+
+@contextlib.contextmanager
+def _forward_stop_signals(pool: ProcessPoolExecutor, futures: list[Future]) -> Iterator[list[int]]:
+    """While the block waits for the workers: SIGTERM or SIGINT to this process is passed on to every
+    worker as SIGTERM (each saves a mid-epoch checkpoint and stops, as a single run does) and cancels
+    the tasks not yet started; the block then still waits for the workers. Yields the list that
+    receives the signal number. A worker gets SIGTERM, not SIGINT: after Ctrl-C, which the terminal
+    sends to every process of the group, a second SIGINT would make it stop without saving."""
+    stopped: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        if not stopped:
+            stopped.append(signum)
+        for future in futures:
+            future.cancel()
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopped
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_plan(
