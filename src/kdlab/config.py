@@ -151,8 +151,11 @@ class RunConfig:
         """Seeds, optimiser and data settings that PyTorch or numpy would refuse mid-run (or accept
         silently, such as a negative weight decay)."""
         optim = self.optim
-        for name, seed in (("seed", self.seed), ("data.subset_seed", self.data.subset_seed),
-                           ("data.noise_seed", self.data.noise_seed)):  # fmt: skip
+        seeds = {
+            "seed": self.seed,
+            **{f"data.{k}_seed": getattr(self.data, f"{k}_seed") for k in ("subset", "noise", "select")},
+        }
+        for name, seed in seeds.items():
             if not 0 <= seed <= MAX_SEED:
                 raise UserError(f"{name}={seed} is outside [0, {MAX_SEED}] (2^32 - 1): choose e.g. --seed 0")
         ranges = [  # (key, value, valid, what it must be); NaN fails every comparison, so it is refused too
