@@ -453,7 +453,7 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      "summary.json is damaged (truncated, or not a JSON object): delete it, then run the same command with --resume"),
     ("test-split-empty",
      lambda f, out: ["train", "--dataset", "mnist", "--data-dir", _idx_variant(f, "mnist-no-test", n_test=0),
-                     "--model", "convnet-4", "--epochs", "1", "--out", out],
+                     "--model", "convnet-4", "--epochs", "1", "--batch-size", "32", "--out", out],
      "the test split of mnist holds no images: its files are incomplete; fetch them again"),
     ("idx-header-far-larger-than-the-file",
      lambda f, out: ["train", "--dataset", "mnist", "--model", "convnet-4", "--epochs", "1", "--out", out, "--data-dir",

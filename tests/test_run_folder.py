@@ -102,7 +102,7 @@ def test_overwrite_of_a_subfolder_with_a_foreign_config_deletes_nothing(
     assert snapshot(folder) == before
 
 
-def test_overwrite_never_clears_the_working_folder_a_folder_holding_it_or_the_root(
+def test_overwrite_never_clears_the_working_folder_a_folder_holding_it_the_root_or_home(
     tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
@@ -123,6 +123,10 @@ def test_overwrite_never_clears_the_working_folder_a_folder_holding_it_or_the_ro
     for out in ("..", "/"):
         code, line = kdlab(capsys, "train", *DIGITS, "--out", out, "--overwrite")
         assert code == 2 and line.startswith(f"--overwrite will not clear {out} "), line
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(run))  # ~ (a marked run folder, so that only this rule refuses it)
+    code, line = kdlab(capsys, "train", *DIGITS, "--out", os.path.expanduser("~"), "--overwrite")
+    assert code == 2 and line.startswith(f"--overwrite will not clear {run} "), line
     assert snapshot(run) == before
 
 
