@@ -163,6 +163,15 @@ def test_claim_verdicts_combine_and_a_failing_gate_puts_a_claim_outside_the_regi
     assert entry["interval"]["method"] == "t" and entry["interval"]["low"] > 0
 
 
+def test_a_claims_one_line_evidence_is_the_test_that_decides_its_verdict():
+    holds, fails = difference([1.0, 1.2, 0.9]), difference([-1.0, -1.2, -0.9])
+    result = ClaimResult("C8", "s", comparisons=[holds, fails])
+    assert result.verdict == FAILS and result.decisive is fails
+    assert result.evidence() == fails.evidence() + " (+1 other test in REPORT.md)"
+    assert result.to_dict()["interval"]["high"] < 0  # the failing test's interval, not the first one's
+    assert ClaimResult("C1", "s", comparisons=[holds, holds]).decisive is holds
+
+
 # --- the regime gates ------------------------------------------------------------------------------
 
 

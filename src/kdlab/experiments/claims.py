@@ -259,20 +259,32 @@ class ClaimResult:
         counts = [comparison.n for comparison in self.comparisons]
         return min(counts) if counts else None
 
+    @property
+    def decisive(self) -> Comparison | Correlation | None:
+        """The test that decides the verdict: the first whose own verdict is the claim's (the first
+        test when all hold), so that a one-line summary never shows a test that went the other way."""
+        verdict = self.verdict
+        for comparison in self.comparisons:
+            if comparison.verdict == verdict:
+                return comparison
+        return self.comparisons[0] if self.comparisons else None
+
     def evidence(self) -> str:
-        """One line for the README: the failing gate, or the first test's effect, interval and n."""
+        """One line for the README: the failing gate, or the deciding test's effect, interval and n."""
         if self.exact_verdict is not None:
             return "exact checks on the loss functions (float64)"
         if self.failing_gates:
             shown = [f"{gate.text()} [{gate.scope}]" for gate in self.failing_gates]
             more = f"; {len(shown) - 2} more failing" if len(shown) > 2 else ""
             return "; ".join(shown[:2]) + more
-        if not self.comparisons:
+        if self.decisive is None:
             return "no runs"
-        return self.comparisons[0].evidence()
+        others = len(self.comparisons) - 1
+        more = f" (+{others} other test{'s' if others > 1 else ''} in REPORT.md)" if others else ""
+        return self.decisive.evidence() + more
 
     def to_dict(self) -> dict[str, Any]:
-        first = self.comparisons[0] if self.comparisons else None
+        first = self.decisive
         return {
             "claim": self.claim,
             "statement": self.statement,
