@@ -30,6 +30,13 @@ def shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:60] + "..."
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (its type's name when
+    the message is empty): what a one-line error quotes of a library's multi-line message."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class RunInterrupted(Exception):
     """SIGTERM or SIGINT stopped a run after it saved a checkpoint; the CLI exits ``128 + signal``.
 

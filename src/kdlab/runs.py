@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kdlab.errors import UserError, shown
+from kdlab.errors import UserError, first_line, shown
 
 try:
     import fcntl
@@ -161,8 +161,7 @@ def unreadable_reason(path: Path, error: Exception) -> str:
         return "not a PyTorch zip archive: truncated or corrupt"
     if isinstance(error, pickle.UnpicklingError):
         return "it holds objects other than tensors and plain containers, which weights-only loading refuses"
-    text = str(error).strip()
-    return text.splitlines()[0][:120] if text else type(error).__name__
+    return first_line(error, 120)
 
 
 # What every kdlab checkpoint holds (and the types), and what --resume needs on top.

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.errors import UserError, did_you_mean
+from kdlab.errors import UserError, did_you_mean, first_line
 from kdlab.models import Classifier, create_model
 from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, unreadable_reason
 
@@ -202,9 +202,8 @@ def check_teacher(teacher: nn.Module, specs: object, inputs: Tensor, dataset: st
             with torch.inference_mode():
                 logits = member(inputs)
         except RuntimeError as error:
-            detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
             raise UserError(
-                f"teacher {name} cannot take the images of {dataset} ({list(inputs.shape[1:])}): {detail}; "
+                f"teacher {name} cannot take the images of {dataset} ({list(inputs.shape[1:])}): {first_line(error)}; "
                 f"use a teacher trained on {dataset}"
             ) from None
         if not torch.isfinite(logits).all():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdlab.errors import UserError
+from kdlab.errors import UserError, first_line
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -312,8 +312,9 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = loadmat(path, variable_names=["X", "y"])
     except Exception as error:  # scipy raises several types for a damaged or foreign file
-        detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot read {path} as an SVHN .mat file ({detail}): {REFETCH}") from None
+        raise UserError(
+            f"cannot read {path} as an SVHN .mat file ({first_line(error, 120)}): {REFETCH}"
+        ) from None
     images, labels = mat.get("X"), mat.get("y")
     if (
         not isinstance(images, np.ndarray)

@@ -34,7 +34,7 @@ from kdlab.cache import TeacherLogitCache
 from kdlab.config import RunConfig
 from kdlab.engine.state import EpochState
 from kdlab.engine.student import Student, set_lr
-from kdlab.errors import UserError
+from kdlab.errors import UserError, first_line
 from kdlab.losses import loss_spec, loss_terms
 
 WARMUP_STEPS = 3  # eager steps before capture (PyTorch's whole-network capture example uses 3)
@@ -250,9 +250,8 @@ class TrainStep:
         except RuntimeError as error:  # an op that cannot be captured: train this run eagerly
             torch.cuda.synchronize()
             self.capture, self.static = False, None
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(
-                f"kdlab: the training step could not be captured as a CUDA graph ({first_line[:160]}); "
+                f"kdlab: the training step could not be captured as a CUDA graph ({first_line(error)}); "
                 "training eagerly (set cuda_graph: false to skip the attempt)",
                 file=sys.stderr,
             )

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import RunConfig, first_difference, from_dict
-from kdlab.errors import UserError, shown
+from kdlab.errors import UserError, first_line, shown
 from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint, load_model_state
 
 
@@ -226,10 +226,9 @@ def check_model_takes(model: nn.Module, inputs: Tensor, config: RunConfig) -> No
         with torch.no_grad():
             model(inputs)
     except RuntimeError as error:
-        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise UserError(
             f"--model {config.model} cannot take the images of {config.data.name} ({list(inputs.shape[1:])}): "
-            f"{detail}; choose a model for such images"
+            f"{first_line(error)}; choose a model for such images"
         ) from None
     finally:
         model.train(was_training)
