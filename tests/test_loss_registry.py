@@ -32,12 +32,7 @@ QUIET = {"progress": False, "tensorboard": False}
 FEATURE_SHAPES: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (conftest)
 
 
 @pytest.fixture

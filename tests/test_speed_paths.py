@@ -122,6 +122,35 @@ def test_cache_refuses_above_its_size_limit_and_for_continuous_augmentation(tmp_
         Trainer([config])
 
 
+class ScaledTeacher(nn.Module):
+    """A teacher whose logits are ``scale`` times another's."""
+
+    def __init__(self, teacher: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.teacher, self.scale, self.num_classes = teacher, scale, teacher.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x) * self.scale
+
+
+def test_a_failed_cache_build_leaves_no_file_and_touches_nothing_else(tmp_path, monkeypatch):
+    """Logits beyond float16's range stop the build mid-way: its temporary file goes, the user's stay."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "mine.npy").write_bytes(b"the user's")
+    (folder / ".mine.tmp").write_bytes(b"also the user's")
+    load_teacher = engine_loop.load_teacher
+    monkeypatch.setattr(
+        engine_loop, "load_teacher", lambda *args, **kwargs: ScaledTeacher(load_teacher(*args, **kwargs), 1e7)
+    )
+    teacher = random_teacher(tmp_path / "teacher.pt", 1)
+    config = make_config(tmp_path / "a", teacher=str(teacher), loss="kl", cache=True, cache_dir=str(folder))
+    with pytest.raises(UserError, match="outside float16's range"):
+        Trainer([config])
+    assert sorted(path.name for path in folder.iterdir()) == [".mine.tmp", "mine.npy"]
+    assert (folder / "mine.npy").read_bytes() == b"the user's"
+
+
 class Float16Teacher(nn.Module):
     """A teacher whose logits are float16 numbers, so that the cache holds them exactly."""
 

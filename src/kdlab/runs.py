@@ -92,15 +92,12 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:  # the temporary file is ours: never leave it behind
         Path(tmp).unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise UserError(
                 f"no space left on the device to write {path}: free some space, then --resume"
             ) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 
