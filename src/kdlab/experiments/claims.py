@@ -39,6 +39,7 @@ from kdlab.errors import UserError
 from kdlab.experiments import regime
 from kdlab.experiments.recipes import SweepPlan, flatten
 from kdlab.experiments.regime import Gate
+from kdlab.losses import needs_teacher
 from kdlab.teacher import teacher_specs
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
@@ -610,7 +611,7 @@ def check_c4(result: ClaimResult, experiment: Experiment, context: Context) -> N
             "> 0",
         )
     )
-    students = [record for record in runs.records if record.config.kd.loss != "ce"]
+    students = [record for record in runs.records if needs_teacher(record.config.kd.loss)]
     result.comparisons.append(Correlation(
         "logit distance vs test accuracy, the distilled students of this experiment",
         [record.metric(DISTANCE) for record in students], [record.metric(ACC) for record in students],

@@ -51,6 +51,7 @@ from kdlab.experiments.recipes import parse_recipe, recipe_document
 from kdlab.experiments.regime import GATES_TEXT, gates_table
 from kdlab.experiments.report import write_report
 from kdlab.experiments.sweep import run_sweep
+from kdlab.losses import needs_teacher
 from kdlab.runs import atomic_write_json, atomic_write_text
 
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
@@ -285,8 +286,8 @@ def teacher_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
             "name": path.name, "model": record.config.model, "train_acc": record.metric("train_acc"),
             "test_acc_last": record.metric("test_acc_last"), "epochs": record.summary.get("epochs"),
             "train_images": record.summary.get("train_images"), "label_noise": record.config.data.label_noise,
-            "kd": None if record.config.kd.loss == "ce" else f"{record.config.kd.loss} from "
-            + ", ".join(checks.teacher_names(record.config.kd.teacher)),
+            "kd": f"{record.config.kd.loss} from " + ", ".join(checks.teacher_names(record.config.kd.teacher))
+            if needs_teacher(record.config.kd.loss) else None,
             "last_pt_sha256": checkpoint_hash(path / "checkpoints" / "last.pt"),
         })  # fmt: skip
     return rows
