@@ -393,6 +393,10 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      lambda f, out: ["train", *DIGITS, "--out", _foreign(f, "foreign-config", "config.yaml"), "--overwrite"],
      "foreign-config holds config.yaml but no kdlab-run.json, so it is not a run folder kdlab created and "
      "--overwrite deletes nothing there: choose another --out"),
+    ("lock-file-name-taken-by-a-users-file",
+     lambda f, out: ["train", *DIGITS, "--out", _foreign(f, "foreign-lock", ".kdlab-run.lock")],
+     "foreign-lock holds a file .kdlab-run.lock that kdlab did not write (kdlab's holds a process id only), and "
+     "kdlab overwrites only its own files: move it away or choose another --out"),
     ("overwrite-teacher-folder",
      lambda f, out: ["distill", "--teacher", _marked(f, "own-teacher"), *DIGITS, "--out", _marked(f, "own-teacher"),
                      "--overwrite"],

@@ -20,7 +20,8 @@ What kdlab promises about a user's files (docs/errors.md):
   temporary files of its atomic writes) inside a marked folder, never the folder itself, never a
   folder without the marker, and never the working folder or one that holds it;
 - nothing is written before every input is checked (:meth:`RunFolder.check_out` writes nothing);
-- one process writes a run folder at a time (:meth:`RunFolder.lock`, an ``fcntl.flock``).
+- one process writes a run folder at a time (:meth:`RunFolder.lock`, an ``fcntl.flock``); a file
+  of the user's under the lock's name (anything but a process id) is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import fnmatch
 import json
 import os
 import platform
+import re
 import stat
 import subprocess
 import tempfile
@@ -583,11 +585,23 @@ def _acquire(lock_path: Path, folder: Path, wait: bool) -> int:
             same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
         except FileNotFoundError:
             same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd
-        os.close(fd)
+        if not same:
+            os.close(fd)
+            continue
+        if not _holds_a_pid(fd):  # a file of the user's under our name: never overwritten nor removed
+            os.close(fd)
+            raise UserError(
+                f"--out {folder} holds a file {LOCK_NAME} that kdlab did not write (kdlab's holds a process id "
+                "only), and kdlab overwrites only its own files: move it away or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+
+def _holds_a_pid(fd: int) -> bool:
+    """Whether the lock file is one kdlab writes: empty (just created) or a process id."""
+    return os.fstat(fd).st_size <= 32 and re.fullmatch(rb"\d*\n?", os.pread(fd, 32, 0)) is not None
 
 
 def _held_message(folder: Path, holder: str) -> str:
