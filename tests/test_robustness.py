@@ -358,6 +358,33 @@ def test_resume_with_more_epochs_extends_a_finished_run_to_exactly_the_longer_ru
     assert_same_run(tmp_path / "run", tmp_path / "straight")
 
 
+def test_a_finished_run_extended_with_more_epochs_is_unfinished_until_they_are_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk fills while epoch 3 of 2 + 2 is committed: the old summary must not mark the run finished.
+    run, real_write, writes = tmp_path / "run", kdlab.runs._atomic_write, {"count": 0}
+    constant_lr = [*TRAIN, "--set", "optim.milestones=[]", "--out", str(run)]
+    run_kdlab(*constant_lr, "--epochs", "2")
+
+    def write_until_the_disk_fills(path, *args, **kwargs):
+        if Path(path).name == "metrics.jsonl":
+            writes["count"] += 1
+            if writes["count"] == 2:  # 1: the rows rewritten at the start; 2: epoch 3's commit
+                raise kdlab.runs.UserError(f"no space left on the device to write {path}: free some space")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(kdlab.runs, "_atomic_write", write_until_the_disk_fills)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*constant_lr, "--epochs", "4", "--resume"])
+    assert exit_info.value.code == 2
+    assert not (run / "summary.json").exists() and not kdlab.runs.RunFolder(run).is_finished()
+    monkeypatch.undo()
+
+    run_kdlab(*constant_lr, "--epochs", "4", "--resume")
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 4
+
+
 def _pool_workers(pid: int) -> set[int]:
     """Live worker processes (``multiprocessing`` spawn children) of process ``pid``, from /proc."""
     found = set()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kdlab import runs
 from kdlab.cli import main
 from kdlab.distributed import _exit_code
 from kdlab.runs import LOCK_NAME, MARKER_NAME, RUN_FORMAT, RunFolder
@@ -166,10 +167,13 @@ def test_overwrite_clears_kdlabs_files_and_keeps_the_users_files_of_a_real_run(
     shutil.copytree(finished_run, run)
     (run / "notes.txt").write_text("mine\n")
     (run / "label_noise.json").write_text("{}")  # kdlab's name, from a run with label noise
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_text("events")  # from a run with TensorBoard
     code, _ = kdlab(capsys, "train", *DIGITS, "--seed", "3", "--out", run, "--overwrite")
     assert code == 0
     assert (run / "notes.txt").read_text() == "mine\n"
     assert not (run / "label_noise.json").exists()
+    assert not (run / "tensorboard").exists()  # emptied of kdlab's files, so removed (this run has none)
     assert json.loads((run / "summary.json").read_text())["seed"] == 3
 
 
@@ -183,6 +187,27 @@ def test_a_failed_start_writes_nothing_and_creates_no_folder(
     assert not (tmp_path / "new").exists()
     code, _ = kdlab(capsys, "train", *DIGITS, "--out", out)  # the corrected command needs no --overwrite
     assert code == 0 and RunFolder(out).is_finished()
+
+
+def test_a_start_that_fails_at_its_first_write_removes_the_folders_it_created_and_no_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk fills as the marker is written, under the lock that created --out and its missing parent.
+    real_write = runs._atomic_write
+
+    def no_space_for_the_marker(path, *args, **kwargs):
+        if Path(path).name == MARKER_NAME:
+            raise runs.UserError(f"no space left on the device to write {path}: free some space")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "_atomic_write", no_space_for_the_marker)
+    user_folder(tmp_path / "yours", **{"notes.txt": "mine\n"})
+    for out in (tmp_path / "new" / "run", tmp_path / "yours" / "run"):
+        code, line = kdlab(capsys, "train", *DIGITS, "--out", out)
+        assert code == 2 and line.startswith("no space left on the device to write ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["yours"]  # new/ and new/run are gone
+    assert [path.name for path in (tmp_path / "yours").iterdir()] == ["notes.txt"]  # yours/run is gone
+    assert (tmp_path / "yours" / "notes.txt").read_text() == "mine\n"
 
 
 def test_a_resumed_run_of_an_older_kdlab_without_marker_is_adopted(
