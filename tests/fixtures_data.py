@@ -1,4 +1,5 @@
-"""Tiny datasets written in the exact official on-disk formats, for tests of any module.
+"""Tiny datasets written in the exact official on-disk formats, for tests of any module (and
+``tiny_splits``, a random one in memory).
 
 Images are learnable: each class has its own random prototype and samples are noisy copies of it, so
 a tiny training run can clear a real accuracy threshold. Everything is seeded.
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from kdlab.data import DatasetSplits, TensorData
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -186,3 +190,17 @@ def write_svhn(
         savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
         stored[split] = (x, y[:, 0].astype(np.int64))
     return Written(root, *stored["train"], *stored["test"])
+
+
+def tiny_splits(
+    n: int,
+    num_classes: int,
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25),
+) -> DatasetSplits:
+    """``n`` random 3x8x8 uint8 images (seed 0) labelled ``i % num_classes``, as both splits, with
+    CIFAR-like crop (pad 2) and flip."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    data = TensorData(images, torch.arange(n) % num_classes)
+    return DatasetSplits("tiny", data, data, num_classes, 3, 8, mean, std, pad=2, flip=True)

@@ -15,6 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from fixtures_data import (
     CIFAR10_CLASSES,
     idx_bytes,
+    tiny_splits,
     write_cifar10,
     write_cifar100,
     write_idx,
@@ -25,7 +26,6 @@ from kdlab.data import (
     DATASETS,
     Batch,
     DatasetSplits,
-    TensorData,
     apply_augmentation,
     apply_label_noise,
     class_balanced_subset,
@@ -339,10 +339,7 @@ def test_augmentation_draws_are_uniform():
 @pytest.fixture
 def tiny() -> DatasetSplits:
     """A 103-sample in-memory dataset (both splits) with CIFAR-like crop and flip."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (103, 3, 8, 8), dtype=torch.uint8, generator=generator)
-    data = TensorData(images, torch.arange(103) % 5)
-    return DatasetSplits("tiny", data, data, 5, 3, 8, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), pad=2, flip=True)
+    return tiny_splits(103, 5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
 
 def test_loader_epochs_are_reproducible_from_scratch(tiny):

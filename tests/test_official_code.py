@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from fixtures_data import write_svhn
+from fixtures_data import tiny_splits, write_svhn
 
 from kdlab.analysis.metrics import predictive_entropy, top_logit_difference
 from kdlab.config import DataConfig, build_config
-from kdlab.data import DatasetSplits, TensorData, augment_mode, augment_settings, load_dataset, make_loader
+from kdlab.data import DatasetSplits, augment_mode, augment_settings, load_dataset, make_loader
 from kdlab.data.augment import apply_autoaugment
 from kdlab.data.select import parse_selection, select_indices, teacher_scores
 from kdlab.errors import UserError
@@ -119,10 +119,7 @@ def test_selection_config_needs_a_teacher_to_rank():
 
 @pytest.fixture
 def tiny() -> DatasetSplits:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=generator)
-    data = TensorData(images, torch.arange(40) % 4)
-    return DatasetSplits("tiny", data, data, 4, 3, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), pad=2, flip=True)
+    return tiny_splits(40, 4)
 
 
 def raw_batches(splits: DatasetSplits, augment, seed: int = 1) -> list:
