@@ -431,6 +431,45 @@ def test_sigterm_to_a_sweep_with_jobs_stops_its_workers_after_their_checkpoints_
         assert [row["epoch"] for row in metric_rows(run)] == list(range(1, checkpoint["epoch"] + 1))
 
 
+WORKER_TOLD_TO_STOP_BEFORE_ITS_RUN = """\
+import os, signal, sys
+from kdlab.cli import main
+from kdlab.errors import RunInterrupted
+from kdlab.experiments.sweep import _init_worker, _run_task
+
+_init_worker(1)
+os.kill(os.getpid(), signal.SIGTERM)  # reaches the worker while no run listens
+try:
+    _run_task(print, "a queued task started")
+except RunInterrupted as stopped:
+    print(f"queued task: {stopped}")
+main(sys.argv[1:])
+"""
+
+
+def test_a_sweep_worker_told_to_stop_before_its_run_trains_no_queued_task_and_checkpoints_at_step_1(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    # The race of a SIGTERM forwarded to a worker still loading its data: it used to kill the
+    # worker (no checkpoint, a leaked semaphore reported after the sweep's last line).
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_TOLD_TO_STOP_BEFORE_ITS_RUN, *TRAIN, "--out", str(run)],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert done.returncode == 143
+    assert done.stdout.splitlines() == ["queued task: not started: the sweep was stopping"]
+    assert done.stderr.strip().splitlines() == [
+        f"kdlab: stopped by SIGTERM at epoch 1, step 1; checkpoint saved in {run}: continue with --resume"
+    ]
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (checkpoint["epoch"], checkpoint["epoch_progress"]["step"]) == (0, 1)
+    assert metric_rows(run) == []
+    run_kdlab(*TRAIN, "--out", str(run), "--resume")
+    assert_same_run(run, uninterrupted)
+
+
 def test_damaged_images_in_an_image_folder_are_skipped_counted_and_named_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,6 +22,30 @@ from kdlab.errors import RunInterrupted, UserError
 
 STOP_CHECK_STEPS = 20
 
+# In a sweep's worker process (see keep_stop_signals): the first stop signal it got, whenever it came.
+_kept: list[int] | None = None
+
+
+def keep_stop_signals() -> None:
+    """For a worker process that runs one task after another: a SIGTERM is kept instead of killing
+    the process, so that one arriving while no run listens (data loading, model building, between
+    runs) still stops the run at its first step with a checkpoint, and every later run of the
+    process stops too. A worker killed by a signal would leave its run without a checkpoint and
+    its semaphores leaked."""
+    global _kept
+    _kept = []
+    signal.signal(signal.SIGTERM, _keep)
+
+
+def _keep(signum: int, frame: Any) -> None:
+    if _kept is not None and not _kept:
+        _kept.append(signum)
+
+
+def kept_stop() -> int | None:
+    """The SIGTERM this worker process kept (see :func:`keep_stop_signals`), or None."""
+    return _kept[0] if _kept else None
+
 
 class StopRequests:
     """The signal that asked this run to stop, if any, agreed over the ranks of ``world``."""
@@ -47,8 +71,10 @@ class StopRequests:
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
         """While training, SIGTERM and SIGINT ask the loop to stop after the current step; a second
-        SIGINT (Ctrl-C twice) stops at once, keeping the previous checkpoint. Handlers can only be
-        set from the main thread."""
+        SIGINT (Ctrl-C twice) stops at once, keeping the previous checkpoint. A stop the worker
+        process kept before (:func:`keep_stop_signals`) stops at the first step. Handlers can only
+        be set from the main thread."""
+        self.signum = self.signum or kept_stop()
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -57,6 +83,7 @@ class StopRequests:
             if self.signum is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.signum = self.signum or signum
+            _keep(signum, frame)
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:

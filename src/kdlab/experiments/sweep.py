@@ -138,12 +138,27 @@ def train_teacher(config: RunConfig) -> dict[str, Any]:
 
 
 def _init_worker(threads: int) -> None:
+    from kdlab.engine.stop import keep_stop_signals
+
+    # The parent passes a stop on as SIGTERM (see _forward_stop_signals): kept from here on, it
+    # stops the worker's run at its next step, even one not yet training. Ctrl-C reaches every
+    # process of the terminal's group, so an idle worker need not die of it with a traceback.
+    keep_stop_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
     torch.set_num_threads(threads)
-    # Ctrl-C reaches every process of the terminal's group; the parent passes it on as SIGTERM
-    # (see _forward_stop_signals), so an idle worker need not die of it with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_task(function: Callable[..., Any], *task: Any) -> Any:
+    """``function(*task)`` in a worker, unless the worker was already told to stop: a task the
+    parent could no longer cancel (already queued for the worker) is then not started at all."""
+    from kdlab.engine.stop import kept_stop
+
+    signum = kept_stop()
+    if signum is not None:
+        raise RunInterrupted("not started: the sweep was stopping", signum)
+    return function(*task)
 
 
 def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) -> list[Any]:
@@ -173,7 +188,7 @@ def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) 
     )
     futures: list[Future] = []
     with _forward_stop_signals(pool, futures) as stopped, pool:  # the pool's exit waits for its workers
-        futures += [pool.submit(function, *task) for task in tasks]
+        futures += [pool.submit(_run_task, function, *task) for task in tasks]
         outcomes = [_outcome(future) for future in futures]
     if stopped:
         raise RunInterrupted(
