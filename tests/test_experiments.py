@@ -341,6 +341,10 @@ def test_interrupted_sweep_resumes_to_every_run_exactly_once(tmp_path, monkeypat
     changed = parse_recipe(digits_recipe(optim={"epochs": 3, "batch_size": 64}), "r")
     with pytest.raises(UserError, match=r"holds a run with optim.epochs=2, but the sweep now asks for 3"):
         run_sweep(changed, sweep, log=log_nothing)
+    damaged = sweep / folder_names(sweep)[0] / "config.yaml"
+    damaged.write_text("optim: [not, a, mapping\n")
+    with pytest.raises(UserError, match=rf"^{damaged} cannot be read as a kdlab config: delete "):
+        run_sweep(recipe, sweep, log=log_nothing)
 
 
 def test_shards_and_parallel_jobs_complete_the_grid_once(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, first_difference, from_dict, load_yaml
+from kdlab.config import RunConfig, first_difference
 from kdlab.errors import RunInterrupted, UserError, shown
 from kdlab.experiments.recipes import (
     PlannedRun,
@@ -83,9 +83,7 @@ def check_existing(planned: PlannedRun) -> None:
     if not run.config_path.is_file():
         return
     try:
-        stored = load_yaml(run.config_path)
-        stored.pop("run_info", None)
-        old = from_dict(stored)
+        old = run.read_config()
     except UserError:
         raise UserError(
             f"{run.config_path} cannot be read as a kdlab config: delete {run.path} or choose another --out"
