@@ -332,6 +332,19 @@ def test_a_lock_left_by_kill_9_is_taken_over_and_a_lock_held_by_a_dead_pids_chil
         holder.communicate()
 
 
+def test_the_lock_file_is_removed_at_release_only_while_it_is_still_the_file_kdlab_locked(
+    tmp_path: Path,
+) -> None:
+    run = RunFolder(tmp_path / "run")
+    with run.lock():
+        assert (run.path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert not (run.path / LOCK_NAME).exists()
+    with run.lock():  # someone puts a file of theirs under the lock's name while the run writes
+        (run.path / "mine").write_text("my notes\n")
+        os.replace(run.path / "mine", run.path / LOCK_NAME)
+    assert (run.path / LOCK_NAME).read_text() == "my notes\n"
+
+
 # --- defect 9: file modes --------------------------------------------------------------------------
 
 

@@ -626,8 +626,11 @@ def _held_message(folder: Path, holder: str) -> str:
 
 
 def _release(lock_path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it (a waiter then finds it gone and retries), unless
+    the name no longer leads to the file we locked: a file put there meanwhile is not ours."""
     with contextlib.suppress(OSError):
-        lock_path.unlink()  # while still holding it: a waiter then finds the file gone and retries
+        if os.path.samestat(os.fstat(fd), os.lstat(lock_path)):
+            lock_path.unlink()
     os.close(fd)
 
 
