@@ -59,9 +59,9 @@ def test_cifar100_train_distill_kl_mse_eval(tmp_path: Path, capsys: pytest.Captu
     teacher = tmp_path / "teacher"
     kdlab("train", "--model", "wrn-10-2", "--epochs", 2, "--out", teacher, *common)
     assert_complete_run(teacher, student=False)
-    for loss in ("kl", "mse"):
+    for loss, settings in (("kl", ["--tau", "4"]), ("mse", [])):
         student = tmp_path / f"student-{loss}"
-        kdlab("distill", "--teacher", teacher, "--model", "wrn-10-1", "--loss", loss, "--tau", "4",
+        kdlab("distill", "--teacher", teacher, "--model", "wrn-10-1", "--loss", loss, *settings,
               "--epochs", 1, "--out", student, *common)  # fmt: skip
         summary = assert_complete_run(student, student=True)
         assert summary["loss"] == loss and summary["logit_distance"] > 0

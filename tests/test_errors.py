@@ -231,6 +231,12 @@ def _checkpoint_variant(files: Files, name: str, change: Callable[[dict], None])
     return path
 
 
+def _without_data(checkpoint: dict) -> None:
+    """A checkpoint that does not say what it was trained on (as a foreign or hand-made one may not)."""
+    checkpoint.pop("dataset")
+    checkpoint.pop("config")
+
+
 def _nan_weights(checkpoint: dict) -> None:
     for value in checkpoint["model"].values():
         if value.is_floating_point():
@@ -316,9 +322,13 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      "unknown recipe 'grid-smal' (did you mean grid-small or grid-paper?): choose one of data-fraction-paper, data-fraction-small, grid-paper, grid-small, "),
     ("wrn-depth-not-6n+4", lambda f, out: ["train", *DIGITS, "--model", "wrn-15-2", "--out", out],
      "wrn depth 15 is invalid: depth must be 6n+4 (10, 16, 22, 28, 40, ...), e.g. wrn-16-2"),
-    ("teacher-student-class-mismatch",
+    ("teacher-dataset-differs",
      lambda f, out: ["distill", "--teacher", f.teacher, "--dataset", "cifar100", "--data-dir", _cifar100(f),
                      "--model", "convnet-4", "--epochs", "1", "--out", out],
+     "--dataset cifar100 differs from teacher "),
+    ("teacher-student-class-mismatch",  # a checkpoint that does not record its data: caught by its logits
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "no-data.pt", _without_data), "--dataset",
+                     "cifar100", "--data-dir", _cifar100(f), "--model", "convnet-4", "--epochs", "1", "--out", out],
      "the teacher predicts 10 classes but cifar100 has 100: use a teacher trained on cifar100"),
     ("teacher-run-missing", lambda f, out: ["distill", "--teacher", f.root / "no-such-run", *DIGITS, "--out", out],
      "no-such-run does not exist: pass a finished run folder or a checkpoint file"),
@@ -475,7 +485,7 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "nan.pt", _nan_weights), *DIGITS, "--out", out],
      "nan.pt outputs NaN or inf logits on digits: its weights are damaged (a run that diverged?); use another teacher"),
     ("teacher-input-shape-differs",
-     lambda f, out: ["distill", "--teacher", f.teacher, "--dataset", "cifar10", "--data-dir", _cifar10(f),
+     lambda f, out: ["distill", "--teacher", _checkpoint_variant(f, "no-data.pt", _without_data), "--dataset", "cifar10", "--data-dir", _cifar10(f),
                      "--model", "convnet-4", "--epochs", "1", "--batch-size", "32", "--out", out],
      "cannot take the images of cifar10 ([3, 32, 32]): "),
     ("student-cannot-take-the-images",
@@ -583,7 +593,8 @@ def test_overwrite_with_a_teacher_that_cannot_take_the_data_leaves_the_previous_
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(files.teacher, run)
     before = snapshot(run)
-    line = kdlab_error(capsys, ["distill", "--teacher", files.teacher, "--dataset", "cifar10", "--data-dir",
+    teacher = _checkpoint_variant(files, "no-data.pt", _without_data)
+    line = kdlab_error(capsys, ["distill", "--teacher", teacher, "--dataset", "cifar10", "--data-dir",
                                 _cifar10(files), "--model", "convnet-4", "--epochs", "1", "--batch-size", "32",
                                 "--out", run, "--overwrite"])  # fmt: skip
     assert "cannot take the images of cifar10" in line

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 from kdlab.cli import main
-from kdlab.config import build_config
+from kdlab.config import build_config, declare_hyperparameter, undeclare_hyperparameter
 from kdlab.engine import train
 from kdlab.engine.step import check_feature_losses
 from kdlab.errors import UserError
@@ -24,7 +24,7 @@ from kdlab.experiments.chain import parse_stage
 from kdlab.experiments.recipes import parse_recipe, plan_sweep
 from kdlab.experiments.report import write_report
 from kdlab.experiments.sweep import run_plan
-from kdlab.losses import LOSSES, Param, register_loss
+from kdlab.losses import LOSSES, register_loss
 from kdlab.models import create_model
 from kdlab.teacher import load_teacher
 
@@ -37,25 +37,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 
 @pytest.fixture
 def new_losses():
-    """Three losses a contributor might add: reverse KL (a teacher, a tau), label smoothing (no teacher,
-    reading ``kd.alpha`` as its smoothing) and norm matching of penultimate features."""
+    """Three losses a contributor might add: reverse KL (a teacher, kdlab's tau, which it cannot take at 0
+    or inf), label smoothing (no teacher, a hyperparameter of its own: kd.ls_smoothing) and norm
+    matching of penultimate features."""
 
-    @register_loss(
-        "rkl",
-        label="RKL",
-        params=(Param("tau", "tau", "t", 0.0, math.inf, open_low=True, open_high=True, hint="e.g. --tau 4"),),
-    )
+    @register_loss("rkl", label="RKL", params=("tau",), excludes={"tau": (0.0, math.inf)})
     def reverse_kl(student_logits, targets, *, teacher_logits, tau):
         log_student = F.log_softmax(student_logits / tau, dim=1)
         log_teacher = F.log_softmax(teacher_logits / tau, dim=1)
         return {"rkl": tau * tau * (log_student.exp() * (log_student - log_teacher)).sum(dim=1).mean()}
 
-    @register_loss(
-        "ls",
-        label="LS",
-        reads=(),
-        params=(Param("smoothing", "alpha", "e", 0.0, 1.0, open_high=True, hint="e.g. --alpha 0.1"),),
+    declare_hyperparameter(
+        "ls_smoothing",
+        0.1,
+        token="e",
+        low=0.0,
+        high=1.0,
+        open_high=True,
+        hint="e.g. --set kd.ls_smoothing=0.1",
     )
+
+    @register_loss("ls", label="LS", reads=(), params={"smoothing": "ls_smoothing"})
     def label_smoothing(student_logits, targets, *, smoothing):
         return {"ls": F.cross_entropy(student_logits, targets, label_smoothing=smoothing)}
 
@@ -68,6 +70,7 @@ def new_losses():
     yield
     for name in ("rkl", "ls", "normmatch"):
         LOSSES.unregister(name)
+    undeclare_hyperparameter("ls_smoothing")
 
 
 def run_cli(*args: str) -> None:
@@ -96,13 +99,21 @@ def test_a_new_loss_trains_through_distill_and_train(new_losses, teacher, tmp_pa
     metrics = [json.loads(line) for line in (tmp_path / "rkl" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(metrics[0]["train_rkl"]) and "train_ce" not in metrics[0]
     # A loss without a teacher is not refused (it used to be: "--loss ls needs a teacher").
-    run_cli("train", *digits(tmp_path / "ls"), "--set", "kd.loss=ls", "--set", "kd.alpha=0.1")
+    run_cli("train", *digits(tmp_path / "ls"), "--set", "kd.loss=ls", "--set", "kd.ls_smoothing=0.2")
+    assert yaml.safe_load((tmp_path / "ls" / "config.yaml").read_text())["kd"]["ls_smoothing"] == 0.2
+    assert json.loads((tmp_path / "ls" / "summary.json").read_text())["hyperparameters"] == {
+        "ls_smoothing": 0.2
+    }
     assert "train_ls" in (tmp_path / "ls" / "metrics.jsonl").read_text()
     # Its own range, checked before anything runs.
-    with pytest.raises(UserError, match=r"kd.tau=0.0 is outside \(0, inf\): e.g. --tau 4"):
+    with pytest.raises(UserError, match=r"kd.tau=0 cannot be used with loss rkl, which excludes 0, inf"):
         build_config(flags={"kd": {"loss": "rkl", "teacher": str(teacher), "tau": 0}})
+    with pytest.raises(
+        UserError, match=r"kd.ls_smoothing=1.0 is outside \[0, 1\): e.g. --set kd.ls_smoothing"
+    ):
+        build_config(flags={"kd": {"loss": "ls"}}, overrides=["kd.ls_smoothing=1"])
     # A chain stage's short keys are the loss's own hyperparameter names.
-    assert parse_stage("convnet-4:ls:smoothing=0.2").overrides == ("kd.alpha=0.2",)
+    assert parse_stage("convnet-4:ls:smoothing=0.2").overrides == ("kd.ls_smoothing=0.2",)
 
 
 def test_a_new_loss_through_sweep_and_report_with_distinct_names(new_losses, tmp_path):
@@ -112,7 +123,7 @@ def test_a_new_loss_through_sweep_and_report_with_distinct_names(new_losses, tmp
         "teachers": {"big": {"model": "convnet-8", "optim": {"epochs": 2}}},
         "grid": {"kd.tau": [1, 20]},
         "runs": [
-            {"kd.loss": "ls", "kd.alpha": 0.1}, {"kd.loss": "kl", "kd.tau": 4},
+            {"kd.loss": "ls", "kd.ls_smoothing": 0.1}, {"kd.loss": "kl", "kd.tau": 4},
             {"kd.loss": "kl", "kd.tau": 4, "kd.standardize": True}, {"kd.loss": "smooth_logit"},
             {"kd.loss": "dkd", "kd.dkd_warmup": 1}, {"kd.loss": "dist"},
         ],

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdlab.config import build_config
 from kdlab.errors import UserError
 from kdlab.losses import (
     decoupled_kd,
@@ -146,13 +147,15 @@ def test_stable_over_tau_range(dtype: torch.dtype, tau: float) -> None:
 
 def test_kd_loss_tau_zero_is_label_matching_and_terms_are_named() -> None:
     s, t, y = logits(7)
-    terms = loss_terms("kl", s, t, y, alpha=0.4, tau=0)
+    terms = loss_terms("kl", s, t, y, alpha=0.4, tau=0, standardize=False)
     assert set(terms) == {"ce", "label"}
     assert kd_loss(s, t, y, 0.4, 0).item() == pytest.approx(
         0.6 * torch.nn.functional.cross_entropy(s, y).item() + 0.4 * label_matching(s, t).item()
     )
-    assert set(loss_terms("kl", s, t, y, alpha=1.0, tau=4.0)) == {"kl"}
-    assert set(loss_terms("mse", s, t, y)) == {"mse"}
+    assert set(loss_terms("kl", s, t, y, alpha=1.0, tau=4.0, standardize=False)) == {"kl"}
+    assert set(loss_terms("mse", s, t, y, alpha=1.0)) == {"mse"}
+    with pytest.raises(TypeError, match="loss mse needs alpha"):
+        loss_terms("mse", s, t, y)
     assert set(loss_terms("ce", s, None, y)) == {"ce"}
 
 
@@ -161,8 +164,8 @@ def test_kd_loss_tau_zero_is_label_matching_and_terms_are_named() -> None:
     [
         (1.5, 4.0, "alpha=1.5 is outside [0, 1]"),
         (-0.1, 4.0, "outside [0, 1]"),
-        (0.5, -1.0, "kd.tau=-1.0 is outside [0, inf]: use a temperature >= 0"),
-        (0.5, float("nan"), "kd.tau=nan is not a number in [0, inf]"),
+        (0.5, -1.0, "tau=-1.0 is not a temperature >= 0: use e.g. 4"),
+        (0.5, float("nan"), "tau=nan is not a temperature >= 0"),
     ],
 )
 def test_bad_alpha_tau_are_user_errors(alpha: float, tau: float, message: str) -> None:
@@ -251,8 +254,11 @@ def test_dkd_terms_weights_and_warmup() -> None:
     assert ramp["nckd"].item() == pytest.approx(0.25 * 8 * nckd.item())
     no_warmup = loss_terms("dkd", s, t, y, epoch=1, alpha=1.0, beta=0.0, tau=4.0, warmup=0)
     assert set(no_warmup) == {"ce", "tckd"} and no_warmup["tckd"].item() == pytest.approx(tckd.item())
-    with pytest.raises(UserError, match=r"kd.tau=0.0 is outside \(0, inf\)"):
-        loss_terms("dkd", s, t, y, epoch=1, tau=0.0)
+    for tau in (0.0, math.inf):  # kd.tau's range holds them (for KL); DKD excludes both
+        with pytest.raises(
+            UserError, match=r"kd.tau=(0|inf) cannot be used with loss dkd, which excludes 0, inf"
+        ):
+            build_config(flags={"kd": {"loss": "dkd", "teacher": "t", "tau": tau}})
 
 
 def np_pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -301,7 +307,9 @@ def test_logit_standardization_is_kl_of_zscored_logits() -> None:
     # The point of the method: the student's logit scale and shift no longer matter.
     moved = loss_terms("kl", 3.0 * s + 5.0, t, y, alpha=1.0, tau=tau, standardize=True)["kl"]
     assert moved.item() == pytest.approx(expected, rel=1e-6)
-    assert loss_terms("kl", s, t, y, alpha=1.0, tau=tau)["kl"].item() != pytest.approx(expected, rel=1e-3)
+    assert loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=False)["kl"].item() != pytest.approx(
+        expected, rel=1e-3
+    )
 
 
 def test_smooth_logit_hand_computed() -> None:
@@ -311,27 +319,30 @@ def test_smooth_logit_hand_computed() -> None:
     expected = (0.5 * 0.25 + 1.5 + 0.0 + 2.5) / 4
     assert smooth_l1_logits(s, t).item() == pytest.approx(expected)
     y = torch.tensor([0, 1])
-    assert loss_terms("smooth_logit", s, t, y)["smooth_l1"].item() == pytest.approx(expected)
+    assert loss_terms("smooth_logit", s, t, y, alpha=1.0)["smooth_l1"].item() == pytest.approx(expected)
     half = loss_terms("smooth_logit", s, t, y, alpha=0.5)
     assert half["smooth_l1"].item() == pytest.approx(0.5 * expected) and set(half) == {"ce", "smooth_l1"}
 
 
 def test_registrations_give_names_labels_ranges_and_teacher_needs() -> None:
-    from kdlab.config import DistillConfig
+    from kdlab.config import DistillConfig, loss_label, loss_tokens
 
     kd = DistillConfig(loss="kl", alpha=0.9, tau=math.inf)
-    assert loss_spec("kl").run_tokens(kd) == ["kl", "a0.9", "tinf"]
-    assert loss_spec("kl").describe(kd) == "KL alpha=0.9 tau=inf"
-    assert loss_spec("kl").describe(DistillConfig(tau=2.0, standardize=True)) == "KL+LS tau=2"
-    assert loss_spec("kl").run_tokens(DistillConfig(tau=2.0, standardize=True)) == ["kl", "ls", "a1", "t2"]
-    assert loss_spec("dkd").run_tokens(DistillConfig()) == ["dkd", "a1", "b8", "t4", "w20"]
-    assert loss_spec("dkd").describe(DistillConfig(dkd_beta=6.0)) == "DKD beta=6 tau=4"
-    assert loss_spec("dist").describe(DistillConfig()) == "DIST tau=4"
-    assert loss_spec("mse").describe(DistillConfig(alpha=0.5)) == "MSE alpha=0.5"
+    assert loss_tokens(kd) == ["kl", "a0.9", "tinf"]
+    assert loss_label(kd) == "KL alpha=0.9 tau=inf"
+    assert loss_label(DistillConfig(loss="kl", tau=2.0, standardize=True)) == "KL+LS tau=2"
+    assert loss_tokens(DistillConfig(loss="kl", tau=2.0, standardize=True)) == ["kl", "ls", "a1", "t2"]
+    assert loss_tokens(DistillConfig(loss="dkd")) == ["dkd", "a1", "b8", "t4", "w20"]
+    assert loss_label(DistillConfig(loss="dkd", dkd_beta=6.0)) == "DKD beta=6 tau=4"
+    assert loss_label(DistillConfig(loss="dist")) == "DIST tau=4"
+    assert loss_label(DistillConfig(loss="mse", alpha=0.5)) == "MSE alpha=0.5"
     assert not needs_teacher("ce") and all(needs_teacher(name) for name in ("kl", "mse", "dkd", "dist"))
     assert loss_spec("dkd").reads == {"teacher_logits", "epoch"}
-    with pytest.raises(UserError, match=r"kd.dkd_warmup=2.5 must be a whole number"):
-        loss_spec("dkd").check(DistillConfig(dkd_warmup=2.5))
+    dkd = {"kd": {"loss": "dkd", "teacher": "t"}}
+    with pytest.raises(UserError, match=r"kd.dkd_warmup=2.5 is not a valid int"):
+        build_config(base=dkd, overrides=["kd.dkd_warmup=2.5"])
     with pytest.raises(UserError, match=r"kd.dist_gamma=-1.0 is outside \[0, inf\]"):
-        loss_spec("dist").check(DistillConfig(dist_gamma=-1.0))
-    loss_spec("mse").check(DistillConfig(tau=-1.0))  # tau is not an MSE hyperparameter: not checked
+        build_config(flags={"kd": {"loss": "dist", "teacher": "t", "dist_gamma": -1.0}})
+    # tau is not an MSE hyperparameter: given, it is refused as unread, whatever its value
+    with pytest.raises(UserError, match=r"kd.tau is not read by loss mse, which reads kd.alpha: drop kd.tau"):
+        build_config(flags={"kd": {"loss": "mse", "teacher": "t", "tau": -1.0}})

@@ -22,11 +22,10 @@ app = typer.Typer(
     help="Knowledge distillation with KL (any tau, inf and 0 included) and MSE logit losses.",
 )
 
-# Options shared by every command that trains; each maps to one config key.
-Dataset = Annotated[
-    str | None, typer.Option("--dataset", help="cifar10, cifar100, fashion-mnist, mnist, digits, imagefolder")
-]
-Model = Annotated[str | None, typer.Option("--model", help="e.g. wrn-16-2, resnet56, convnet-8, resnet50")]
+# Options shared by every command that trains; each maps to one config key. The help of --dataset,
+# --model and --loss is written from the registries when the command runs (plugins included).
+Dataset = Annotated[str | None, typer.Option("--dataset", help="a registered dataset")]
+Model = Annotated[str | None, typer.Option("--model", help="a registered model")]
 Out = Annotated[str | None, typer.Option("--out", help="run folder to write")]
 DataDir = Annotated[str | None, typer.Option("--data-dir", help="folder holding the dataset files")]
 Epochs = Annotated[int | None, typer.Option("--epochs")]
@@ -52,11 +51,20 @@ Download = Annotated[bool, typer.Option("--download", help="download the dataset
 NProc = Annotated[
     int, typer.Option("--nproc", help="run N data-parallel processes via torch.distributed.run", min=1)
 ]
+# main() imports these before typer parses (so that plugins' names reach the help and every command);
+# the training commands also record them in the run's config (`imports`).
+Imports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import", help="a module or .py file that registers your models, datasets or losses (repeatable)"
+    ),
+]
 
 
 def run_flags(**flags: Any) -> dict[str, Any]:
     """CLI flags -> the nested config dict (None means: not given)."""
     return {
+        "imports": flags.get("imports") or None,
         "model": flags.get("model"),
         "out": flags.get("out"),
         "seed": flags.get("seed"),
@@ -95,8 +103,10 @@ def _train_and_report(
     config: Path | None, flags: dict[str, Any], overrides: list[str] | None, resume: bool, overwrite: bool
 ) -> None:
     from kdlab.engine import train as run_training
+    from kdlab.teacher import with_teacher_data
 
-    _print_summary(run_training(build_config(config, flags, overrides), resume=resume, overwrite=overwrite))
+    run_config = build_config(config, flags, overrides, complete=with_teacher_data)
+    _print_summary(run_training(run_config, resume=resume, overwrite=overwrite))
 
 
 @app.command()
@@ -119,6 +129,7 @@ def train(
     resume: Resume = False,
     overwrite: Overwrite = False,
     nproc: NProc = 1,
+    imports: Imports = None,
 ) -> None:
     """Train a model with cross-entropy (a teacher, or a student's no-KD baseline)."""
     flags = run_flags(**locals())
@@ -133,9 +144,7 @@ def distill(
     ],
     dataset: Dataset = None,
     model: Model = None,
-    loss: Annotated[
-        str | None, typer.Option("--loss", help="ce, kl, mse, smooth_logit, dkd or dist (kdlab.losses)")
-    ] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="a registered loss")] = None,
     alpha: Annotated[float | None, typer.Option("--alpha", help="weight of the KD term, in [0, 1]")] = None,
     tau: Annotated[str | None, typer.Option("--tau", help="temperature: a number, inf or 0")] = None,
     out: Out = None,
@@ -154,6 +163,7 @@ def distill(
     resume: Resume = False,
     overwrite: Overwrite = False,
     nproc: NProc = 1,
+    imports: Imports = None,
 ) -> None:
     """Distill a student from a teacher with a registered loss (default kl)."""
     flags = run_flags(**locals())
@@ -169,6 +179,7 @@ def evaluate(
     data_dir: DataDir = None,
     device: Device = None,
     download: Download = False,
+    imports: Imports = None,
 ) -> None:
     """Test accuracy of a trained model (the dataset defaults to the one it was trained on)."""
     from kdlab.evaluate import evaluate_checkpoint
@@ -189,6 +200,7 @@ def demo(
     out: Annotated[str, typer.Option("--out", help="output folder")] = "demo-out",
     data_dir: DataDir = None,
     device: Device = None,
+    imports: Imports = None,
 ) -> None:
     """Fashion-MNIST: train a teacher, distill a small student six ways, print and plot the table."""
     from kdlab.experiments.demo import run_demo
@@ -202,7 +214,7 @@ Jobs = Annotated[int, typer.Option("--jobs", help="parallel processes (torch thr
 
 
 @app.command()
-def recipes() -> None:
+def recipes(imports: Imports = None) -> None:
     """List the shipped recipes (EXPERIMENT-SCALE; scale small = Fashion-MNIST on a CPU, paper = CIFAR-100)."""
     from kdlab.experiments.recipes import load_recipe, plan_sweep, recipe_names
 
@@ -230,13 +242,14 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list the runs (of this shard), train nothing")
     ] = False,
+    imports: Imports = None,
 ) -> None:
     """Run a recipe: its teachers once, then its students; finished runs are skipped, interrupted ones resumed."""
     from kdlab.experiments.recipes import load_recipe, parse_shard, plan_sweep, select_shard
     from kdlab.experiments.sweep import run_plan
 
     plan = plan_sweep(
-        load_recipe(recipe, set_), out or Path("sweeps") / Path(recipe).stem, seeds, teachers_dir
+        load_recipe(recipe, set_, imports), out or Path("sweeps") / Path(recipe).stem, seeds, teachers_dir
     )
     shard_pair = parse_shard(shard) if shard else None
     if dry_run:
@@ -272,6 +285,7 @@ def chain(
     download: Download = False,
     config: ConfigFile = None,
     set_: Overrides = None,
+    imports: Imports = None,
 ) -> None:
     """Sequential distillation: each --stage trains into OUT/stageI-... and teaches the next stage."""
     from kdlab.experiments.chain import parse_stage, run_chain
@@ -294,6 +308,7 @@ def analyze(
     classes: Annotated[str, typer.Option("--classes", help="the three classes of the projection")] = "0,1,2",
     data_dir: DataDir = None,
     device: Device = None,
+    imports: Imports = None,
 ) -> None:
     """Logit distance, penultimate norm, agreement, ECE, entropy, TLD and the 3-class projection, on the training set."""
     from kdlab.analysis.analyze import analyze_runs
@@ -321,6 +336,7 @@ def analyze(
 def report(
     folder: Annotated[str, typer.Argument(help="sweep folder (run folders are found recursively)")],
     out: Annotated[str | None, typer.Option("--out", help="default: FOLDER")] = None,
+    imports: Imports = None,
 ) -> None:
     """report.md + results.csv + gates.json: the regime gates, mean +- std over seeds, heatmaps, curves, losses."""
     from kdlab.experiments.report import write_report
@@ -348,6 +364,7 @@ def reproduce(
         str | None,
         typer.Option("--readme", help="with --publish: rewrite this README's claims table from claims.json"),
     ] = None,
+    imports: Imports = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
     from kdlab.experiments.reproduce import publish as publish_report
@@ -358,6 +375,44 @@ def reproduce(
     run_reproduce(preset, claims, out, jobs, set_, seeds, log=typer.echo)
     if publish:
         publish_report(out or f"reproduce-{preset}", publish, readme, log=typer.echo)
+
+
+def plugin_arguments(args: list[str]) -> list[str]:
+    """The values of ``--import X`` / ``--import=X`` anywhere in ``args`` (up to a ``--``)."""
+    found = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--import" and index + 1 < len(args):
+            found.append(args[index + 1])
+        elif arg.startswith("--import="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def describe_registries(command: Any) -> None:
+    """Write the help of --dataset, --model and --loss from the registries, plugins included."""
+    from kdlab.data import DATASETS
+    from kdlab.losses import LOSSES
+    from kdlab.models import MODELS
+
+    def listing(registry: Any) -> str:
+        families = f"; families {', '.join(registry.patterns())}" if registry.patterns() else ""
+        return f"{', '.join(registry.names())}{families}"
+
+    texts = {
+        "dataset": f"one of {listing(DATASETS)} (default: the teacher's)",
+        "model": f"one of {listing(MODELS)}",
+        "loss": f"one of {listing(LOSSES)} (kdlab.losses; default kl)",
+    }
+    for sub in getattr(command, "commands", {}).values():
+        for param in sub.params:
+            if param.name in texts:
+                param.help = (
+                    texts[param.name]
+                    if param.name != "dataset" or sub.name in ("distill", "chain")
+                    else texts[param.name].removesuffix(" (default: the teacher's)")
+                )
 
 
 def _set_cpu_threads() -> None:
@@ -381,8 +436,13 @@ def main(argv: list[str] | None = None) -> None:
         launched, args = distributed.launch_if_requested(sys.argv[1:] if argv is None else list(argv))
         if launched is not None:
             sys.exit(launched)
+        from kdlab.plugins import import_plugins
+
+        import_plugins(plugin_arguments(args))  # before any name is resolved, the help's included
+        command = typer.main.get_command(app)
+        describe_registries(command)
         # Not standalone: the parser's own errors come here as exceptions, to be printed as one line.
-        code = app(args=args, prog_name="kdlab", standalone_mode=False)
+        code = command.main(args=args, prog_name="kdlab", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as error:
         if not quiet:

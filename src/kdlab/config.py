@@ -10,6 +10,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from kdlab.errors import UserError, did_you_mean, shown
+from kdlab.losses import loss_spec
 
 ENSEMBLE_REDUCTIONS = ("mean", "sum")
 
@@ -51,24 +53,257 @@ class DataConfig:
         self.augment = augment_mode(self.augment)  # one spelling per mode: old true/false become modes
 
 
+# --- loss hyperparameters: each declared once, with its config field ---------------------------------
+
+HYPERPARAMETER = "kdlab.hyperparameter"  # the key of a field's metadata that declares it
+
+
+def format_value(value: Any) -> str:
+    """How run names and labels show a hyperparameter: 0.9 -> '0.9', 1.0 -> '1', inf -> 'inf'."""
+    if isinstance(value, float):
+        return "inf" if value == math.inf else f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A loss hyperparameter ``kd.FIELD``: its valid range ``[low, high]`` (``open_low``/``open_high``
+    exclude a bound), the token that starts its run-name part (``t`` -> ``t20``; a true flag shows the
+    bare token), the fix an error suggests (``hint``), whether report labels omit it at its default
+    (``hide_default``), and for a flag the suffix it adds to its loss's label when true (``label``).
+    Declared once: with a ``DistillConfig`` field (:func:`hyperparameter`) or, for a plugin's loss,
+    with :func:`declare_hyperparameter`."""
+
+    token: str
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    hint: str = ""
+    hide_default: bool = False
+    label: str | None = None
+
+    def range_text(self) -> str:
+        return (
+            f"{'(' if self.open_low else '['}{format_value(float(self.low))}, "
+            f"{format_value(float(self.high))}{')' if self.open_high else ']'}"
+        )
+
+
+def hyperparameter(default: Any, *, token: str, **declaration: Any) -> Any:
+    """A ``DistillConfig`` field declared as a loss hyperparameter (see :class:`Hyperparameter`)."""
+    return field(default=default, metadata={HYPERPARAMETER: Hyperparameter(token, **declaration)})
+
+
 @dataclass
 class DistillConfig:
     teacher: str | list[str] | None = None  # run folder(s) or checkpoint(s); a list is an ensemble
     ensemble: str = "mean"  # how an ensemble combines its members' logits: mean | sum (the official code)
     loss: str = "ce"  # a registered loss (kdlab.losses): ce | kl | mse | smooth_logit | dkd | dist
-    # Loss hyperparameters. Each loss reads the ones its registration names (kdlab.losses), which
-    # also gives their valid ranges; the defaults below are the CIFAR-100 settings of each method.
-    alpha: float = 1.0  # kl, mse, smooth_logit: weight of the KD term; (1 - alpha) weights cross-entropy
-    tau: float = 4.0  # kl, dkd, dist: temperature; kl also takes inf (logit matching) and 0 (label matching)
-    standardize: bool = False  # kl: z-score both logits per sample first (logit standardization)
-    dkd_alpha: float = 1.0  # dkd: weight of TCKD, the target-class term
-    dkd_beta: float = 8.0  # dkd: weight of NCKD, the non-target-class term
-    dkd_warmup: int = 20  # dkd: epochs over which the DKD terms ramp up linearly (0: none)
-    dist_beta: float = 2.0  # dist: weight of the inter-class relation
-    dist_gamma: float = 2.0  # dist: weight of the intra-class relation
+    # Loss hyperparameters. Each loss reads the ones its registration names (kdlab.losses); a setting
+    # the chosen loss does not read is an error. The defaults are the CIFAR-100 settings of each method.
+    alpha: float = hyperparameter(
+        1.0,
+        token="a",
+        low=0.0,
+        high=1.0,
+        hide_default=True,
+        hint="alpha weights the KD term, e.g. --alpha 0.9",
+    )  # kl, mse, smooth_logit: weight of the KD term; (1 - alpha) weights cross-entropy
+    tau: float = hyperparameter(
+        4.0, token="t", low=0.0, high=math.inf,
+        hint="use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)",
+    )  # kl, dkd, dist: temperature; kl also takes inf (logit matching) and 0 (label matching)  # fmt: skip
+    standardize: bool = hyperparameter(
+        False, token="ls", label="LS", hint="logit standardization is on (true) or off (false)"
+    )  # kl: z-score both logits per sample first (logit standardization)
+    dkd_alpha: float = hyperparameter(
+        1.0, token="a", low=0.0, hide_default=True, hint="DKD's weight of TCKD (target class), e.g. 1"
+    )
+    dkd_beta: float = hyperparameter(
+        8.0, token="b", low=0.0, hide_default=True, hint="DKD's weight of NCKD (non-target classes), e.g. 8"
+    )
+    dkd_warmup: int = hyperparameter(
+        20, token="w", low=0, hide_default=True,
+        hint="the epochs over which DKD's terms ramp up linearly; 0 = from the start",
+    )  # fmt: skip
+    dist_beta: float = hyperparameter(
+        2.0, token="b", low=0.0, hide_default=True, hint="DIST's weight of the inter-class relation, e.g. 2"
+    )
+    dist_gamma: float = hyperparameter(
+        2.0, token="g", low=0.0, hide_default=True, hint="DIST's weight of the intra-class relation, e.g. 2"
+    )
     cache: bool = False  # look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache)
     cache_dir: str | None = None  # default $KDLAB_CACHE_DIR/teacher-logits
     cache_limit_gb: float = 8.0  # refuse to build a cache larger than this
+    # Hyperparameters that plugins declared (declare_hyperparameter), by field name; read and written
+    # as kd.NAME like the fields above (the config file shows them among them, never as `extra`).
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not attributes: plugin fields
+        declared = _DECLARED.get(name)
+        if declared is None or name.startswith("__"):
+            raise AttributeError(f"DistillConfig has no field {name!r}")
+        return self.__dict__.get("extra", {}).get(name, declared[0])
+
+
+_DECLARED: dict[
+    str, tuple[Any, Hyperparameter]
+] = {}  # plugin hyperparameters: field -> (default, declaration)
+_NOT_FIELDS = ("extra",)  # DistillConfig attributes that are not config keys
+
+
+def declare_hyperparameter(name: str, default: float | int | bool, *, token: str, replace: bool = False,
+                           **declaration: Any) -> None:  # fmt: skip
+    """Declare ``kd.NAME`` for a loss of your own (see :class:`Hyperparameter` for ``token``, ``low``,
+    ``high``, ``open_low``, ``open_high``, ``hint``, ``hide_default``, ``label``); a loss then reads
+    it with ``register_loss(..., params={"keyword": "NAME"})``. It is set like kdlab's own:
+    ``--set kd.NAME=VALUE``, ``kd: {NAME: VALUE}`` in YAML, a sweep grid over ``kd.NAME``."""
+    own = {item.name for item in dataclasses.fields(DistillConfig)}
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("_") or name in own:
+        raise ValueError(f"kd.{name} cannot be declared: choose a new identifier (not a DistillConfig field)")
+    if name in _DECLARED and not replace:
+        raise ValueError(f"kd.{name} is already declared: choose another name, or pass replace=True")
+    if not isinstance(default, (bool, int, float)):
+        raise ValueError(f"kd.{name}: the default must be a number or a bool, not {default!r}")
+    spec = Hyperparameter(token, **declaration)
+    problem = _out_of_range(spec, default, default)
+    if problem is not None:
+        raise ValueError(f"kd.{name}: its default {default!r} {problem}")
+    _DECLARED[name] = (default, spec)
+
+
+def undeclare_hyperparameter(name: str) -> None:
+    """Forget a plugin hyperparameter (for tests that declare a temporary one)."""
+    _DECLARED.pop(name, None)
+
+
+def declared_hyperparameters() -> dict[str, tuple[Any, Hyperparameter]]:
+    """Every loss hyperparameter: ``{field: (default, declaration)}``, kdlab's then the plugins'."""
+    found = {
+        item.name: (item.default, item.metadata[HYPERPARAMETER])
+        for item in dataclasses.fields(DistillConfig)
+        if HYPERPARAMETER in item.metadata
+    }
+    return {**found, **_DECLARED}
+
+
+def _out_of_range(spec: Hyperparameter, value: Any, default: Any) -> str | None:
+    """Why ``value`` does not fit ``spec`` (None when it does): the words after ``kd.F=VALUE``."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return f"is not a number in {spec.range_text()}"
+    if isinstance(default, int) and value != int(value):
+        return f"must be a whole number in {spec.range_text()}"
+    below = value < spec.low or (spec.open_low and value == spec.low)
+    above = value > spec.high or (spec.open_high and value == spec.high)
+    return f"is outside {spec.range_text()}" if below or above else None
+
+
+@dataclass(frozen=True)
+class LossParam:
+    """One hyperparameter as a loss reads it: its keyword ``name`` (the report label), its field
+    ``kd.FIELD`` and that field's declaration; ``excluded`` values the loss cannot take."""
+
+    name: str
+    field: str
+    default: Any
+    spec: Hyperparameter
+    excluded: tuple[float, ...] = ()
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+    @property
+    def hide_default(self) -> bool:
+        return self.spec.hide_default
+
+    @property
+    def label(self) -> str:
+        return self.spec.label or self.name
+
+    def check(self, value: Any, loss: str) -> None:
+        """A UserError naming ``kd.FIELD``, the value and what it must be, unless ``value`` fits."""
+        key, hint = f"kd.{self.field}", self.spec.hint or f"see the hyperparameters of loss {loss}"
+        problem = _out_of_range(self.spec, value, self.default)
+        if problem is not None:
+            raise UserError(f"{key}={shown(value)} {problem}: {hint}")
+        if value in self.excluded:
+            values = ", ".join(format_value(v) for v in self.excluded)
+            raise UserError(
+                f"{key}={format_value(value)} cannot be used with loss {loss}, which excludes {values}: choose "
+                f"another value, e.g. {key}={format_value(self.default)}"
+            )
+
+    def token_of(self, value: Any) -> str | None:
+        if self.is_flag:
+            return self.spec.token if value else None
+        return f"{self.spec.token}{format_value(value)}"
+
+    def label_of(self, value: Any) -> str | None:
+        if self.is_flag or (self.hide_default and value == self.default):
+            return None
+        return f"{self.label}={format_value(value)}"
+
+
+def loss_params(loss: str) -> tuple[LossParam, ...]:
+    """The hyperparameters ``loss`` reads, in its registration's order (a UserError for an unknown
+    loss, or for a loss that reads a field nobody declared)."""
+    spec = loss_spec(loss)
+    declared = declared_hyperparameters()
+    params = []
+    for keyword, name in spec.params:
+        if name not in declared:
+            raise UserError(
+                f"loss {spec.name} reads kd.{name}, which is not a declared hyperparameter: declare it with "
+                "kdlab.config.declare_hyperparameter in the loss's module, or fix the name in its params"
+            )
+        default, declaration = declared[name]
+        params.append(LossParam(keyword, name, default, declaration, spec.excluded(name)))
+    return tuple(params)
+
+
+def loss_values(kd: DistillConfig) -> dict[str, Any]:
+    """``{keyword: value}`` of the hyperparameters ``kd.loss`` reads (what its terms function takes)."""
+    return {param.name: getattr(kd, param.field) for param in loss_params(kd.loss)}
+
+
+def loss_settings(kd: DistillConfig) -> dict[str, Any]:
+    """``{field: value}`` of the hyperparameters ``kd.loss`` reads: what summary.json records."""
+    return {param.field: getattr(kd, param.field) for param in loss_params(kd.loss)}
+
+
+def loss_tokens(kd: DistillConfig) -> list[str]:
+    """``["kl", "a0.9", "t20"]``: the loss name, then each hyperparameter's token."""
+    tokens = [param.token_of(getattr(kd, param.field)) for param in loss_params(kd.loss)]
+    return [loss_spec(kd.loss).name, *[token for token in tokens if token]]
+
+
+def loss_label(kd: DistillConfig) -> str:
+    """The report label: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf', 'KL+LS tau=2', 'DKD tau=4'."""
+    params = loss_params(kd.loss)
+    values = [getattr(kd, param.field) for param in params]
+    flags = [param.label for param, value in zip(params, values, strict=True) if param.is_flag and value]
+    parts = [param.label_of(value) for param, value in zip(params, values, strict=True)]
+    return " ".join(["+".join([loss_spec(kd.loss).label, *flags]), *[part for part in parts if part]])
+
+
+def check_unread(config: RunConfig, given: Any, where: str = "") -> None:
+    """A UserError when a loss hyperparameter in ``given`` (dotted keys that were set explicitly) is one
+    ``config.kd.loss`` does not read: a setting that would change nothing, yet be recorded."""
+    reads = set(loss_spec(config.kd.loss).fields)
+    for key in given:
+        name = key.removeprefix("kd.")
+        if key.startswith("kd.") and name in declared_hyperparameters() and name not in reads:
+            raise UserError(f"{where}{unread_message(key, config.kd.loss)}")
+
+
+def unread_message(key: str, loss: str) -> str:
+    fields = loss_spec(loss).fields
+    reads = f"reads {', '.join('kd.' + name for name in fields)}" if fields else "reads no hyperparameter"
+    return f"{key} is not read by loss {loss}, which {reads}: drop {key}, or choose a loss that reads it"
 
 
 @dataclass
@@ -86,6 +321,9 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     model: str = "wrn-16-2"
+    # Modules or .py files imported before any name is resolved: your models, datasets and losses,
+    # registered with kdlab's decorators (kdlab.plugins). Files are recorded as absolute paths.
+    imports: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     kd: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -103,15 +341,17 @@ class RunConfig:
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested config; plugin hyperparameters appear under ``kd`` like kdlab's own."""
+        data = dataclasses.asdict(self)
+        data["kd"].update(data["kd"].pop("extra"))
+        return data
 
     def validate(self) -> RunConfig:
         """Raise a UserError for values no run can use; return self."""
-        from kdlab.losses import loss_spec
-        from kdlab.teacher import teacher_specs
-
         spec = loss_spec(self.kd.loss)
-        spec.check(self.kd)
+        self.kd.loss = spec.name  # as registered, whatever the case it was typed in
+        for param in loss_params(spec.name):
+            param.check(getattr(self.kd, param.field), spec.name)
         specs = teacher_specs(self.kd.teacher)  # one form per meaning: a single teacher is a string
         self.kd.teacher = None if not specs else specs[0] if len(specs) == 1 else specs
         if spec.needs_teacher and not specs:
@@ -181,6 +421,15 @@ class RunConfig:
             raise UserError("--out is empty: name a folder for the run")
 
 
+def teacher_specs(value: str | Path | list[str | Path] | tuple[str | Path, ...] | None) -> list[str]:
+    """A teacher setting as a list of specs: None or empty -> ``[]``, one spec -> ``[spec]``, a list
+    (an ensemble) -> its specs. The one place where ``kd.teacher``'s two forms are told apart."""
+    if not value:
+        return []
+    items = [value] if isinstance(value, (str, Path)) else list(value)
+    return [str(item) for item in items]
+
+
 MAX_SEED = 2**32 - 1  # numpy's SeedSequence and torch.manual_seed take [0, 2^32 - 1] everywhere
 
 
@@ -236,19 +485,33 @@ def _fields(cls: type) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> Any:
-    """Build ``cls`` from a nested dict, refusing unknown keys (listing the valid ones)."""
+    """Build ``cls`` from a nested dict, refusing unknown keys (listing the valid ones). Under ``kd``,
+    the hyperparameters plugins declared are accepted like kdlab's own fields."""
     if not isinstance(data, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = _fields(cls)
-    unknown = [key for key in data if key not in hints]
+    if cls is RunConfig and data.get("imports"):
+        from kdlab.plugins import import_plugins
+
+        # Before any name is resolved; recorded as imported (files as absolute paths).
+        data = {**data, "imports": import_plugins(_coerce(data["imports"], list[str], "imports"))}
+    hints = {
+        key: value for key, value in _fields(cls).items() if not (cls is DistillConfig and key in _NOT_FIELDS)
+    }
+    extras = _DECLARED if cls is DistillConfig else {}
+    unknown = [key for key in data if key not in hints and key not in extras]
     if unknown:
         key = str(unknown[0])[:200]
+        valid = [*hints, *extras]
         raise UserError(
-            f"unknown config key {shown(prefix + key)}{did_you_mean(prefix + key, [prefix + n for n in hints])}: "
-            "valid keys are " + ", ".join(prefix + name for name in hints)
+            f"unknown config key {shown(prefix + key)}{did_you_mean(prefix + key, [prefix + n for n in valid])}: "
+            "valid keys are " + ", ".join(prefix + name for name in valid)
         )
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
+        if key in extras:
+            default = extras[key][0]
+            values.setdefault("extra", {})[key] = _coerce(value, type(default), prefix + key)
+            continue
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             values[key] = from_dict(value or {}, annotation, f"{prefix}{key}.")
@@ -380,6 +643,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid YAML{where}: fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    if "imports" in data:  # files are named relative to the document that names them
+        from kdlab.plugins import resolve_import
+
+        listed = data["imports"] if isinstance(data["imports"], list) else [data["imports"]]
+        data["imports"] = [resolve_import(item, path.parent) for item in listed if item is not None]
     return data
 
 
@@ -388,15 +656,34 @@ def build_config(
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    strict: bool = True,
+    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> RunConfig:
-    """Defaults < ``base`` < YAML file < flags (nested dict, None values ignored) < ``--set`` overrides."""
-    data: dict[str, Any] = dict(base or {})
+    """Defaults < ``base`` < YAML file < flags (nested dict, None values ignored) < ``--set`` overrides.
+
+    ``imports`` accumulate over all four (each source may add plugins). A loss hyperparameter given
+    by the file, a flag or ``--set`` that the chosen loss does not read is a UserError (``strict``;
+    a caller that shares settings among runs of several losses checks them itself). ``complete`` may
+    fill in the merged document before it is parsed (``kdlab.teacher.with_teacher_data``)."""
+    layers = [dict(base or {})]
     if config_file:
-        data = merge(data, load_yaml(config_file))
-    data = merge(data, _drop_none(flags or {}))
-    for text in overrides or []:
-        data = merge(data, parse_override(text))
-    return from_dict(data).validate()
+        layers.append(load_yaml(config_file))
+    layers.append(_drop_none(flags or {}))
+    layers += [parse_override(text) for text in overrides or []]
+    data: dict[str, Any] = {}
+    imports: list[str] = []
+    for layer in layers:
+        data = merge(data, layer)
+        listed = layer.get("imports")
+        imports += listed if isinstance(listed, list) else [] if listed is None else [listed]
+    if imports:
+        data["imports"] = list(dict.fromkeys(str(item) for item in imports))
+    if complete is not None:
+        data = complete(data)
+    config = from_dict(data).validate()
+    if strict:
+        check_unread(config, [key for layer in layers[1:] for key in flatten(layer)])
+    return config
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +713,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Settings that do not change what a run computes: they may differ between an interrupted run and its
 # continuation (another machine, another data path), and a report does not group runs by them.
 RUNTIME_KEYS = (
-    "out", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
+    "out", "imports", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
     "stack", "cuda_graph",
     "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
 )  # fmt: skip
@@ -435,9 +722,7 @@ RUNTIME_KEYS = (
 def identity(config: RunConfig) -> dict[str, Any]:
     """The flattened config without ``RUNTIME_KEYS`` and without the loss hyperparameters its loss
     does not read (a CE run has no tau): what makes two runs the same computation."""
-    from kdlab.losses import loss_fields, loss_spec
-
-    unread = {f"kd.{field}" for field in loss_fields()} - {
+    unread = {f"kd.{field}" for field in declared_hyperparameters()} - {
         f"kd.{field}" for field in loss_spec(config.kd.loss).fields
     }
     return {
@@ -466,8 +751,6 @@ def first_difference(
 
 
 def _teacher_names(value: Any) -> list[str]:
-    from kdlab.teacher import teacher_specs
-
     return [Path(spec).name for spec in teacher_specs(value)]
 
 

@@ -17,16 +17,16 @@ B*K elementwise operations, nothing next to a network's forward pass. The later 
 (DKD, DIST, logit standardization) are computed in float64 too, for the same low cost.
 
 A loss declares itself once, with :func:`register_loss`: its report label, the outputs it reads
-(teacher logits, penultimate features, the epoch) and its hyperparameters, each a field of
-``kdlab.config.DistillConfig`` with its valid range and run-name token. Config validation, run
-names, chain stages, report columns and labels are all derived from that declaration.
+(teacher logits, penultimate features, the epoch) and the hyperparameters it reads, by the name of
+their run-config field ``kd.FIELD``. Each field is declared once, with its default, valid range,
+run-name token and hint (``kdlab.config``); this module does not import the config. Config
+validation, run names, chain stages, report columns and labels are derived from the two.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,15 @@ def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float)
 def kd_loss(
     student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, tau: float
 ) -> Tensor:
-    """``(1 - alpha) * CE(s, y) + alpha * kl_div(s, t, tau)``; ``tau = 0`` uses ``label_matching``."""
-    return sum(loss_terms("kl", student_logits, teacher_logits, targets, alpha=alpha, tau=tau).values())
+    """``(1 - alpha) * CE(s, y) + alpha * kl_div(s, t, tau)``; ``tau = 0`` uses ``label_matching``.
+
+    ``alpha`` in [0, 1] and ``tau`` >= 0 (``math.inf``: logit matching); anything else is a UserError."""
+    if not 0 <= alpha <= 1:  # NaN fails too
+        raise UserError(f"alpha={alpha} is outside [0, 1]: alpha weights the KD term, e.g. alpha=0.9")
+    if not 0 <= tau <= math.inf:
+        raise UserError(f"tau={tau} is not a temperature >= 0: use e.g. 4, math.inf (logit matching) or 0")
+    terms = loss_terms("kl", student_logits, teacher_logits, targets, alpha=alpha, tau=tau, standardize=False)
+    return sum(terms.values())
 
 
 def smooth_l1_logits(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -180,88 +187,24 @@ INPUTS = ("teacher_logits", "student_features", "teacher_features", "epoch")
 TEACHER_INPUTS = ("teacher_logits", "teacher_features")
 
 
-def format_value(value: Any) -> str:
-    """How run names and labels show a hyperparameter: 0.9 -> '0.9', 1.0 -> '1', inf -> 'inf'."""
-    if isinstance(value, float):
-        return "inf" if value == math.inf else f"{value:g}"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Param:
-    """A hyperparameter of a loss: the field ``kd.FIELD`` of the run config it reads.
-
-    ``name`` is the loss function's keyword, the short key of a chain stage and the report label;
-    ``token`` starts its run-name part (``a`` -> ``a0.9``; a true flag shows the bare token);
-    the value must lie in ``[low, high]`` (``open_low``/``open_high`` exclude the bound); a flag
-    (a bool field) adds ``+LABEL`` to the loss's label when true. Its default is the config
-    field's default, so that it is stated once (in ``kdlab.config``).
-    """
-
-    name: str
-    field: str
-    token: str
-    low: float = -math.inf
-    high: float = math.inf
-    open_low: bool = False
-    open_high: bool = False
-    hide_default: bool = False  # the report label omits it at its default value
-    label: str | None = None  # defaults to ``name``
-    hint: str = ""  # the fix an error message suggests
-
-    @property
-    def default(self) -> Any:
-        from kdlab.config import DistillConfig
-
-        return DistillConfig.__dataclass_fields__[self.field].default
-
-    @property
-    def is_flag(self) -> bool:
-        return isinstance(self.default, bool)
-
-    def range_text(self) -> str:
-        return (
-            f"{'(' if self.open_low else '['}{format_value(float(self.low))}, "
-            f"{format_value(float(self.high))}{')' if self.open_high else ']'}"
-        )
-
-    def check(self, value: Any) -> None:
-        """A UserError naming ``kd.FIELD``, the value and the valid range unless ``value`` fits."""
-        key = f"kd.{self.field}"
-        if self.is_flag:
-            if not isinstance(value, bool):
-                raise UserError(f"{key}={value!r} must be true or false: {self.hint}")
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise UserError(f"{key}={value} is not a number in {self.range_text()}: {self.hint}")
-        if isinstance(self.default, int) and value != int(value):
-            raise UserError(f"{key}={value} must be a whole number in {self.range_text()}: {self.hint}")
-        below = value < self.low or (self.open_low and value == self.low)
-        above = value > self.high or (self.open_high and value == self.high)
-        if below or above:
-            raise UserError(f"{key}={value} is outside {self.range_text()}: {self.hint}")
-
-    def token_of(self, value: Any) -> str | None:
-        if self.is_flag:
-            return self.token if value else None
-        return f"{self.token}{format_value(value)}"
-
-    def label_of(self, value: Any) -> str | None:
-        if self.is_flag or (self.hide_default and value == self.default):
-            return None
-        return f"{self.label or self.name}={format_value(value)}"
-
-
 @dataclass(frozen=True)
 class LossSpec:
     """A registered loss: ``terms(student_logits, targets, *, INPUTS it reads, hyperparameters)``
-    returns its named, already weighted terms (the training loss is their sum)."""
+    returns its named, already weighted terms (the training loss is their sum).
+
+    ``params`` pairs each keyword of ``terms`` with the run-config field ``kd.FIELD`` it reads. The
+    field's range, default, run-name token and hint are declared once, with the field
+    (:mod:`kdlab.config`, ``DistillConfig`` or ``declare_hyperparameter``); ``excludes`` lists values of
+    a field this loss cannot take although the field's range allows them (DKD's temperature: not 0,
+    not inf).
+    """
 
     name: str
     terms: Callable[..., dict[str, Tensor]]
     label: str
-    params: tuple[Param, ...] = ()
+    params: tuple[tuple[str, str], ...] = ()
     reads: frozenset[str] = frozenset({"teacher_logits"})
+    excludes: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     @property
     def needs_teacher(self) -> bool:
@@ -269,52 +212,40 @@ class LossSpec:
 
     @property
     def reads_features(self) -> bool:
-        """Whether the step must split the student (and teacher) into ``forward_features`` + ``classifier``."""
+        """Whether the step must hand the loss penultimate features (the student's or the teacher's)."""
         return bool(self.reads & {"student_features", "teacher_features"})
 
     @property
     def fields(self) -> tuple[str, ...]:
         """The ``kd.*`` fields this loss reads (besides ``kd.loss`` and ``kd.teacher``)."""
-        return tuple(param.field for param in self.params)
+        return tuple(field for _, field in self.params)
 
-    def param(self, name: str) -> Param | None:
-        return next((param for param in self.params if param.name == name), None)
+    def field_of(self, keyword: str) -> str | None:
+        """The ``kd.*`` field behind the loss's keyword ``keyword`` (DKD's ``beta`` -> ``dkd_beta``)."""
+        return next((field for name, field in self.params if name == keyword), None)
 
-    def hyperparameters(self, kd: Any) -> dict[str, Any]:
-        """``{name: value}`` of this loss's hyperparameters in ``kd`` (a DistillConfig)."""
-        return {param.name: getattr(kd, param.field) for param in self.params}
-
-    def check(self, kd: Any) -> None:
-        for param in self.params:
-            param.check(getattr(kd, param.field))
-
-    def run_tokens(self, kd: Any) -> list[str]:
-        """``["kl", "a0.9", "t20"]``: the loss name, then each hyperparameter's token."""
-        values = self.hyperparameters(kd)
-        tokens = [param.token_of(values[param.name]) for param in self.params]
-        return [self.name, *[token for token in tokens if token]]
-
-    def describe(self, kd: Any) -> str:
-        """The report label: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf', 'KL+LS tau=2', 'DKD tau=4'."""
-        values = self.hyperparameters(kd)
-        flags = [param.label or param.name for param in self.params if param.is_flag and values[param.name]]
-        parts = [param.label_of(values[param.name]) for param in self.params]
-        return " ".join(["+".join([self.label, *flags]), *[part for part in parts if part]])
+    def excluded(self, field: str) -> tuple[float, ...]:
+        return next((values for name, values in self.excludes if name == field), ())
 
     def __call__(self, student_logits: Tensor, targets: Tensor, **given: Any) -> dict[str, Tensor]:
-        """The terms; ``given`` holds the inputs this loss reads and any hyperparameters (the others
-        take their defaults). Hyperparameters are range-checked, inputs must be present."""
+        """The terms; ``given`` holds the inputs this loss reads and every hyperparameter by keyword
+        (their defaults and ranges are the config's: ``kdlab.config.loss_values`` gives all of them)."""
         inputs = {}
         for name in sorted(self.reads):
             if given.get(name) is None:
                 raise ValueError(f"loss {self.name} reads {name}, which the caller did not pass")
             inputs[name] = given[name]
-        unknown = set(given) - set(INPUTS) - {param.name for param in self.params}
+        keywords = {name for name, _ in self.params}
+        unknown = set(given) - set(INPUTS) - keywords
         if unknown:
             raise TypeError(f"loss {self.name} has no hyperparameter {', '.join(sorted(unknown))}")
-        values = {param.name: given.get(param.name, param.default) for param in self.params}
-        for param in self.params:
-            param.check(values[param.name])
+        missing = sorted(keywords - set(given))
+        if missing:
+            raise TypeError(
+                f"loss {self.name} needs {', '.join(missing)} (kdlab.config.loss_values(kd) gives every "
+                "hyperparameter of a run's loss)"
+            )
+        values = {name: value for name, value in given.items() if name in keywords}
         return self.terms(student_logits, targets, **inputs, **values)
 
 
@@ -322,27 +253,38 @@ LOSSES: Registry[dict[str, Tensor]] = Registry("loss")
 
 
 def register_loss(
-    name: str, *, label: str, params: tuple[Param, ...] = (), reads: tuple[str, ...] = ("teacher_logits",)
+    name: str,
+    *,
+    label: str,
+    params: Sequence[str] | Mapping[str, str] = (),
+    reads: tuple[str, ...] = ("teacher_logits",),
+    excludes: Mapping[str, Sequence[float]] | None = None,
+    replace: bool = False,
 ) -> Callable[[Callable[..., dict[str, Tensor]]], Callable[..., dict[str, Tensor]]]:
     """Register ``terms(student_logits, targets, *, <reads>, <params>) -> {term: tensor}`` as ``name``.
 
-    ``reads`` names what it needs beyond the student's logits and the labels (see ``INPUTS``): none
-    for a loss without a teacher. Each ``Param.field`` must be a field of ``DistillConfig``.
+    ``params``: the hyperparameters it reads, as ``kd.*`` field names (``("alpha", "tau")``: the
+    keyword is the field's name) or a mapping ``{keyword: field}`` (``{"beta": "dkd_beta"}``). Each
+    field is declared once with its range and run-name token: kdlab's own in ``DistillConfig``, a
+    plugin's with ``kdlab.config.declare_hyperparameter``. ``reads`` names what it needs beyond the
+    student's logits and the labels (see ``INPUTS``): none for a loss without a teacher.
+    ``excludes``: values of a field that this loss cannot take (``{"tau": (0, math.inf)}``).
+    A second registration of ``name`` is refused unless ``replace=True``.
     """
-    from kdlab.config import DistillConfig
-
     unknown = [item for item in reads if item not in INPUTS]
     if unknown:
         raise ValueError(f"loss {name}: unknown input {unknown[0]!r}; inputs are {', '.join(INPUTS)}")
-    fields = {field.name for field in dataclasses.fields(DistillConfig)}
-    for param in params:
-        if param.field not in fields:
-            raise ValueError(
-                f"loss {name}: hyperparameter field kd.{param.field} is not a DistillConfig field"
-            )
+    pairs = (
+        tuple(params.items()) if isinstance(params, Mapping) else tuple((field, field) for field in params)
+    )
+    excluded = tuple((field, tuple(float(v) for v in values)) for field, values in (excludes or {}).items())
+    stray = [field for field, _ in excluded if field not in {f for _, f in pairs}]
+    if stray:
+        raise ValueError(f"loss {name}: excludes names {stray[0]!r}, which is not one of its params")
 
     def decorator(terms: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
-        LOSSES.register(name)(LossSpec(name, terms, label, tuple(params), frozenset(reads)))
+        spec = LossSpec(name, terms, label, pairs, frozenset(reads), excluded)
+        LOSSES.register(name, replace=replace)(spec)
         return terms
 
     return decorator
@@ -365,10 +307,10 @@ def loss_terms(
 ) -> dict[str, Tensor]:
     """The named, weighted terms of ``loss``; the training loss is their sum.
 
-    ``given``: hyperparameters by name (``alpha=0.9, tau=4``; missing ones take their defaults) and
-    the inputs the loss reads besides teacher logits (``epoch=``, ``student_features=``, ...).
-    'kl': ``{"ce": (1-alpha) CE, "kl": alpha kl_div}`` (``"label"`` at tau = 0); 'ce': ``{"ce": CE}``.
-    Zero-weight terms are omitted.
+    ``given``: every hyperparameter by keyword (``alpha=0.9, tau=4``) and the inputs the loss reads
+    besides teacher logits (``epoch=``,
+    ``student_features=``, ...). 'kl': ``{"ce": (1-alpha) CE, "kl": alpha kl_div}`` (``"label"`` at
+    tau = 0); 'ce': ``{"ce": CE}``. Zero-weight terms are omitted.
     """
     return loss_spec(loss)(student_logits, targets, teacher_logits=teacher_logits, **given)
 
@@ -380,18 +322,8 @@ def needs_teacher(loss: str) -> bool:
 
 # --- the registered losses ----------------------------------------------------------------------
 
-ALPHA = Param(
-    "alpha", "alpha", "a", 0.0, 1.0, hide_default=True,
-    hint="alpha weights the KD term, e.g. --alpha 0.9",
-)  # fmt: skip
-TAU = Param(
-    "tau", "tau", "t", 0.0, math.inf,
-    hint="use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)",
-)  # fmt: skip
-POSITIVE_TAU = Param(
-    "tau", "tau", "t", 0.0, math.inf, open_low=True, open_high=True,
-    hint="this loss needs a finite temperature > 0, e.g. --tau 4",
-)  # fmt: skip
+# Temperatures these losses cannot take, although kd.tau's range (for KL) holds them.
+LIMIT_TEMPERATURES = {"tau": (0.0, math.inf)}
 
 
 def _with_ce(
@@ -417,19 +349,15 @@ def _ce_terms(student_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
     return {"ce": F.cross_entropy(student_logits, targets)}
 
 
-@register_loss(
-    "kl", label="KL",
-    params=(Param("standardize", "standardize", "ls", label="LS",
-                  hint="logit standardization is on (true) or off (false)"), ALPHA, TAU),
-)  # fmt: skip
+@register_loss("kl", label="KL", params=("standardize", "alpha", "tau"))
 def _kl_terms(
     student_logits: Tensor,
     targets: Tensor,
     *,
     teacher_logits: Tensor,
-    standardize: bool,
     alpha: float,
     tau: float,
+    standardize: bool,
 ) -> dict[str, Tensor]:
     """The paper's KD loss; with ``standardize``, of z-scored logits (Sun et al., CVPR 2024)."""
     if alpha == 0:
@@ -441,7 +369,7 @@ def _kl_terms(
     return _with_ce({name: soft_target_loss(student, teacher, tau)}, student_logits, targets, alpha)
 
 
-@register_loss("mse", label="MSE", params=(ALPHA,))
+@register_loss("mse", label="MSE", params=("alpha",))
 def _mse_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
 ) -> dict[str, Tensor]:
@@ -449,7 +377,7 @@ def _mse_terms(
     return _with_ce(soft, student_logits, targets, alpha)
 
 
-@register_loss("smooth_logit", label="SmoothL1", params=(ALPHA,))
+@register_loss("smooth_logit", label="SmoothL1", params=("alpha",))
 def _smooth_logit_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
 ) -> dict[str, Tensor]:
@@ -459,13 +387,8 @@ def _smooth_logit_terms(
 
 @register_loss(
     "dkd", label="DKD", reads=("teacher_logits", "epoch"),
-    params=(
-        Param("alpha", "dkd_alpha", "a", 0.0, hide_default=True, hint="DKD's weight of TCKD (target class), e.g. 1"),
-        Param("beta", "dkd_beta", "b", 0.0, hide_default=True, hint="DKD's weight of NCKD (non-target classes), e.g. 8"),
-        POSITIVE_TAU,
-        Param("warmup", "dkd_warmup", "w", 0.0, hide_default=True,
-              hint="the epochs over which DKD's terms ramp up linearly; 0 = from the start"),
-    ),
+    params={"alpha": "dkd_alpha", "beta": "dkd_beta", "tau": "tau", "warmup": "dkd_warmup"},
+    excludes=LIMIT_TEMPERATURES,
 )  # fmt: skip
 def _dkd_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, epoch: int,
@@ -478,12 +401,8 @@ def _dkd_terms(
 
 
 @register_loss(
-    "dist", label="DIST",
-    params=(
-        Param("beta", "dist_beta", "b", 0.0, hide_default=True, hint="DIST's weight of the inter-class relation, e.g. 2"),
-        Param("gamma", "dist_gamma", "g", 0.0, hide_default=True, hint="DIST's weight of the intra-class relation, e.g. 2"),
-        POSITIVE_TAU,
-    ),
+    "dist", label="DIST", params={"beta": "dist_beta", "gamma": "dist_gamma", "tau": "tau"},
+    excludes=LIMIT_TEMPERATURES,
 )  # fmt: skip
 def _dist_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, beta: float, gamma: float, tau: float

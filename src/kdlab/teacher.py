@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdlab.config import teacher_specs
 from kdlab.errors import UserError, did_you_mean, first_line
 from kdlab.models import Classifier, create_model
 from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, unreadable_reason
@@ -22,20 +24,20 @@ from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, un
 FOREIGN_PREFIX = "torchvision:"
 
 
-def teacher_specs(value: str | Path | Sequence[str | Path] | None) -> list[str]:
-    """A teacher setting as a list of specs: None or empty -> ``[]``, one spec -> ``[spec]``, a list
-    (an ensemble) -> its specs. The one place where ``kd.teacher``'s two forms are told apart."""
-    if not value:
-        return []
-    items = [value] if isinstance(value, (str, Path)) else list(value)
-    return [str(item) for item in items]
-
-
 def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file; a UserError
     naming the first key whose shape differs when the weights do not fit the model it names."""
     path = resolve_checkpoint(spec)
     checkpoint = load_checkpoint(path, map_location)
+    imports = (
+        (checkpoint.get("config") or {}).get("imports")
+        if isinstance(checkpoint.get("config"), dict)
+        else None
+    )
+    if imports:  # a model of the user's: its plugin registers it (kdlab.plugins)
+        from kdlab.plugins import import_plugins
+
+        import_plugins(imports if isinstance(imports, list) else [imports])
     name, num_classes = checkpoint["model_name"], checkpoint["num_classes"]
     image_size = checkpoint.get("image_size")
     try:
@@ -211,3 +213,58 @@ def check_teacher(teacher: nn.Module, specs: object, inputs: Tensor, dataset: st
                 f"teacher {name} outputs NaN or inf logits on {dataset}: its weights are damaged (a run that "
                 "diverged?); use another teacher checkpoint"
             )
+
+
+TEACHER_DATA_KEYS = ("name", "data_dir", "image_size")  # what a student takes from its teacher's run
+
+
+def teacher_data(specs: object) -> tuple[str, dict[str, Any]] | None:
+    """``(spec, {name, data_dir, image_size})`` of the data the teacher (an ensemble's members must
+    agree) was trained on, from its checkpoint's config; None for weights kdlab did not train
+    (torchvision weights) or checkpoints that do not record it."""
+    found: tuple[str, dict[str, Any]] | None = None
+    for spec in teacher_specs(specs):  # type: ignore[arg-type]
+        if spec.startswith(FOREIGN_PREFIX):
+            continue
+        checkpoint = load_checkpoint(resolve_checkpoint(spec))
+        stored = checkpoint.get("config")
+        data = stored.get("data") if isinstance(stored, dict) else None
+        if not isinstance(data, dict):
+            data = {"name": checkpoint.get("dataset"), "image_size": checkpoint.get("image_size")}
+        values = {key: data.get(key) for key in TEACHER_DATA_KEYS}
+        if values["name"] is None:  # a checkpoint that does not say what it learnt: nothing to take
+            continue
+        if found is not None and (found[1]["name"], found[1]["image_size"]) != (
+            values["name"],
+            values["image_size"],
+        ):
+            raise UserError(
+                f"ensemble teachers {found[0]} and {spec} were trained on different data ({found[1]['name']} vs "
+                f"{values['name']}): use teachers of one dataset"
+            )
+        found = found or (spec, values)
+    return found
+
+
+def with_teacher_data(document: dict[str, Any]) -> dict[str, Any]:
+    """A config document whose ``data`` takes the dataset, its folder and its image size from the
+    teacher's run unless it names them; a dataset or image size other than the teacher's is a UserError
+    naming both (a student distils on the data its teacher learnt)."""
+    kd = document.get("kd") if isinstance(document.get("kd"), dict) else {}
+    found = teacher_data(kd.get("teacher")) if kd.get("teacher") else None
+    if found is None:
+        return document
+    spec, values = found
+    data = dict(document.get("data") or {}) if isinstance(document.get("data"), dict) else {}
+    for key in TEACHER_DATA_KEYS:
+        if values[key] is None:
+            continue
+        if data.get(key) is None:
+            data[key] = values[key]
+        elif key != "data_dir" and str(data[key]).casefold() != str(values[key]).casefold():
+            flag = {"name": "--dataset", "image_size": "data.image_size"}[key]
+            raise UserError(
+                f"{flag} {data[key]} differs from teacher {spec}'s {values[key]}: drop {flag} (a student takes its "
+                f"teacher's), or use a teacher trained on {data[key]}"
+            )
+    return {**document, "data": data}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from kdlab.losses import format_value
+from kdlab.config import format_value
 
 CLASS_COLOURS = ("#4477aa", "#ee6677", "#228833")
 BAR_COLOURS = ("#4477aa", "#228833", "#ccbb44")

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import RunConfig
+from kdlab.config import RunConfig, loss_label
 from kdlab.errors import UserError
-from kdlab.losses import loss_spec
 from kdlab.runs import RunFolder
 
 
@@ -53,5 +52,5 @@ def find_runs(folder: str | Path) -> list[RunRecord]:
 def run_label(config: RunConfig, with_model: bool = False) -> str:
     """A short human label from the loss's registration: 'CE', 'KL tau=20', 'KL alpha=0.5 tau=inf',
     'MSE', 'DKD tau=4' (model first if asked)."""
-    label = loss_spec(config.kd.loss).describe(config.kd)
+    label = loss_label(config.kd)
     return f"{config.model} {label}" if with_model else label

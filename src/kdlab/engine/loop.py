@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from kdlab import distributed
 from kdlab.cache import TeacherLogitCache, open_logit_cache
-from kdlab.config import RunConfig
+from kdlab.config import RunConfig, loss_settings
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
 from kdlab.data.select import select_training_set
 from kdlab.device import World, autocast_context, current_world, resolve_device
@@ -57,6 +57,7 @@ from kdlab.engine.student import (
 from kdlab.errors import UserError
 from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import count_parameters, create_model
+from kdlab.plugins import import_plugins, plugin_hashes
 from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment, load_checkpoint
 from kdlab.teacher import check_teacher, load_teacher, teacher_files
 
@@ -320,6 +321,8 @@ class Trainer:
                 run.summary_path.unlink(missing_ok=True)  # more --epochs: unfinished until they are done
             run.write_metrics(student.metrics)  # the rows the checkpoint holds, whatever the file held
         run_info = {**environment(), "world_size": self.world.size}
+        if config.imports:  # the plugins' code is an input of the run too
+            run_info["imports"] = plugin_hashes(config.imports)
         run_info["global_batch_size"] = config.optim.batch_size * self.world.size
         run.write_config(config, run_info)
         if self.noise_record is not None:
@@ -508,8 +511,8 @@ class Trainer:
                 "model": config.model,
                 "dataset": config.data.name,
                 "loss": config.kd.loss,
-                "alpha": config.kd.alpha,
-                "tau": _json_float(config.kd.tau),
+                # exactly the hyperparameters this loss reads (a CE run has none)
+                "hyperparameters": {k: _json_float(v) for k, v in loss_settings(config.kd).items()},
                 "teacher": config.kd.teacher,
                 "test_acc_last": last.get("test_acc"),
                 "test_acc_best": student.test_acc_best,
@@ -555,6 +558,7 @@ def train_lockstep(
 
     Finished runs (with ``resume``) are returned from their summary.json without training.
     """
+    import_plugins([spec for config in configs for spec in config.imports])  # e.g. in a sweep's worker
     check_group(configs)
     outs = [os.path.realpath(config.out) for config in configs if config.out]
     if len(set(outs)) < len(outs):

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.cache import TeacherLogitCache
-from kdlab.config import RunConfig
+from kdlab.config import RunConfig, loss_values
 from kdlab.engine.state import EpochState
 from kdlab.engine.student import Student, set_lr
 from kdlab.errors import UserError, first_line
@@ -153,9 +153,7 @@ def train_step(
             given: dict[str, Tensor | int | None] = {"epoch": epoch + 1, "teacher_features": teacher_features}
             if "student_features" in spec.reads:
                 given["student_features"] = features.float()
-            terms = loss_terms(
-                kd.loss, logits.float(), teacher_logits, targets, **given, **spec.hyperparameters(kd)
-            )
+            terms = loss_terms(kd.loss, logits.float(), teacher_logits, targets, **given, **loss_values(kd))
             loss = sum(terms.values())
             state.add(slot, {"loss": loss, **terms}, logits, targets)
             losses.append(loss)

@@ -11,15 +11,26 @@ key may be given. Stage ``i`` trains into
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import RunConfig, build_config, merge
+from kdlab.config import (
+    RunConfig,
+    build_config,
+    check_unread,
+    declared_hyperparameters,
+    flatten,
+    load_yaml,
+    merge,
+    parse_override,
+)
 from kdlab.errors import UserError
 from kdlab.experiments.recipes import run_name
 from kdlab.losses import loss_spec, needs_teacher
+from kdlab.teacher import TEACHER_DATA_KEYS, with_teacher_data
 
 _SHORT_KEYS = {"epochs": "optim.epochs", "lr": "optim.lr"}
 
@@ -47,8 +58,9 @@ def parse_stage(text: str) -> Stage:
         key = key.strip()
         if not sep:
             raise UserError(f"--stage {text!r}: option {option!r} must be key=value, e.g. tau=3")
-        param = spec.param(key)
-        overrides.append(f"{'kd.' + param.field if param else _SHORT_KEYS.get(key, key)}={value}")
+        # The loss's own keyword, or any hyperparameter's field (refused below when the loss ignores it).
+        field = spec.field_of(key) or (key if key in declared_hyperparameters() else None)
+        overrides.append(f"{'kd.' + field if field else _SHORT_KEYS.get(key, key)}={value}")
     return Stage(model, loss, tuple(overrides))
 
 
@@ -74,10 +86,15 @@ def plan_chain(
                 "or pass --teacher RUN"
             )
         stage_flags = {"model": stage.model, "kd": {"loss": stage.loss, "teacher": previous}}
+        # Data as the chain's teacher's unless given; later stages train on the first stage's data.
+        complete = with_teacher_data if not configs else functools.partial(_same_data, configs[0])
         try:
             config = build_config(
-                config_file, merge(flags or {}, stage_flags), [*(overrides or []), *stage.overrides]
-            )
+                config_file, merge(flags or {}, stage_flags), [*(overrides or []), *stage.overrides],
+                strict=False, complete=complete,
+            )  # fmt: skip
+            # A stage's own options must all be read by its loss; shared settings by some stage's loss.
+            check_unread(config, [key for text in stage.overrides for key in flatten(parse_override(text))])
         except UserError as error:
             raise UserError(f"--stage {index + 1} ({stage.model}:{stage.loss}): {error}") from None
         config.out = str(
@@ -85,7 +102,26 @@ def plan_chain(
         )
         configs.append(config)
         previous = config.out
+    shared = [dict(load_yaml(config_file)) if config_file else {}, flags or {}]
+    shared += [parse_override(text) for text in overrides or []]
+    read = {field for config in configs for field in loss_spec(config.kd.loss).fields}
+    for key in (key for layer in shared for key, value in flatten(layer).items() if value is not None):
+        name = key.removeprefix("kd.")
+        if key.startswith("kd.") and name in declared_hyperparameters() and name not in read:
+            losses = ", ".join(dict.fromkeys(config.kd.loss for config in configs))
+            raise UserError(
+                f"{key} is not read by the loss of any stage ({losses}): drop it, or give it to a stage that "
+                f"reads it (--stage MODEL:LOSS:{name}=VALUE)"
+            )
     return configs
+
+
+def _same_data(first: RunConfig, document: dict[str, Any]) -> dict[str, Any]:
+    data = dict(document.get("data") or {})
+    for key in TEACHER_DATA_KEYS:
+        if data.get(key) is None:
+            data[key] = getattr(first.data, key)
+    return {**document, "data": data}
 
 
 def run_chain(

@@ -46,17 +46,22 @@ import yaml
 from kdlab.config import (  # noqa: F401 - flatten, identity and RUNTIME_KEYS are used through this module too
     RUNTIME_KEYS,
     RunConfig,
+    check_unread,
+    declared_hyperparameters,
     flatten,
+    format_value,
     from_dict,
     identity,
     load_yaml,
+    loss_tokens,
     merge,
     parse_override,
+    teacher_specs,
     unflatten,
 )
 from kdlab.errors import UserError, did_you_mean
-from kdlab.losses import format_value, loss_fields, loss_spec
-from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
+from kdlab.losses import loss_spec
+from kdlab.teacher import FOREIGN_PREFIX
 
 RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
 TEACHERS_FOLDER = "teachers"
@@ -166,11 +171,20 @@ def _extend(document: dict[str, Any], name: str, folder: Path | None) -> dict[st
     return merge(base, document)
 
 
-def load_recipe(spec: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """A shipped recipe by name (``grid-small``) or a recipe YAML file, with ``--set`` overrides applied."""
+def load_recipe(
+    spec: str | Path, overrides: list[str] | None = None, imports: list[str] | None = None
+) -> Recipe:
+    """A shipped recipe by name (``grid-small``) or a recipe YAML file, with ``--set`` overrides applied
+    and ``imports`` (``--import``) added to the recipe's own (every run records them)."""
     name, document = recipe_document(spec)
     for text in overrides or []:
         document = merge(document, parse_override(text))
+    if imports:
+        from kdlab.plugins import resolve_import
+
+        listed = document.get("imports") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        document = {**document, "imports": list(dict.fromkeys([*listed, *map(resolve_import, imports)]))}
     return parse_recipe(document, name)
 
 
@@ -260,12 +274,12 @@ def run_name(entry: dict[str, Any], config: RunConfig, with_seed: bool = True) -
     registration (``kl-a0.9-t20``, ``mse-a1``, ``dkd-a1-b8-t4-w20``, ``ce``); the other tokens from
     the keys the grid point or run entry sets.
     """
-    canonical = {"kd.loss", "seed", "out", *(f"kd.{field}" for field in loss_fields())}
+    canonical = {"kd.loss", "seed", "out", *(f"kd.{field}" for field in declared_hyperparameters())}
     keys = [key for key in entry if key not in canonical]
     order = {"model": 0, "kd.teacher": 1}
     keys.sort(key=lambda key: (order.get(key, 2), key))
     tokens = [_entry_token(key, entry[key]) for key in keys]
-    tokens += loss_spec(config.kd.loss).run_tokens(config.kd)
+    tokens += loss_tokens(config.kd)
     if with_seed:
         tokens.append(f"s{config.seed}")
     return "-".join(tokens)
@@ -337,6 +351,7 @@ def plan_sweep(
             data["seed"] = seed
             where = f"recipe {recipe.name}, run {entry or 'base'}"
             config, names = _build(data, recipe, teachers_dir, where)
+            check_unread(config, entry, f"{where}: ")  # a grid axis or run key its loss ignores
             name = run_name(entry, config)
             config.out = str(out / name)
             previous = students.get(name)
@@ -346,7 +361,21 @@ def plan_sweep(
                     "in a key that names the run (model, kd.teacher, loss, alpha, tau)"
                 )
             students[name] = PlannedRun(name, config, names)
+    _check_base_read(recipe, [run.config for run in [*teachers.values(), *students.values()]])
     return SweepPlan(recipe, out, teachers, [students[name] for name in sorted(students)])
+
+
+def _check_base_read(recipe: Recipe, configs: list[RunConfig]) -> None:
+    """The base's loss hyperparameters are shared by runs of several losses (a CE baseline ignores the
+    KL temperature); one that no run of the recipe reads is a mistake."""
+    read = {field for config in configs for field in loss_spec(config.kd.loss).fields}
+    for key in flatten(recipe.base.get("kd") or {}):
+        if key in declared_hyperparameters() and key not in read:
+            losses = ", ".join(dict.fromkeys(config.kd.loss for config in configs))
+            raise UserError(
+                f"recipe {recipe.name}: kd.{key} is not read by the loss of any run ({losses}): drop it, or add "
+                "runs of a loss that reads it"
+            )
 
 
 def _plan_teachers(recipe: Recipe, teachers_dir: Path) -> dict[str, PlannedRun]:
@@ -356,7 +385,9 @@ def _plan_teachers(recipe: Recipe, teachers_dir: Path) -> dict[str, PlannedRun]:
     for name, entry in recipe.teachers.items():
         data = merge(base, unflatten(flatten(entry)))
         data.setdefault("kd", {}).setdefault("loss", "ce")
-        config, names = _build(data, recipe, teachers_dir, f"recipe {recipe.name}, teacher {name}")
+        where = f"recipe {recipe.name}, teacher {name}"
+        config, names = _build(data, recipe, teachers_dir, where)
+        check_unread(config, flatten(entry), f"{where}: ")
         config.out = str(teachers_dir / name)
         planned[name] = PlannedRun(f"{TEACHERS_FOLDER}/{name}", config, names)
     ordered: dict[str, PlannedRun] = {}

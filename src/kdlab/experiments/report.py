@@ -30,9 +30,9 @@ import numpy as np
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
 from kdlab.analysis.records import RunRecord, find_runs, read_run
 from kdlab.analysis.stats import Stat
-from kdlab.experiments.recipes import identity
+from kdlab.config import LossParam, format_value, identity, loss_label, loss_params
 from kdlab.experiments.regime import CE_LOSS, GATES_TEXT, Gate, check_gates, gates_table, scope_text
-from kdlab.losses import LOSSES, LossSpec, Param, format_value, loss_fields, loss_spec
+from kdlab.losses import LOSSES, LossSpec, loss_fields, loss_spec
 from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
 from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
 
@@ -77,7 +77,11 @@ class Group:
     @property
     def label(self) -> str:
         """The loss's report label, e.g. 'KL tau=20' (from the group's first run)."""
-        return self.spec.describe(self.runs[0].config.kd)
+        return loss_label(self.runs[0].config.kd)
+
+    @property
+    def params(self) -> tuple[LossParam, ...]:
+        return loss_params(self.key["kd.loss"])
 
 
 def teacher_name(value: Any, root: Path | None = None) -> str | None:
@@ -213,8 +217,8 @@ class Grid:
     """
 
     spec: LossSpec
-    rows: Param | None
-    columns: Param
+    rows: LossParam | None
+    columns: LossParam
     row_values: list[Any]
     column_values: list[Any]
     means: np.ndarray
@@ -230,17 +234,19 @@ def grids(members: list[Group], metric: str = ACCURACY) -> list[Grid]:
         groups = [group for group in members if group.key["kd.loss"] == loss]
         spec = groups[0].spec
 
-        def value(group: Group, param: Param) -> Any:
+        def value(group: Group, param: LossParam) -> Any:
             return group.key.get(f"kd.{param.field}")
 
         varying = [
-            param for param in spec.params if not param.is_flag and len({value(g, param) for g in groups}) > 1
+            param
+            for param in groups[0].params
+            if not param.is_flag and len({value(g, param) for g in groups}) > 1
         ]
         if not varying:
             continue
         axes = varying[-2:]
         rows, columns = (axes[0], axes[1]) if len(axes) == 2 else (None, axes[0])
-        rest = [param for param in spec.params if param not in axes]
+        rest = [param for param in groups[0].params if param not in axes]
         subsets: dict[tuple[Any, ...], list[Group]] = {}
         for group in groups:
             subsets.setdefault(tuple(value(group, param) for param in rest), []).append(group)
@@ -256,9 +262,9 @@ def grids(members: list[Group], metric: str = ACCURACY) -> list[Grid]:
                     column_values.index(value(group, columns)),
                 )
                 means[index], stds[index] = stat.mean, stat.std
-            flags = [param.label or param.name for param in rest if param.is_flag and value(subset[0], param)]
+            flags = [param.label for param in rest if param.is_flag and value(subset[0], param)]
             fixed = [
-                f"{param.label or param.name}={format_value(value(subset[0], param))}"
+                f"{param.label}={format_value(value(subset[0], param))}"
                 for param in rest
                 if not param.is_flag
             ]
@@ -298,7 +304,7 @@ def comparison_table(context_groups: dict[Any, list[Group]], shown: list[str]) -
 
 def _hidden_at_defaults(group: Group) -> bool:
     kd = group.runs[0].config.kd
-    return all(getattr(kd, param.field) == param.default for param in group.spec.params if param.hide_default)
+    return all(getattr(kd, param.field) == param.default for param in group.params if param.hide_default)
 
 
 # --- regime gates ----------------------------------------------------------------------------------
