@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,12 @@ def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "
     """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file; a UserError
     naming the first key whose shape differs when the weights do not fit the model it names."""
     path = resolve_checkpoint(spec)
-    checkpoint = load_checkpoint(path, map_location)
+    return checkpoint_model(load_checkpoint(path, map_location), path)
+
+
+def checkpoint_model(checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
+    """The model a loaded kdlab checkpoint (:func:`kdlab.runs.load_checkpoint`) names, holding its
+    weights; ``path`` names the file in errors."""
     name, num_classes = checkpoint["model_name"], checkpoint["num_classes"]
     image_size = checkpoint.get("image_size")
     try:
