@@ -360,6 +360,25 @@ def reproduce(
         publish_report(out or f"reproduce-{preset}", publish, readme, log=typer.echo)
 
 
+@app.command("export")
+def export_model(
+    run: Annotated[str, typer.Argument(help="finished run folder or kdlab checkpoint file")],
+    format_: Annotated[
+        str, typer.Option("--format", help="safetensors, onnx, pt2 (torch.export) or torchscript")
+    ] = "safetensors",
+    out: Annotated[
+        str | None, typer.Option("--out", help="file to write (default RUN/export/student.EXT)")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="last (default) or best, of a run folder")
+    ] = None,
+) -> None:
+    """Write a trained model, its input normalisation built in, to a file other tools load (docs/export.md)."""
+    from kdlab.export import export_student
+
+    typer.echo(export_student(run, format_, out, checkpoint).describe())
+
+
 def _set_cpu_threads() -> None:
     # Without an explicit setting, small CPU tensor operations were measured several times slower
     # on our 2-core machines; OMP_NUM_THREADS, when given, wins.
