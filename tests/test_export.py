@@ -475,3 +475,24 @@ def test_a_checkpoint_without_normalisation_or_dataset_is_refused(tmp_path: Path
     path = random_teacher(tmp_path / "bare.pt", in_channels=1)
     with pytest.raises(UserError, match="bare.pt records neither its input normalisation nor its dataset"):
         load_student(path)
+
+
+def test_damaged_kdlab_metadata_is_refused(
+    tmp_path: Path, run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    kdlab_ok(capsys, ["export", run, "--out", tmp_path / "good.safetensors"])
+    with safe_open(str(tmp_path / "good.safetensors"), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    for change, message in [
+        ({"input_shape": "[1, -8, 8]"}, "has damaged kdlab metadata (num_classes 10, in_channels 1, image_size 8, "
+                                        "input_shape [1, -8, 8]): export it again"),
+        ({"mean": "[0.3, 0.4]"}, "holds an invalid input normalisation (mean [0.3, 0.4], std"),
+        ({"num_classes": "ten"}, "has damaged kdlab metadata (JSONDecodeError: "),
+    ]:  # fmt: skip
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata | change)
+        with pytest.raises(UserError) as error:
+            load_student(tmp_path / "bad.safetensors")
+        assert message in str(error.value)

@@ -213,7 +213,7 @@ def _from_checkpoint(checkpoint: dict[str, Any], path: Path) -> NormalizedModel:
         "image_size": image_size,
         "input_shape": [in_channels, image_size, image_size] if image_size else None,
         "dataset": checkpoint.get("dataset") if isinstance(checkpoint.get("dataset"), str) else None,
-        "imports": list(config.get("imports") or []),
+        "imports": config["imports"] if isinstance(config.get("imports"), list) else [],
         "mean": mean,
         "std": std,
     }
@@ -302,9 +302,8 @@ def _from_safetensors(path: Path) -> NormalizedModel:
     return student
 
 
-# What the metadata holds: strings as they are, everything else as JSON (safetensors metadata is
-# a str -> str mapping). Checked by kind when read back.
-_TEXT_KEYS = ("format", "model_name", "kdlab_version", "source_checkpoint", "source_sha256", "input")
+# The metadata (safetensors metadata is a str -> str mapping): format, model_name, kdlab_version,
+# source_checkpoint, source_sha256 and input as text, these as JSON (checked when read back):
 _JSON_KEYS = ("num_classes", "in_channels", "image_size", "input_shape", "mean", "std", "dataset", "imports")
 
 
@@ -332,14 +331,21 @@ def _read_metadata(metadata: dict[str, str], path: Path) -> dict[str, Any]:
         raise UserError(
             f"{path} has damaged kdlab metadata ({type(error).__name__}: {shown(str(error))}): export it again"
         ) from None
-    counts = [info["num_classes"], info["in_channels"]]
-    image_size = info["image_size"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in counts) or not (
-        image_size is None or (isinstance(image_size, int) and image_size > 0)
+
+    def positive(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    shape, image_size = info["input_shape"], info["image_size"]
+    if not (
+        positive(info["num_classes"])
+        and positive(info["in_channels"])
+        and (image_size is None or positive(image_size))
+        and (shape is None or (isinstance(shape, list) and shape and all(map(positive, shape))))
     ):
         raise UserError(
-            f"{path} has damaged kdlab metadata (num_classes {shown(counts[0])}, in_channels "
-            f"{shown(counts[1])}, image_size {shown(image_size)}): export it again"
+            f"{path} has damaged kdlab metadata (num_classes {shown(info['num_classes'])}, in_channels "
+            f"{shown(info['in_channels'])}, image_size {shown(image_size)}, input_shape {shown(shape)}): "
+            "export it again"
         )
     info["mean"], info["std"] = _check_normalization(info["mean"], info["std"], path)
     if not isinstance(info["imports"], list):
