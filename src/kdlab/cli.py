@@ -377,6 +377,26 @@ def reproduce(
         publish_report(out or f"reproduce-{preset}", publish, readme, log=typer.echo)
 
 
+@app.command("export")
+def export_model(
+    run: Annotated[str, typer.Argument(help="finished run folder or kdlab checkpoint file")],
+    format_: Annotated[
+        str, typer.Option("--format", help="safetensors, onnx, pt2 (torch.export) or torchscript")
+    ] = "safetensors",
+    out: Annotated[
+        str | None, typer.Option("--out", help="file to write (default RUN/export/student.EXT)")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="last (default) or best, of a run folder")
+    ] = None,
+    imports: Imports = None,
+) -> None:
+    """Write a trained model, its input normalisation built in, to a file other tools load (docs/export.md)."""
+    from kdlab.export import export_student
+
+    typer.echo(export_student(run, format_, out, checkpoint).describe())
+
+
 def plugin_arguments(args: list[str]) -> list[str]:
     """The values of ``--import X`` / ``--import=X`` anywhere in ``args`` (up to a ``--``)."""
     found = []

@@ -28,13 +28,16 @@ def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "
     """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file; a UserError
     naming the first key whose shape differs when the weights do not fit the model it names."""
     path = resolve_checkpoint(spec)
-    checkpoint = load_checkpoint(path, map_location)
-    imports = (
-        (checkpoint.get("config") or {}).get("imports")
-        if isinstance(checkpoint.get("config"), dict)
-        else None
-    )
-    if imports:  # a model of the user's: its plugin registers it (kdlab.plugins)
+    return checkpoint_model(load_checkpoint(path, map_location), path)
+
+
+def checkpoint_model(checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
+    """The model a loaded kdlab checkpoint (:func:`kdlab.runs.load_checkpoint`) names, holding its
+    weights; ``path`` names the file in errors. A model of the user's is registered by its plugin,
+    which the checkpoint's config names (``imports``, see kdlab.plugins): imported first."""
+    stored = checkpoint.get("config")
+    imports = stored.get("imports") if isinstance(stored, dict) else None
+    if imports:
         from kdlab.plugins import import_plugins
 
         import_plugins(imports if isinstance(imports, list) else [imports])

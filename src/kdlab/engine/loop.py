@@ -232,6 +232,9 @@ class Trainer:
             "num_classes": self.splits.num_classes,
             "in_channels": self.splits.in_channels,
             "image_size": self.splits.image_size,
+            # The input normalisation, so that kdlab.export.load_student needs no dataset files.
+            "mean": list(self.splits.mean or ()),
+            "std": list(self.splits.std or ()),
         }
         student = Student(
             config, run, model, make_optimizer(model, config), module=model, data_info=data_info,

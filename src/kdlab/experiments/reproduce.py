@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -52,7 +51,7 @@ from kdlab.experiments.regime import GATES_TEXT, gates_table
 from kdlab.experiments.report import write_report
 from kdlab.experiments.sweep import run_sweep
 from kdlab.losses import needs_teacher
-from kdlab.runs import atomic_write_json, atomic_write_text
+from kdlab.runs import atomic_write_json, atomic_write_text, file_sha256
 
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
 README_START, README_END = "<!-- claims-table:start -->", "<!-- claims-table:end -->"
@@ -267,13 +266,7 @@ def regime_list(results: list[checks.ClaimResult]) -> list[dict[str, Any]]:
 
 def checkpoint_hash(path: Path) -> str | None:
     """SHA-256 of a file (None when absent)."""
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path) if path.is_file() else None
 
 
 def teacher_rows(experiments: dict[str, Experiment]) -> list[dict[str, Any]]:
