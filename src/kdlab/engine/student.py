@@ -90,15 +90,15 @@ def make_optimizer(model: nn.Module, config: RunConfig, lr: float | None = None)
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Write ``lr`` into the optimiser's learning-rate tensor (in place: no new capture, no sync)."""
     for group in optimizer.param_groups:
+        if not group["params"]:  # e.g. no parameter without weight decay: nothing to update
+            continue
         device = group["params"][0].device
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
         else:  # restored from a checkpoint, which stores the rate as a number
             group["lr"] = torch.tensor(lr, device=device)
         group["fused"], group["foreach"] = True, None  # also for checkpoints of other settings
-        if (
-            "capturable" in group
-        ):  # AdamW: as make_optimizer sets it for this device (a checkpoint's is its own)
+        if "capturable" in group:  # AdamW: as make_optimizer sets it here (a checkpoint holds its own)
             group["capturable"] = device.type == "cuda"
 
 
