@@ -352,7 +352,7 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      "already holds a finished run: pass --resume to continue it, --overwrite to start again, or choose another --out"),
     ("unknown-yaml-key", lambda f, out: ["train", *DIGITS, "--config", _yaml(f, "optim:\n  lrr: 0.1\n", "typo.yaml"),
                                          "--out", out],
-     "unknown config key 'optim.lrr' (did you mean optim.lr or optim.nesterov?): valid keys are optim.epochs, optim.batch_size, optim.lr, "),
+     "unknown config key 'optim.lrr' (did you mean optim.lr or optim.eps?): valid keys are optim.name, optim.epochs, optim.batch_size, optim.lr, "),
     ("yaml-syntax", lambda f, out: ["train", *DIGITS, "--config", _yaml(f, "optim: [1, 2\n", "broken.yaml"),
                                     "--out", out],
      "broken.yaml is not valid YAML at line 2: fix the syntax"),

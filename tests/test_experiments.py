@@ -163,7 +163,7 @@ def test_set_overrides_edit_the_recipe_document(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"optim": {"epoch": 3}}, "unknown config key 'optim.epoch' (did you mean optim.epochs or optim.nesterov?): valid keys are optim.epochs"),
+        ({"optim": {"epoch": 3}}, "unknown config key 'optim.epoch' (did you mean optim.epochs or optim.eps?): valid keys are optim.name, optim.epochs"),
         ({"grids": {}}, "unknown recipe key 'grids' in r (did you mean grid?): valid keys are"),
         ({"grid": {"kd.tau": 3}}, "grid key 'kd.tau' must map to a non-empty list"),
         ({"grid": {"kd.alhpa": [1]}}, "unknown config key 'kd.alhpa' (did you mean kd.alpha"),

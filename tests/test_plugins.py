@@ -20,7 +20,7 @@ from kdlab.config import build_config
 from kdlab.errors import UserError
 from kdlab.registry import Registry
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_registries")  # tests/conftest.py
 SRC = Path(__file__).resolve().parents[1] / "src"
 QUIET = ["--set", "progress=false", "--set", "tensorboard=false"]
 

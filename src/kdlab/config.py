@@ -308,14 +308,72 @@ def unread_message(key: str, loss: str) -> str:
 
 @dataclass
 class OptimConfig:
+    """The optimiser and its learning-rate schedule (kdlab.engine.student: ``make_optimizer``,
+    ``lr_at``). The defaults are the paper's: SGD, Nesterov momentum, x0.1 at half and three quarters
+    of the epochs. A setting that only another optimiser or schedule reads (``OPTIM_CHOICES``) must
+    keep its default: it would change nothing."""
+
+    name: str = "sgd"  # sgd | adamw
     epochs: int = 200
     batch_size: int = 128  # per process; the global batch is this times the world size
     lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # on parameters with more than one dimension only
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
-    gamma: float = 0.1
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw: moment decay rates
+    eps: float = 1e-8  # adamw: added to the root of the second moment
+    weight_decay: float = 5e-4  # on parameters with more than one dimension only (adamw: decoupled)
+    schedule: str = "step"  # step | cosine
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the epochs
+    gamma: float = 0.1  # step: the factor at each milestone
+    warmup_epochs: int = 0  # both schedules: linear warm-up over the first epochs (0: none)
+
+    def unread(self) -> list[str]:
+        """The fields another optimiser or schedule reads but the chosen ones do not (sgd: betas, eps)."""
+        unread: list[str] = []
+        for key, choices in OPTIM_CHOICES.items():
+            reads = choices.get(getattr(self, key), ())
+            unread += [name for names in choices.values() for name in names if name not in reads]
+        return list(dict.fromkeys(unread))
+
+    def check(self) -> None:
+        """A UserError for an unknown optimiser or schedule, or for a setting the chosen ones do not
+        read that is given, i.e. differs from its default (so a run's config.yaml, which lists every
+        field at its value, reads back as it was written)."""
+        for key, choices in OPTIM_CHOICES.items():
+            value = getattr(self, key)
+            if value not in choices:
+                raise UserError(
+                    f"optim.{key}={shown(value)} is invalid{did_you_mean(str(value), choices)}: choose "
+                    + " or ".join(choices)
+                )
+        defaults = OptimConfig()
+        for name in self.unread():
+            if getattr(self, name) == getattr(defaults, name):
+                continue
+            key, choices = next(
+                (key, choices) for key, choices in OPTIM_CHOICES.items() if _reader(choices, name)
+            )
+            chosen = getattr(self, key)
+            reads = ", ".join(f"optim.{field}" for field in choices[chosen])
+            raise UserError(
+                f"optim.{name}={shown(getattr(self, name))} is not read by optim.{key}={chosen}, which reads "
+                f"{reads}: drop optim.{name}, or set optim.{key}={_reader(choices, name)}"
+            )
+
+
+# What each optimiser (optim.name) and each schedule (optim.schedule) reads. A field read by one
+# choice but not the chosen one must keep its default (OptimConfig.check) and is not part of a run's
+# identity (identity()).
+OPTIM_CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "name": {"sgd": ("lr", "momentum", "nesterov", "weight_decay"), "adamw": ("lr", "betas", "eps", "weight_decay")},
+    "schedule": {"step": ("lr", "epochs", "milestones", "gamma", "warmup_epochs"),
+                 "cosine": ("lr", "epochs", "warmup_epochs")},
+}  # fmt: skip
+
+
+def _reader(choices: dict[str, tuple[str, ...]], name: str) -> str | None:
+    """The first choice that reads ``name``."""
+    return next((choice for choice, names in choices.items() if name in names), None)
 
 
 @dataclass
@@ -391,6 +449,7 @@ class RunConfig:
         """Seeds, optimiser and data settings that PyTorch or numpy would refuse mid-run (or accept
         silently, such as a negative weight decay)."""
         optim = self.optim
+        optim.check()
         seeds = {
             "seed": self.seed,
             **{f"data.{k}_seed": getattr(self.data, f"{k}_seed") for k in ("subset", "noise", "select")},
@@ -404,6 +463,11 @@ class RunConfig:
             ("optim.gamma", optim.gamma, 0 < optim.gamma < math.inf, "positive and finite, e.g. 0.1"),
             ("optim.milestones", optim.milestones, all(0 <= m <= 1 for m in optim.milestones),
              "fractions of the epochs in [0, 1], e.g. [0.5, 0.75]"),
+            ("optim.betas", optim.betas, len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+             "two decay rates in [0, 1), e.g. [0.9, 0.999]"),
+            ("optim.eps", optim.eps, 0 < optim.eps < math.inf, "positive and finite, e.g. 1e-8"),
+            ("optim.warmup_epochs", optim.warmup_epochs, optim.warmup_epochs == 0 or 0 < optim.warmup_epochs < optim.epochs,
+             f"a whole number of epochs in [0, {optim.epochs}) (fewer than optim.epochs: the run must reach optim.lr)"),
             ("data.num_workers", self.data.num_workers, self.data.num_workers >= 0, ">= 0 (0 loads in the main process)"),
             ("kd.cache_limit_gb", self.kd.cache_limit_gb, 0 < self.kd.cache_limit_gb < math.inf, "positive, e.g. 8"),
         ]  # fmt: skip
@@ -721,10 +785,12 @@ RUNTIME_KEYS = (
 
 def identity(config: RunConfig) -> dict[str, Any]:
     """The flattened config without ``RUNTIME_KEYS`` and without the loss hyperparameters its loss
-    does not read (a CE run has no tau): what makes two runs the same computation."""
+    does not read (a CE run has no tau) or the optimiser settings its optimiser and schedule do not
+    read (an AdamW run has no momentum): what makes two runs the same computation."""
     unread = {f"kd.{field}" for field in declared_hyperparameters()} - {
         f"kd.{field}" for field in loss_spec(config.kd.loss).fields
     }
+    unread |= {f"optim.{field}" for field in config.optim.unread()}  # adamw has no momentum
     return {
         key: value
         for key, value in flatten(config.to_dict()).items()
@@ -755,4 +821,14 @@ def _teacher_names(value: Any) -> list[str]:
 
 
 def to_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    """The resolved config as a run records it (``config.yaml``): every setting, except the loss
+    hyperparameters its loss does not read and the optimiser settings its optimiser and schedule do not
+    read, so that the record holds no setting that changed nothing (and reads back as ``--config``)."""
+    data = config.to_dict()
+    reads = set(loss_spec(config.kd.loss).fields)
+    for name in declared_hyperparameters():
+        if name not in reads:
+            data["kd"].pop(name, None)
+    for name in config.optim.unread():
+        data["optim"].pop(name, None)
+    return yaml.safe_dump(data, sort_keys=False)

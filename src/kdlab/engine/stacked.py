@@ -11,7 +11,7 @@ every layer runs once for all N students with N times the work:
 - layers without parameters (ReLU, pooling, flatten) see ``[B, N*C, H, W]`` and act per channel.
 
 The input is repeated N times along the channels, and the logits ``[B, N*K]`` are split into each
-student's ``[B, K]``. Every stacked tensor (weight, bias, running statistic, momentum buffer) is the
+student's ``[B, K]``. Every stacked tensor (weight, bias, running statistic, optimiser state) is the
 concatenation along dim 0 of the students' tensors, so student ``i``'s slice is
 ``stacked.chunk(N)[i]`` and each student's own model, optimiser state and checkpoint are written
 from it (:meth:`StackedStudents.publish`): checkpoints are the standard per-student format.
@@ -187,8 +187,10 @@ def stack_models(
 
 class StackedStudents:
     """One training unit of N students as a :class:`StackedModel` with one optimiser over the stacked
-    parameters (all students share the optimiser settings: ``engine.student.stack_key``). SGD acts
-    elementwise, so student i's slice of the optimiser state is its own optimiser's state."""
+    parameters (all students share the optimiser settings: ``engine.student.stack_key``). SGD and
+    AdamW act elementwise, so student i's slice of the optimiser state (SGD's momentum, AdamW's two
+    moments) is its own optimiser's state; AdamW's step count, a 0-d tensor, is every student's (they
+    train in lockstep)."""
 
     def __init__(self, students: list[Student], slots: list[int], model: StackedModel) -> None:
         self.students, self.slots, self.count = students, slots, len(students)
@@ -198,7 +200,7 @@ class StackedStudents:
         # (stacked tensor, [each student's tensor of that name]) for parameters and for buffers
         self.parameters = self._pairs("parameters")
         self.buffers = self._pairs("buffers")
-        self._load_momentum()
+        self._load_state()
         self.module: nn.Module = torch.compile(model) if lead.config.compile else model
 
     def _pairs(self, kind: str) -> list[tuple[Tensor, list[Tensor]]]:
@@ -208,15 +210,20 @@ class StackedStudents:
             for name, tensor in getattr(self.model.body, f"named_{kind}")()
         ]
 
-    def _load_momentum(self) -> None:
-        """Momentum buffers from the students' optimisers (restored from their checkpoints, or none yet)."""
+    def _load_state(self) -> None:
+        """The optimiser state from the students' optimisers (restored from their checkpoints, or none
+        yet): each tensor the students' concatenated along dim 0, a 0-d one (a step count) shared."""
         for stacked, parts in self.parameters:
-            buffers = [
-                student.optimizer.state.get(part, {}).get("momentum_buffer")
+            states = [
+                student.optimizer.state.get(part, {})
                 for student, part in zip(self.students, parts, strict=True)
             ]
-            if all(buffer is not None for buffer in buffers):
-                self.optimizer.state[stacked]["momentum_buffer"] = torch.cat(buffers).to(stacked.device)
+            if not states[0] or any(state.keys() != states[0].keys() for state in states):
+                continue  # no step taken yet: the optimiser makes its state at the first step
+            self.optimizer.state[stacked] = {
+                key: value.clone() if value.ndim == 0 else torch.cat([state[key] for state in states])
+                for key, value in states[0].items()
+            }
 
     def forward(self, inputs: Tensor, features: bool) -> list[tuple[Tensor, Tensor | None]]:
         """Each student's logits ``[B, K]`` and, with ``features``, penultimate features ``[B, D]``
@@ -240,15 +247,15 @@ class StackedStudents:
             for part, piece in zip(parts, _slices(stacked, self.count), strict=True):
                 part.copy_(piece)
         for stacked, parts in self.parameters:
-            buffer = self.optimizer.state.get(stacked, {}).get("momentum_buffer")
-            if buffer is None:
-                continue
-            for student, part, piece in zip(self.students, parts, _slices(buffer, self.count), strict=True):
-                state = student.optimizer.state[part]
-                if "momentum_buffer" in state:
-                    state["momentum_buffer"].copy_(piece)
-                else:
-                    state["momentum_buffer"] = piece.clone()
+            for key, value in self.optimizer.state.get(stacked, {}).items():
+                for student, part, piece in zip(
+                    self.students, parts, _slices(value, self.count), strict=True
+                ):
+                    state = student.optimizer.state[part]
+                    if key in state:
+                        state[key].copy_(piece)
+                    else:
+                        state[key] = piece.clone()
 
 
 def _slices(stacked: Tensor, count: int) -> list[Tensor]:

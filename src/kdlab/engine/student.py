@@ -7,6 +7,7 @@ as one stacked module (:func:`stack_key`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,40 +19,87 @@ from kdlab.errors import UserError, first_line, shown
 from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint, load_model_state
 
 
+def milestone_epochs(config: RunConfig) -> list[int]:
+    """The step schedule's milestones as 0-based epochs: ``m = max(1, ceil(f * E))`` for each fraction
+    ``f`` of ``E = optim.epochs`` (``f * E`` first rounded to hundredths of an epoch, so that float
+    noise and 4-digit fractions such as 0.6667 of 90 epochs give epoch 60, not 61).
+
+    Rounding up never decays earlier than the fraction says, never at epoch 0 (the first epoch trains at
+    ``optim.lr``), and keeps the two paper milestones apart in short runs: E = 200 gives 100 and 150
+    (the paper's), E = 3 gives 2 and 3, E = 1 gives 1 and 1. A milestone at or past E never applies.
+    """
+    epochs = config.optim.epochs
+    return [max(1, math.ceil(round(fraction * epochs, 2))) for fraction in config.optim.milestones]
+
+
 def lr_at(config: RunConfig, epoch: int) -> float:
-    """Step schedule: ``lr * gamma^k``, k = milestones (fractions of the epochs) already reached."""
-    milestones = [round(fraction * config.optim.epochs) for fraction in config.optim.milestones]
-    return config.optim.lr * config.optim.gamma ** sum(epoch >= milestone for milestone in milestones)
+    """The learning rate of 0-based ``epoch`` e, held for the whole epoch (``lr`` = optim.lr,
+    ``E`` = optim.epochs, ``W`` = optim.warmup_epochs)::
+
+        step:    base_e = lr * gamma^k,  k = number of milestones m <= e  (:func:`milestone_epochs`)
+        cosine:  base_e = lr * (1 + cos(pi * e / E)) / 2                  (epoch 0 at lr; the last
+                                                                           at lr * (1 - cos(pi / E)) / 2 > 0)
+        lr_e = base_e * min(1, (e + 1) / W)                               (W = 0: lr_e = base_e)
+
+    Warm-up scales the schedule's own rate linearly: epoch 0 trains at base_0 / W, epoch W - 1 at
+    base_{W-1}, and from epoch W on the schedule is as without warm-up.
+    E = 200 step: 0.1 for epochs 0-99, 0.01 for 100-149, 0.001 for 150-199; E = 3: 0.1, 0.1, 0.01;
+    E = 1: 0.1.
+    """
+    optim = config.optim
+    if optim.schedule == "cosine":
+        rate = optim.lr * (1 + math.cos(math.pi * epoch / optim.epochs)) / 2
+    else:
+        rate = optim.lr * optim.gamma ** sum(epoch >= milestone for milestone in milestone_epochs(config))
+    if optim.warmup_epochs > 0:
+        rate *= min(1.0, (epoch + 1) / optim.warmup_epochs)
+    return rate
 
 
-def make_optimizer(model: nn.Module, config: RunConfig, lr: float | None = None) -> torch.optim.SGD:
-    """SGD, Nesterov momentum; weight decay only on parameters with more than one dimension.
+def make_optimizer(model: nn.Module, config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """``optim.name``: SGD with (Nesterov) momentum, or AdamW (decoupled weight decay); for both,
+    weight decay only on parameters with more than one dimension (not on biases and norm scales).
 
     Fused (one kernel updates every parameter, on CPU and CUDA alike), with the learning rate held
     in a 0-d tensor on the parameters' device: :func:`set_lr` writes that tensor in place, so a
-    captured CUDA graph of the step reads the new rate without being captured again.
+    captured CUDA graph of the step reads the new rate without being captured again. AdamW's step
+    count (its bias correction) is a device tensor too.
     """
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optim = config.optim
     groups = [
-        {"params": decay, "weight_decay": config.optim.weight_decay},
+        {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     device = next(model.parameters()).device
-    rate = torch.tensor(config.optim.lr if lr is None else lr, device=device)
-    return torch.optim.SGD(
-        groups, lr=rate, momentum=config.optim.momentum, nesterov=config.optim.nesterov, fused=True
-    )
+    rate = torch.tensor(optim.lr if lr is None else lr, device=device)
+    if optim.name == "adamw":
+        # capturable only lets torch's check allow CUDA-graph capture: the fused kernel is the same
+        # either way (it reads step and lr from device tensors), so its warning that capturable slows
+        # uncaptured steps (the warm-up steps, a last partial batch) does not apply.
+        optimizer = torch.optim.AdamW(
+            groups, lr=rate, betas=(optim.betas[0], optim.betas[1]), eps=optim.eps, fused=True,
+            capturable=device.type == "cuda",
+        )  # fmt: skip
+        optimizer._warned_capturable_if_run_uncaptured = True
+        return optimizer
+    return torch.optim.SGD(groups, lr=rate, momentum=optim.momentum, nesterov=optim.nesterov, fused=True)
 
 
-def set_lr(optimizer: torch.optim.SGD, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Write ``lr`` into the optimiser's learning-rate tensor (in place: no new capture, no sync)."""
     for group in optimizer.param_groups:
+        if not group["params"]:  # e.g. no parameter without weight decay: nothing to update
+            continue
+        device = group["params"][0].device
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(lr)
         else:  # restored from a checkpoint, which stores the rate as a number
-            group["lr"] = torch.tensor(lr, device=group["params"][0].device)
+            group["lr"] = torch.tensor(lr, device=device)
         group["fused"], group["foreach"] = True, None  # also for checkpoints of other settings
+        if "capturable" in group:  # AdamW: as make_optimizer sets it here (a checkpoint holds its own)
+            group["capturable"] = device.type == "cuda"
 
 
 def group_key(config: RunConfig) -> dict[str, Any]:
@@ -103,7 +151,7 @@ class Student:
     config: RunConfig
     run: RunFolder
     model: nn.Module
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     module: nn.Module
     data_info: dict[str, Any] = field(default_factory=dict)  # num_classes, in_channels, image_size
     start_epoch: int = 0
@@ -120,7 +168,7 @@ class Student:
     def checkpoint(self, epoch: int, progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``last.pt``/``best.pt`` hold after ``epoch`` finished epochs (plus ``progress`` when mid-epoch)."""
         optimizer = self.optimizer.state_dict()
-        for group in optimizer["param_groups"]:  # a number, as in any SGD checkpoint (no device read)
+        for group in optimizer["param_groups"]:  # a number, as in any torch checkpoint (no device read)
             group["lr"] = self.config.optim.lr if self.lr is None else self.lr
         return {
             "format": CHECKPOINT_FORMAT,
