@@ -44,6 +44,7 @@ from kdlab.teacher import teacher_specs
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 ABOUT_AS_GOOD, OUTSIDE = "about as good", "outside the paper's regime"
+NOT_JUDGED = "not judged"  # the setting lacks what the claim needs (the reason is given)
 MIN_SEEDS = 3  # fewer paired seeds: no verdict
 EQUIVALENCE_MARGIN = 0.5  # accuracy points within which two settings count as "about as good"
 SIGNIFICANCE = 1 - CONFIDENCE
@@ -241,6 +242,7 @@ class ClaimResult:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, path relative to REPORT.md)
     exact_verdict: str | None = None  # C3: decided by exact checks, not seeds
     gates: list[Gate] = field(default_factory=list)  # the regime its runs were measured in
+    not_judged: str | None = None  # why the setting cannot judge this claim (no runs were made for it)
 
     @property
     def failing_gates(self) -> list[Gate]:
@@ -248,6 +250,8 @@ class ClaimResult:
 
     @property
     def verdict(self) -> str:
+        if self.not_judged is not None:
+            return NOT_JUDGED
         if self.exact_verdict is not None:
             return self.exact_verdict
         if self.failing_gates:
@@ -272,6 +276,8 @@ class ClaimResult:
 
     def evidence(self) -> str:
         """One line for the README: the failing gate, or the deciding test's effect, interval and n."""
+        if self.not_judged is not None:
+            return self.not_judged
         if self.exact_verdict is not None:
             return "exact checks on the loss functions (float64)"
         if self.failing_gates:

@@ -49,9 +49,10 @@ from kdlab.experiments.claims import Context, Experiment
 from kdlab.experiments.recipes import parse_recipe, recipe_document
 from kdlab.experiments.regime import GATES_TEXT, gates_table
 from kdlab.experiments.report import write_report
+from kdlab.experiments.setting import Setting, load_setting
 from kdlab.experiments.sweep import run_sweep
 from kdlab.losses import needs_teacher
-from kdlab.runs import atomic_write_json, atomic_write_text, file_sha256
+from kdlab.runs import atomic_write_json, atomic_write_text, environment, file_sha256
 
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
 README_START, README_END = "<!-- claims-table:start -->", "<!-- claims-table:end -->"
@@ -96,6 +97,24 @@ class Preset:
     threads: int | None = None
     protocol: str | None = None  # the design document committed before the runs, relative to the repository
     overrides: tuple[str, ...] = ()  # --set edits of every recipe, before the user's
+    # Why an experiment cannot run on this preset (None: it can): a setting may leave parts out.
+    missing: Callable[[str], str | None] = lambda experiment: None
+    setting: Setting | None = None  # kdlab reproduce --setting: the user's setting file
+
+
+def setting_preset(setting: Setting) -> Preset:
+    """The small protocol's experiments, gates and rules on a user's setting (kdlab.experiments.setting)."""
+    teachers = ", ".join(f"{role} {entry['model']}" for role, entry in setting.teachers.items())
+    description = (
+        f"Setting `{setting.path}` (SHA-256 `{setting.sha256[:16]}`): {setting.description or 'no description'} "
+        f"Data: {setting.data.get('name')}; teachers: {teachers}; students: {', '.join(setting.students)} (the "
+        f"first is the main student); imports: {', '.join(setting.imports) or 'none'}. Experiments, grids, gates and "
+        "verdict rules are the small preset's (docs/results/small/PROTOCOL.md) with this setting's models and data."
+    )
+    return Preset(
+        setting.name, "small", setting.seeds, description, setting.adjust,
+        protocol="docs/results/small/PROTOCOL.md", missing=setting.missing, setting=setting,
+    )  # fmt: skip
 
 
 PRESETS = {
@@ -175,22 +194,27 @@ def reproduce(
     overrides: list[str] | None = None,
     seeds: int | None = None,
     log: Callable[[str], None] = print,
+    setting: str | Path | None = None,
 ) -> list[checks.ClaimResult]:
     """Run (or reuse) the runs the chosen claims need, judge them, write ``OUT/REPORT.md`` + ``claims.json``.
 
-    ``overrides`` (``--set``) edit every recipe document; ``seeds`` replaces the preset's seed count.
+    ``overrides`` (``--set``) edit every recipe document; ``seeds`` replaces the preset's seed count;
+    ``setting`` (a setting file, kdlab.experiments.setting) replaces the preset by the user's setting.
     """
-    if preset not in PRESETS:
+    if setting is not None:
+        chosen = setting_preset(load_setting(setting))
+    elif preset not in PRESETS:
         raise UserError(
             f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}: choose tiny, small or paper"
         )
-    chosen = PRESETS[preset]
+    else:
+        chosen = PRESETS[preset]
     if seeds is not None:
         if seeds < 1:
             raise UserError(f"--seeds {seeds} must be at least 1")
         chosen = dataclasses.replace(chosen, seeds=seeds)
     claim_list = parse_claims(",".join(claims) if isinstance(claims, list) else claims)
-    out = Path(out or f"reproduce-{preset}")
+    out = Path(out or f"reproduce-{chosen.name}")
     threads = torch.get_num_threads()
     if chosen.threads:
         torch.set_num_threads(chosen.threads)
@@ -210,13 +234,20 @@ def _reproduce(
 ) -> list[checks.ClaimResult]:
     start = time.perf_counter()
     experiments: dict[str, Experiment] = {}
+    skipped: dict[str, str] = {}  # claim -> why this setting cannot judge it
     for claim in claim_list:
         recipe = checks.CLAIMS[claim].recipe
-        if recipe is not None and recipe not in experiments:
+        reason = chosen.missing(recipe) if recipe is not None else None
+        if reason is not None:
+            skipped[claim] = reason
+            log(f"reproduce: {claim} not judged: {reason}")
+        elif recipe is not None and recipe not in experiments:
             experiments[recipe] = run_experiment(recipe, chosen, out, jobs, overrides, log)
     context = Context(out, log)
     results = [
-        checks.judge(claim, experiments.get(checks.CLAIMS[claim].recipe or ""), context)
+        checks.ClaimResult(claim, checks.CLAIMS[claim].statement, not_judged=skipped[claim])
+        if claim in skipped
+        else checks.judge(claim, experiments.get(checks.CLAIMS[claim].recipe or ""), context)
         for claim in claim_list
     ]
     for folder in sorted({FOLDERS.get(name, name) for name in experiments}):
@@ -245,6 +276,9 @@ def _reproduce(
         {
             "preset": chosen.name, "seeds": chosen.seeds, "wall_time_s": wall_time, "training_time_s": training_time,
             "protocol": protocol, "regime": regime_list(results), "teachers": teachers,
+            "setting": None if chosen.setting is None else
+            {"path": str(chosen.setting.path), "sha256": chosen.setting.sha256, "imports": chosen.setting.imports},
+            "code": environment().get("git_commit"),
             "claims": [r.to_dict() for r in results],
         },
     )  # fmt: skip
@@ -316,6 +350,27 @@ def _teachers_table(teachers: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _short(info: dict[str, Any]) -> str:
+    return (info.get("git_commit") or "unknown")[:12]
+
+
+def run_commits(experiments: dict[str, Experiment]) -> dict[str | None, int]:
+    """``{git commit: number of runs}`` over every run the experiments read (from each run's
+    config.yaml ``run_info``): the code that produced the numbers, which a report names."""
+    from kdlab.config import load_yaml
+
+    paths = {record.path for e in experiments.values() for record in [*e.students, *e.teachers.values()]}
+    commits: dict[str | None, int] = {}
+    for path in sorted(paths):
+        try:
+            info = load_yaml(path / "config.yaml").get("run_info") or {}
+        except UserError:
+            info = {}
+        commit = info.get("git_commit") if isinstance(info, dict) else None
+        commits[commit] = commits.get(commit, 0) + 1
+    return commits
+
+
 def format_report(
     preset: Preset,
     results: list[checks.ClaimResult],
@@ -327,7 +382,19 @@ def format_report(
 ) -> str:
     """REPORT.md: setup, the gates, a verdict table, the rule, the teachers, then each claim in detail."""
     students = len({record.path for e in experiments.values() for record in e.students})  # recipes share runs
-    lines = [f"# kdlab reproduce --preset {preset.name}", "", preset.description, ""]
+    title = (
+        f"--setting {preset.setting.path.name}" if preset.setting is not None else f"--preset {preset.name}"
+    )
+    lines = [f"# kdlab reproduce {title}", "", preset.description, ""]
+    commits = run_commits(experiments)
+    if commits:
+        made = ", ".join(
+            f"`{commit[:12] if commit else 'unknown'}` ({count} runs)" for commit, count in commits.items()
+        )
+        lines += [
+            f"Code: the runs were made by kdlab at commit {made}; this report by `{_short(environment())}`.",
+            "",
+        ]
     if protocol is not None:
         lines += [
             f"Protocol (gates, rules, presets and seeds, committed before the runs): `{protocol['path']}`, "
