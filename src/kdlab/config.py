@@ -86,6 +86,9 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     model: str = "wrn-16-2"
+    # The layer whose output is the model's penultimate features (a module path, e.g. "body.3"); None:
+    # the input of its last nn.Linear (kdlab.models.features). Read by feature losses and kdlab analyze.
+    features: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     kd: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
