@@ -483,6 +483,8 @@ HOSTILE: list[tuple[str, Callable[[Path], None], list[object], str]] = [
      "strings-as-x/train.npz holds <U1 values: kdlab reads float, integer or bool arrays"),
     ("one-dimensional-x", train_npz(x=GOOD_X[:, 0], y=GOOD_Y), [],
      "is [60], not [N, ...] with sample i in x[i]: reshape one feature per sample to [N, 1]"),
+    ("samples-of-no-values", train_npz(x=GOOD_X[:, :0], y=GOOD_Y), [],
+     "samples-of-no-values/train.npz has samples of shape [0]: each sample needs at least one value"),
     ("one-class", lambda f: (np.savez(f / "train.npz", x=GOOD_X, y=0 * GOOD_Y),
                              np.savez(f / "test.npz", x=GOOD_X, y=0 * GOOD_Y)), [],
      "tensors: every label is 0: a classifier needs at least 2 classes"),

@@ -467,7 +467,7 @@ def _read_pt(path: Path) -> dict[str, object]:
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
             value = value.float()
         try:
-            arrays[key] = value.contiguous().numpy()
+            arrays[key] = value.detach().contiguous().numpy()
         except (TypeError, RuntimeError):
             raise UserError(
                 f"{path}: {key} holds {value.dtype} values, which kdlab cannot read: {_TENSOR_FIX}"
@@ -489,16 +489,20 @@ def _standard_inputs(x: object, path: Path) -> np.ndarray:
             f"x of {path} is {shape}, not [N, ...] with sample i in x[i]: reshape one feature per sample to "
             "[N, 1]"
         )
+    if math.prod(x.shape[1:]) == 0:
+        raise UserError(
+            f"x of {path} has samples of shape {list(x.shape[1:])}: each sample needs at least one value"
+        )
     kind = x.dtype.kind
     if kind == "u" and x.dtype.itemsize == 1 and x.ndim == 4:
         return np.ascontiguousarray(x)  # images: normalised on the device as the built-in datasets are
     if kind in "iu":
         if x.size and kind == "u" and x.max() > np.iinfo(np.int64).max:
             raise UserError(f"x of {path} holds integers beyond int64: kdlab reads integer x as int64 ids")
-        return x.astype(np.int64)
+        return x.astype(np.int64, copy=False)
     if kind in "fb":
         with np.errstate(over="ignore"):
-            x = x.astype(np.float32)
+            x = x.astype(np.float32, copy=False)
         bad = ~np.isfinite(x)
         if bad.any():
             raise UserError(
@@ -533,7 +537,7 @@ def _standard_labels(y: object, path: Path) -> np.ndarray:
         )
     if y.size and y.max() > _MAX_LABEL:
         raise UserError(f"y of {path} holds the label {y.max()}: labels are 0..K-1 for K classes")
-    return y.astype(np.int64)
+    return y.astype(np.int64, copy=False)
 
 
 def _class_names(value: object, path: Path) -> list[str]:

@@ -36,7 +36,7 @@ from kdlab.engine.state import EpochState
 from kdlab.engine.student import Student, set_lr
 from kdlab.errors import UserError, first_line
 from kdlab.losses import loss_spec, loss_terms
-from kdlab.models.features import feature_layer, forward_with_features
+from kdlab.models.features import check_features, feature_layer, forward_with_features
 from kdlab.teacher import EnsembleTeacher
 
 WARMUP_STEPS = 3  # eager steps before capture (PyTorch's whole-network capture example uses 3)
@@ -174,26 +174,18 @@ def check_feature_losses(
     given a few ``inputs`` of the data, a feature layer that does not run or gives no per-sample tensor."""
     reads = set().union(*(loss_spec(config.kd.loss).reads for config in configs))
     if "teacher_features" in reads:
-        reason = (
-            "an ensemble teacher has none: use one teacher" if isinstance(teacher, EnsembleTeacher) else None
-        )
-        if teacher is None:
-            reason = "there is no teacher: pass --teacher RUN"
-        elif reason is None:
-            try:
+        try:
+            if teacher is None or isinstance(teacher, EnsembleTeacher):
+                raise UserError("use one teacher (an ensemble has no single feature layer)")
+            if inputs is None:
                 feature_layer(teacher, "the teacher")
-                if inputs is not None:
-                    was_training = teacher.training
-                    with torch.inference_mode():
-                        forward_with_features(teacher.eval(), inputs, "the teacher")
-                    teacher.train(was_training)
-            except UserError as error:
-                reason = f"{error} (in the teacher's run)"
-        if reason is not None:
+            else:
+                check_features(teacher, inputs, "the teacher")
+        except UserError as error:
             raise UserError(
-                f"this loss reads the teacher's penultimate features, which an ensemble or a model without a "
-                f"feature layer does not expose; {reason}"
-            )
+                "this loss reads the teacher's penultimate features, which an ensemble or a model without a "
+                f"feature layer does not expose: {error}"
+            ) from None
     if "student_features" in reads and world_size > 1:
         raise UserError(
             "losses that read the student's penultimate features run in one process (the features bypass "
