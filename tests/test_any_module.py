@@ -190,7 +190,7 @@ def summary(run: Path) -> dict:
 
 def test_a_plain_sequential_teacher_and_students_train_and_distill(runs: dict[str, Path], blob_dir: Path):
     # The report: a Sequential teacher, then `kdlab distill` (was: 'Sequential' object has no
-    # attribute 'num_classes', exit 1). Three blobs: chance is 33%; measured 94-97% after 3 epochs.
+    # attribute 'num_classes', exit 1). Three blobs: chance is 33%; measured 95.3-96.0% after 3 epochs.
     for name, run in runs.items():
         assert summary(run)["test_acc_best"] > 90, name
     for loss in ("kl", "mse"):
@@ -235,7 +235,7 @@ def test_token_ids_reach_an_embedding_model_unchanged(root: Path):
     assert (splits.in_channels, splits.image_size, splits.input_shape) == (None, None, (LENGTH,))
     run = root / "bag"
     run_cli("train", *tensors_args(folder, "test-bag", run, epochs=3), "--set", "optim.lr=0.5")
-    assert summary(run)["test_acc_best"] > 80  # chance 33%; measured 99%
+    assert summary(run)["test_acc_best"] > 80  # chance 33%; measured 100%
 
 
 def test_the_hook_equals_forward_features_on_a_builtin_convnet():
