@@ -1,7 +1,8 @@
 """An exact teacher-logit cache: the frozen teacher's logits for every (image, crop offset, flip).
 
 With padding ``p`` and flips, in-memory augmentation has ``V = (2p + 1)^2 * 2`` possible views of
-each image (50 for Fashion-MNIST, p = 2; 162 for CIFAR, p = 4). The teacher is frozen, so its logits
+each image (50 for Fashion-MNIST, p = 2; 162 for CIFAR, p = 4); inputs that are not uint8 images
+(the ``tensors`` dataset's features or token ids) are never augmented: one view each. The teacher is frozen, so its logits
 for all ``N * V`` views can be computed once (batched, inference mode, on the training device, with
 the same autocast as the live teacher) and then looked up by ``(batch.indices, batch.aug)`` instead of
 running the teacher: every student of every seed reads the same file.
@@ -237,8 +238,8 @@ def open_logit_cache(
         "images": hashlib.sha256(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
         "num_images": len(images),
         "num_classes": num_classes,
-        "mean": loader.mean.flatten().tolist(),
-        "std": loader.std.flatten().tolist(),
+        "mean": loader.mean.flatten().tolist() if loader.mean is not None else None,  # None: not images
+        "std": loader.std.flatten().tolist() if loader.std is not None else None,
         "pad": grid.pad,
         "flip": grid.flip,
         "precision": "bf16" if uses_bf16(config.amp, device) else "fp32",
@@ -255,6 +256,8 @@ def open_logit_cache(
     describe = (
         f"{len(images)} images x {grid.num_views} views ({grid.side}x{grid.side} crops x {grid.flips} "
         f"flips) x {num_classes} classes x 2 B = {_megabytes(size)}"
+        if loader.mean is not None
+        else f"{len(images)} samples (no views: not images) x {num_classes} classes x 2 B = {_megabytes(size)}"
     )
     if path.is_file():
         print(f"teacher-logit cache: reusing {path} ({describe})")

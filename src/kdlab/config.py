@@ -382,6 +382,9 @@ class RunConfig:
     # Modules or .py files imported before any name is resolved: your models, datasets and losses,
     # registered with kdlab's decorators (kdlab.plugins). Files are recorded as absolute paths.
     imports: list[str] = field(default_factory=list)
+    # The layer whose output is the model's penultimate features (a module path, e.g. "body.3"); None:
+    # the input of its last nn.Linear (kdlab.models.features). Read by feature losses and kdlab analyze.
+    features: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     kd: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

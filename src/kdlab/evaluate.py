@@ -22,12 +22,18 @@ def evaluate_checkpoint(
     device: str = "auto",
     download: bool = False,
 ) -> dict[str, Any]:
-    """Top-1 test accuracy (%) of the model in a run folder or checkpoint."""
+    """Top-1 test accuracy (%) of the model in a run folder or checkpoint (any registered model; the
+    data folder defaults to the run's own when the dataset is the one it trained on)."""
     path = resolve_checkpoint(spec)
     checkpoint = load_checkpoint(path)
     dataset = dataset or checkpoint.get("dataset")
     if not dataset:
         raise UserError(f"{path} does not record its dataset: pass --dataset")
+    recorded = checkpoint.get("config")
+    recorded = recorded.get("data") if isinstance(recorded, dict) else None
+    if data_dir is None and isinstance(recorded, dict) and recorded.get("name") == dataset:
+        # the run's own data folder (a `tensors` dataset has no other)
+        data_dir = recorded.get("data_dir") if isinstance(recorded.get("data_dir"), str) else None
     splits = load_dataset(dataset, data_dir, download=download)
     if splits.num_classes != checkpoint["num_classes"]:
         raise UserError(

@@ -178,8 +178,11 @@ def unreadable_reason(path: Path, error: Exception) -> str:
     return first_line(error, 120)
 
 
-# What every kdlab checkpoint holds (and the types), and what --resume needs on top.
-_MODEL_KEYS = {"model_name": str, "num_classes": int, "in_channels": int, "model": dict}
+# What every kdlab checkpoint holds (and the types), what it may hold (None or that type: image
+# models record in_channels and image_size; input_shape, one sample's shape, since models may be any
+# nn.Module), and what --resume needs on top.
+_MODEL_KEYS = {"model_name": str, "num_classes": int, "model": dict}
+_DATA_KEYS = {"in_channels": int, "image_size": int, "input_shape": list}
 _RESUME_KEYS = {
     "optimizer": dict,
     "epoch": int,
@@ -228,6 +231,18 @@ def load_checkpoint(
             raise UserError(
                 f"{path} has no valid '{key}' (found {shown(value)}): {need}; use another checkpoint, or "
                 "--overwrite to start the run again"
+            )
+    for key, kind in _DATA_KEYS.items():
+        value = checkpoint.get(key)
+        if value is None:
+            continue
+        items = value if kind is list and isinstance(value, list) else [value]
+        if not isinstance(value, kind) or not all(
+            isinstance(item, int) and not isinstance(item, bool) and item >= 1 for item in items
+        ):
+            raise UserError(
+                f"{path} has an invalid '{key}' (found {shown(value)}): the file is damaged or was not written by "
+                "kdlab; use another checkpoint"
             )
     return checkpoint
 

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.config import teacher_specs
-from kdlab.errors import UserError, did_you_mean, first_line
-from kdlab.models import Classifier, create_model
+from kdlab.errors import UserError, did_you_mean, first_line, shown
+from kdlab.models import Classifier, check_logits, create_model
+from kdlab.models.features import set_feature_layer
 from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, unreadable_reason
 
 FOREIGN_PREFIX = "torchvision:"
@@ -26,15 +27,28 @@ FOREIGN_PREFIX = "torchvision:"
 
 def model_from_checkpoint(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model stored in a kdlab run folder (its last.pt) or checkpoint file; a UserError
-    naming the first key whose shape differs when the weights do not fit the model it names."""
+    naming the first key whose shape differs when the weights do not fit the model it names.
+
+    The model is built as its run built it (class count, and the data's ``in_channels``,
+    ``image_size`` and ``input_shape`` where recorded) and remembers its run's ``features`` setting
+    (:func:`kdlab.models.features.set_feature_layer`)."""
+    return _load_checkpoint_model(spec, map_location)[0]
+
+
+def _load_checkpoint_model(
+    spec: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, int]:
+    """``(model, num_classes)`` of a kdlab run folder or checkpoint (see :func:`model_from_checkpoint`)."""
     path = resolve_checkpoint(spec)
-    return checkpoint_model(load_checkpoint(path, map_location), path)
+    checkpoint = load_checkpoint(path, map_location)
+    return checkpoint_model(checkpoint, path), checkpoint["num_classes"]
 
 
 def checkpoint_model(checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
     """The model a loaded kdlab checkpoint (:func:`kdlab.runs.load_checkpoint`) names, holding its
     weights; ``path`` names the file in errors. A model of the user's is registered by its plugin,
-    which the checkpoint's config names (``imports``, see kdlab.plugins): imported first."""
+    which the checkpoint's config names (``imports``, see kdlab.plugins): imported first. The model
+    remembers its run's ``features`` setting (:func:`kdlab.models.features.set_feature_layer`)."""
     stored = checkpoint.get("config")
     imports = stored.get("imports") if isinstance(stored, dict) else None
     if imports:
@@ -42,14 +56,23 @@ def checkpoint_model(checkpoint: dict[str, Any], path: str | Path) -> nn.Module:
 
         import_plugins(imports if isinstance(imports, list) else [imports])
     name, num_classes = checkpoint["model_name"], checkpoint["num_classes"]
-    image_size = checkpoint.get("image_size")
+    config = checkpoint.get("config")
+    features = config.get("features") if isinstance(config, dict) else None
+    if features is not None and not isinstance(features, str):
+        raise UserError(f"{path} records features={shown(features)}, not a layer name: the file is damaged")
+    shape = checkpoint.get("input_shape")
     try:
         model = create_model(
-            name, num_classes, checkpoint["in_channels"], image_size if isinstance(image_size, int) else None
+            name,
+            num_classes,
+            checkpoint.get("in_channels"),
+            checkpoint.get("image_size"),
+            tuple(shape) if shape is not None else None,
         )
     except UserError as error:
         raise UserError(f"{path} names a model kdlab cannot build: {error}") from None
     load_model_state(model, checkpoint["model"], path, f"{name} with {num_classes} classes")
+    set_feature_layer(model, features)
     return model
 
 
@@ -140,13 +163,15 @@ def load_foreign_weights(model_name: str, path: str | Path | None = None) -> Cla
     return model
 
 
-def teacher_member(spec: str | Path) -> nn.Module:
-    """One teacher from a spec (see the module docstring), in train mode on the CPU."""
+def teacher_member(spec: str | Path) -> tuple[nn.Module, int]:
+    """One teacher from a spec (see the module docstring), in train mode on the CPU, with the number
+    of classes it predicts (recorded in its checkpoint, or read from torchvision weights)."""
     text = str(spec)
     if text.startswith(FOREIGN_PREFIX):
         model_name, _, path = text.removeprefix(FOREIGN_PREFIX).partition("=")
-        return load_foreign_weights(model_name, path or None)
-    return model_from_checkpoint(spec)
+        model = load_foreign_weights(model_name, path or None)
+        return model, model.num_classes
+    return _load_checkpoint_model(spec)
 
 
 class EnsembleTeacher(nn.Module):
@@ -156,12 +181,16 @@ class EnsembleTeacher(nn.Module):
     MSE target and, for KL, acts like dividing tau by it. ``reduction="sum"`` reproduces it.
     """
 
-    def __init__(self, members: Sequence[nn.Module], reduction: str = "mean") -> None:
+    def __init__(
+        self, members: Sequence[nn.Module], reduction: str = "mean", num_classes: int | None = None
+    ) -> None:
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise UserError(f"ensemble reduction {reduction!r} is invalid: choose mean or sum")
         self.members = nn.ModuleList(members)
-        self.num_classes = members[0].num_classes
+        self.num_classes = (
+            num_classes if num_classes is not None else getattr(members[0], "num_classes", None)
+        )
         self.reduction = reduction
 
     def extra_repr(self) -> str:  # in the repr, hence in the logit cache's key (kdlab.cache)
@@ -173,17 +202,29 @@ class EnsembleTeacher(nn.Module):
 
 
 def load_teacher(
-    spec: str | Path | Sequence[str | Path], device: torch.device, ensemble: str = "mean"
+    spec: str | Path | Sequence[str | Path],
+    device: torch.device,
+    ensemble: str = "mean",
+    num_classes: int | None = None,
+    dataset: str | None = None,
 ) -> nn.Module:
     """A frozen teacher in eval mode on ``device``; a list of specs gives an ``EnsembleTeacher`` combining
-    its members' logits by ``ensemble`` (mean or sum)."""
-    members = [teacher_member(item) for item in teacher_specs(spec)]
-    counts = {member.num_classes for member in members}
+    its members' logits by ``ensemble`` (mean or sum). With ``num_classes``, a UserError unless the
+    teacher predicts that many classes (those of ``dataset``), checked before it runs."""
+    loaded = [teacher_member(item) for item in teacher_specs(spec)]
+    members = [member for member, _ in loaded]
+    counts = {classes for _, classes in loaded}
     if len(counts) > 1:
         raise UserError(
             f"ensemble teachers disagree on the number of classes ({sorted(counts)}): use teachers of one dataset"
         )
-    teacher = members[0] if len(members) == 1 else EnsembleTeacher(members, ensemble)
+    predicted = counts.pop()
+    if num_classes is not None and predicted != num_classes:
+        raise UserError(
+            f"the teacher predicts {predicted} classes but {dataset} has {num_classes}: use a teacher trained "
+            f"on {dataset}"
+        )
+    teacher = members[0] if len(members) == 1 else EnsembleTeacher(members, ensemble, predicted)
     return teacher.to(device).eval().requires_grad_(False)
 
 
@@ -197,20 +238,28 @@ def teacher_files(value: str | Path | Sequence[str | Path] | None) -> list[str]:
     return files
 
 
-def check_teacher(teacher: nn.Module, specs: object, inputs: Tensor, dataset: str) -> None:
+def check_teacher(
+    teacher: nn.Module, specs: object, inputs: Tensor, dataset: str, num_classes: int | None = None
+) -> None:
     """Run the teacher once on a batch of the data before training: a UserError if it cannot take
-    the images, or if its logits (or an ensemble member's) are NaN or inf, naming that teacher."""
+    the inputs, does not return logits ``[B, num_classes]`` (when given), or if its logits (or an
+    ensemble member's) are NaN or inf, naming that teacher."""
     members = list(teacher.members) if isinstance(teacher, EnsembleTeacher) else [teacher]
     names = teacher_specs(specs)  # type: ignore[arg-type]
+    kind = "images" if inputs.dim() == 4 else "inputs"
     for member, name in zip(members, names, strict=True):
         try:
             with torch.inference_mode():
                 logits = member(inputs)
-        except RuntimeError as error:
+        except UserError:
+            raise
+        except Exception as error:  # any module's forward: a user model may raise any type
             raise UserError(
-                f"teacher {name} cannot take the images of {dataset} ({list(inputs.shape[1:])}): {first_line(error)}; "
+                f"teacher {name} cannot take the {kind} of {dataset} ({list(inputs.shape[1:])}): {first_line(error)}; "
                 f"use a teacher trained on {dataset}"
             ) from None
+        if num_classes is not None:
+            check_logits(logits, len(inputs), num_classes, f"teacher {name}")
         if not torch.isfinite(logits).all():
             raise UserError(
                 f"teacher {name} outputs NaN or inf logits on {dataset}: its weights are damaged (a run that "

@@ -13,6 +13,7 @@ follows the teacher. Outputs: ``analysis.json``, ``projection.png``, ``logit_dis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,9 @@ from kdlab.analysis.metrics import (
 from kdlab.analysis.plots import plot_histograms, plot_projections
 from kdlab.analysis.records import run_label
 from kdlab.errors import UserError
+from kdlab.models.features import FeatureTap, fast_path, last_linear, unwrapped
 from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
-from kdlab.teacher import load_teacher
+from kdlab.teacher import EnsembleTeacher, load_teacher
 
 HISTOGRAM_BINS = 40
 ECE_BINS = 15
@@ -47,29 +49,68 @@ MAX_PLOTTED_PER_CLASS = 300  # points per class in projection.png (all samples e
 
 @dataclass
 class ModelOutputs:
-    """A model's float64 outputs on the training set: logits ``[N, K]``, features ``[N, D]`` (None
-    for an ensemble) and classifier weight ``[K, D]`` (None for an ensemble)."""
+    """A model's float64 outputs on the training set: logits ``[N, K]``, penultimate features ``[N, D]``
+    and the weight ``[K, D]`` of the linear layer they feed (for the projection); each None where the
+    model cannot give it, with the reason in ``note``."""
 
     logits: Tensor
     features: Tensor | None
     weight: Tensor | None
+    note: str | None = None
 
 
 @torch.no_grad()
 def collect_outputs(model: nn.Module, loader: Any) -> ModelOutputs:
-    """Run ``model`` (eval mode) over ``loader``; features come from ``model.forward_features``."""
+    """Run ``model`` (eval mode) over ``loader``. Features come from its feature layer
+    (:mod:`kdlab.models.features`: ``forward_features`` for kdlab's models, else a forward hook on the
+    run's ``features`` layer or the last ``nn.Linear``'s input); the projection's weight is that of
+    the last ``nn.Linear`` when the features are exactly its input. An ensemble has no features."""
     model.eval()
-    has_features = hasattr(model, "forward_features") and hasattr(model, "classifier")
+    inner = unwrapped(model)
+    if isinstance(inner, EnsembleTeacher):
+        logits = [inner(batch.inputs).double().cpu() for batch in loader]
+        return ModelOutputs(torch.cat(logits), None, None, "no penultimate features: an ensemble has none")
+    if fast_path(inner):
+        logits, features = [], []
+        for batch in loader:
+            feature = inner.forward_features(batch.inputs)
+            features.append(feature.double().cpu())
+            logits.append(inner.classifier(feature).double().cpu())
+        head = inner.classifier
+        weight = head.weight.detach().double().cpu() if isinstance(head, nn.Linear) else None
+        note = None if weight is not None else "no 3-class projection: the classifier is not an nn.Linear"
+        return ModelOutputs(torch.cat(logits), torch.cat(features), weight, note)
+    try:
+        tap = FeatureTap(inner)
+    except UserError as error:
+        logits = [inner(batch.inputs).double().cpu() for batch in loader]
+        return ModelOutputs(torch.cat(logits), None, None, f"no penultimate features: {error}")
+    final = last_linear(inner)
+    # A named layer's output feeds the last Linear when it equals that Linear's input on every batch.
+    final_tap = FeatureTap(inner, layer=(final[0], final[1], True)) if final and not tap.take_input else None
+    feeds = final is not None
     logits, features = [], []
     for batch in loader:
-        if has_features:
-            feature = model.forward_features(batch.inputs)
-            features.append(feature.double().cpu())
-            logits.append(model.classifier(feature).double().cpu())
-        else:
-            logits.append(model(batch.inputs).double().cpu())
-    weight = model.classifier.weight.detach().double().cpu() if has_features else None
-    return ModelOutputs(torch.cat(logits), torch.cat(features) if has_features else None, weight)
+        with tap.capture(), final_tap.capture() if final_tap else contextlib.nullcontext():
+            logits.append(inner(batch.inputs).double().cpu())
+        try:
+            feature = tap.features(len(batch.inputs))
+        except UserError as error:  # (on the first batch, in practice): logits alone, from a fresh pass
+            logits = [inner(again.inputs).double().cpu() for again in loader]
+            return ModelOutputs(torch.cat(logits), None, None, f"no penultimate features: {error}")
+        if final_tap is not None:
+            fed = final_tap.value
+            feeds = feeds and isinstance(fed, Tensor) and fed.flatten(1).shape == feature.shape
+            feeds = feeds and torch.equal(fed.flatten(1), feature)
+        features.append(feature.double().cpu())
+    weight = final[1].weight.detach().double().cpu() if feeds else None
+    note = None
+    if weight is None:
+        note = (
+            f"no 3-class projection: the features (layer {tap.name!r}) do not feed the model's last nn.Linear, "
+            "whose weight the projection needs"
+        )
+    return ModelOutputs(torch.cat(logits), torch.cat(features), weight, note)
 
 
 def _shared_edges(arrays: list[np.ndarray], bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -165,6 +206,9 @@ def analyze_runs(
     for run, config in zip(runs, configs, strict=True):
         log(f"analyze: {run}")
         entries.append((str(run), run_label(config, with_model), outputs_of(str(run))))
+    for name, _, outputs in entries:
+        if outputs.note is not None:
+            log(f"analyze: {name}: {outputs.note}")
     teacher_outputs = entries[0][2] if teacher else None
 
     norms = {
@@ -206,6 +250,8 @@ def analyze_runs(
             "entropy": {**describe(entropies[name]), "histogram": histogram(entropies[name], entropy_edges)},
             "tld": {**describe(tlds[name]), "histogram": histogram(tlds[name], tld_edges)},
         }
+        if outputs.note is not None:
+            entry["note"] = outputs.note  # why the penultimate norm or the projection is missing
         if name in norms:
             entry["penultimate_norm"] = {
                 **describe(norms[name]),

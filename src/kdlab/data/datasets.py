@@ -26,18 +26,26 @@ from .formats import (
     CIFAR100_FORMAT,
     IDX_FILES,
     SVHN_FILES,
+    TENSOR_SUFFIXES,
     ArraySplits,
     CifarFormat,
+    TensorFile,
     find_idx_files,
     read_cifar,
     read_idx_folder,
     read_svhn_mat,
+    read_tensor_file,
 )
 
 
 @dataclass
 class TensorData:
-    """An in-memory split: ``images`` uint8 ``[N, C, H, W]`` contiguous, ``labels`` int64 ``[N]``."""
+    """An in-memory split: ``images`` the inputs ``[N, ...]`` contiguous, ``labels`` int64 ``[N]``.
+
+    The built-in datasets hold uint8 images ``[N, C, H, W]`` (normalised and augmented on the device);
+    the ``tensors`` dataset and plugin datasets may also hold float32 features or int64 token ids of
+    any sample shape, which reach the model as stored.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -61,20 +69,44 @@ class DatasetSplits:
     ``train``/``test`` are :class:`TensorData` except for imagefolder/imagenet, where they are torch
     Datasets yielding normalised float images (their augmentation lives in the transforms, so
     ``pad`` is 0 and ``flip`` False there).
+
+    A dataset of your own: register a factory with ``DATASETS.register(name)``. It is called with the
+    keywords ``name``, ``data_dir`` (a Path or None), ``download`` and ``image_size`` (take ``**_``
+    for those it ignores) and returns a DatasetSplits of :class:`TensorData` splits: ``labels`` int64
+    in ``0..num_classes-1``, ``images`` either uint8 images ``[N, C, H, W]`` (give ``in_channels``,
+    ``image_size`` when square, per-channel ``mean``/``std`` of the training split in 0..1, and the
+    crop ``pad``/``flip`` of its ``default`` augmentation) or any other inputs ``[N, ...]`` (float32
+    features, int64 token ids; leave the image fields at their defaults: no normalisation and no
+    augmentation). Every split must hold samples of one shape and dtype.
     """
 
     name: str
     train: TensorData | Dataset
     test: TensorData | Dataset
     num_classes: int
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pad: int  # random-crop padding used by augmentation (0 = no crop)
-    flip: bool  # random horizontal flip used by augmentation
+    in_channels: int | None = None  # images only: channels of [N, C, H, W]
+    image_size: int | None = None  # images only: H = W (None for non-square images)
+    mean: tuple[float, ...] = ()  # images only: per-channel mean and std after /255
+    std: tuple[float, ...] = ()
+    pad: int = 0  # random-crop padding used by augmentation (0 = no crop)
+    flip: bool = False  # random horizontal flip used by augmentation
     class_names: list[str] = field(default_factory=list)
     val: TensorData | None = None  # held out of the training split by ``val_split`` (never trained on)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample: ``(C, H, W)`` for images, ``(20,)`` for 20 features, ..."""
+        if isinstance(self.train, TensorData):
+            return tuple(self.train.images.shape[1:])
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
+    def image_inputs(self) -> bool:
+        """Whether the inputs are images that kdlab normalises and crops/flips: uint8 ``[N, C, H, W]``
+        in memory, or an ImageFolder. Other inputs reach the model as stored, unaugmented."""
+        if isinstance(self.train, TensorData):
+            return self.train.images.dtype == torch.uint8 and self.train.images.dim() == 4
+        return True
 
 
 class LabelledSubset(Subset):
@@ -119,6 +151,11 @@ def load_dataset(
     factory = DATASETS.get(name)
     root = Path(data_dir).expanduser() if data_dir is not None else None
     splits = factory(name=name.lower(), data_dir=root, download=download, image_size=image_size)
+    if image_size is not None and splits.image_size is None:
+        raise UserError(
+            f"image_size={image_size} does not apply to {name}, whose samples are {list(splits.input_shape)}: "
+            "drop the image size"
+        )
     if image_size is not None and image_size != splits.image_size:
         raise UserError(
             f"image_size={image_size} does not apply to {name}, whose images are "
@@ -133,6 +170,11 @@ def load_dataset(
     splits.train = _take_subset(splits.train, subset, subset_seed, splits.num_classes, "subset")
     splits.test = _take_subset(splits.test, test_subset, subset_seed, splits.num_classes, "test_subset")
     if val_split is not None:
+        if splits.val is not None:
+            raise UserError(
+                f"{name} has a validation split of its own ({len(splits.val)} samples), and val_split={val_split} "
+                "asks for another: drop val_split, or the val file"
+            )
         splits.train, splits.val = carve_validation(splits, val_split, subset_seed)
     return splits
 
@@ -495,3 +537,98 @@ def _load_svhn(*, name: str, data_dir: Path | None, **_) -> DatasetSplits:
 
 DATASETS.register("svhn")(_load_svhn)
 DATASETS.register("svhn-extra")(_load_svhn)
+
+
+TENSORS_HINT = (
+    "pass --data-dir DIR holding train.npz and test.npz (or .pt; val optional), each with x [N, ...] and "
+    "integer y [N] (docs/your-own-setting.md)"
+)
+
+
+def _tensor_file(folder: Path, split: str) -> Path | None:
+    """``folder/SPLIT.npz`` or ``folder/SPLIT.pt`` (None when neither is there; both is an error)."""
+    found = [
+        folder / f"{split}{suffix}" for suffix in TENSOR_SUFFIXES if (folder / f"{split}{suffix}").is_file()
+    ]
+    if len(found) > 1:
+        raise UserError(f"{folder} holds both {found[0].name} and {found[1].name}: keep one {split} file")
+    return found[0] if found else None
+
+
+def _image_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of uint8 ``[N, C, H, W]`` images scaled to 0..1 (a constant
+    channel gets std 1, so normalising it cannot divide by zero)."""
+    channels = range(images.shape[1])
+    mean = tuple(float(images[:, c].mean(dtype=np.float64)) / 255 for c in channels)
+    std = tuple(float(images[:, c].std(dtype=np.float64)) / 255 or 1.0 for c in channels)
+    return mean, std
+
+
+@DATASETS.register("tensors")
+def _load_tensors(*, name: str, data_dir: Path | None, **_) -> DatasetSplits:
+    """Your own tensors: ``data_dir/{train,test}.npz|.pt`` (and optionally ``val``), each holding ``x``
+    ``[N, ...]`` and integer ``y`` ``[N]`` (:func:`kdlab.data.formats.read_tensor_file`).
+
+    Classes: ``K = len(classes)`` when the training file lists class names (``classes``), else the
+    largest label over all splits + 1. Inputs: uint8 ``[N, C, H, W]`` are images (normalised by the
+    training split's per-channel mean/std; ``default`` augmentation a random crop padded by H/8, no
+    flip); float and bool x become float32 and reach the model as stored (no normalisation); other
+    integer x become int64 (token ids) and reach the model unchanged.
+    """
+    if data_dir is None:
+        raise UserError(f"{name} needs a data folder: {TENSORS_HINT}")
+    if not data_dir.is_dir():
+        raise UserError(f"{name}: {data_dir} is not a folder: {TENSORS_HINT}")
+    paths = {split: _tensor_file(data_dir, split) for split in ("train", "test", "val")}
+    for split in ("train", "test"):
+        if paths[split] is None:
+            raise UserError(f"{name}: {data_dir} has no {split}.npz or {split}.pt: {TENSORS_HINT}")
+    files: dict[str, TensorFile] = {split: read_tensor_file(path) for split, path in paths.items() if path}
+    train = files["train"]
+    for split, loaded in files.items():
+        if (loaded.x.dtype, loaded.x.shape[1:]) != (train.x.dtype, train.x.shape[1:]):
+            raise UserError(
+                f"{paths[split]} holds samples of {loaded.x.dtype} {list(loaded.x.shape[1:])}, but {paths['train']} "
+                f"of {train.x.dtype} {list(train.x.shape[1:])}: save every split's x with one sample shape and dtype"
+            )
+        if loaded.classes is not None and loaded.classes != train.classes:
+            raise UserError(
+                f"{paths[split]} lists other classes than {paths['train']}: list the classes in the train file "
+                "(the others may omit them)"
+            )
+    largest = max(int(loaded.y.max()) for loaded in files.values())
+    if train.classes is not None:
+        class_names = train.classes
+        if largest >= len(class_names):
+            raise UserError(
+                f"{name}: a label is {largest}, but {paths['train']} lists {len(class_names)} classes: labels are "
+                f"0..{len(class_names) - 1}"
+            )
+    else:
+        total = sum(len(loaded.y) for loaded in files.values())
+        if largest >= total:  # K = largest + 1 classes cannot all have samples: a label is wrong
+            raise UserError(
+                f"{name}: a label is {largest}, but the splits hold {total} samples: labels are 0..K-1 for K "
+                "classes (or list the class names as classes in the train file)"
+            )
+        if largest < 1:
+            raise UserError(f"{name}: every label is 0: a classifier needs at least 2 classes")
+        class_names = [str(k) for k in range(largest + 1)]
+    splits = {split: TensorData(torch.from_numpy(f.x), torch.from_numpy(f.y)) for split, f in files.items()}
+    images = train.x.dtype == np.uint8 and train.x.ndim == 4
+    shape = train.x.shape
+    mean, std = _image_statistics(train.x) if images else ((), ())
+    return DatasetSplits(
+        name=name,
+        train=splits["train"],
+        test=splits["test"],
+        num_classes=len(class_names),
+        in_channels=shape[1] if train.x.ndim == 4 else None,
+        image_size=shape[2] if train.x.ndim == 4 and shape[2] == shape[3] else None,
+        mean=mean,
+        std=std,
+        pad=max(1, shape[2] // 8) if images else 0,
+        flip=False,
+        class_names=class_names,
+        val=splits.get("val"),
+    )

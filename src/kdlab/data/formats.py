@@ -1,4 +1,5 @@
-"""Readers for the official on-disk formats: CIFAR python pickles (folder or ``.tar.gz``) and IDX files.
+"""Readers for the official on-disk formats: CIFAR python pickles (folder or ``.tar.gz``), IDX files,
+SVHN's MATLAB files, and the tensor files (``.npz``/``.pt``) of the ``tensors`` dataset.
 
 Readers return numpy arrays (images uint8 ``[N, C, H, W]``, labels int64 ``[N]``) and turn every
 malformed file into a one-line :class:`~kdlab.errors.UserError` that names the file and the fix.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickle
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -328,3 +331,239 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and (labels.min() < 1 or labels.max() > 10):
         raise UserError(f"{path} has labels outside 1..10: {REFETCH}")
     return np.ascontiguousarray(images.astype(np.uint8).transpose(3, 2, 0, 1)), labels % 10
+
+
+# --- tensor files: a dataset of the user's own arrays (the `tensors` dataset) --------------------------
+
+TENSOR_SUFFIXES = (".npz", ".pt")
+TENSOR_KEYS = ("x", "y", "classes")  # x and y required; classes optional (the class names, K of them)
+_DEFLATE_MAX_RATIO = 1100  # deflate expands at most ~1032x: a member claiming more lies about its size
+_MAX_LABEL = 2**31 - 1
+_TENSOR_FIX = "save x [N, ...] and integer y [N] (and optionally classes) with np.savez or torch.save"
+
+
+@dataclass
+class TensorFile:
+    """One split of the ``tensors`` dataset, checked: ``x`` uint8 ``[N, C, H, W]`` (images), float32 or
+    int64 ``[N, ...]``; ``y`` int64 ``[N]`` (>= 0); ``classes`` the class names the file lists, if any."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str] | None
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_keys(keys: Sequence[str], path: Path) -> None:
+    unknown = sorted(set(keys) - set(TENSOR_KEYS))
+    missing = [key for key in ("x", "y") if key not in keys]
+    if unknown or missing:
+        problem = (
+            f"lacks {' and '.join(missing)}" if missing else f"holds unknown keys {', '.join(unknown)[:80]}"
+        )
+        raise UserError(
+            f"{path} {problem} (it holds {', '.join(sorted(keys))[:80] or 'nothing'}): a tensor file holds x, y "
+            f"and optionally classes; {_TENSOR_FIX}"
+        )
+
+
+def _npz_headers(path: Path) -> None:
+    """Check every member of a ``.npz`` before numpy reads it: plain ``.npy`` arrays (no objects) whose
+    headers agree with the sizes the archive records, which fit in memory. numpy allocates what a header
+    claims before it reads the data, so a header claiming 10^12 elements is refused here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names) or not all(name.endswith(".npy") for name in names):
+                raise UserError(f"{path} is not an archive of .npy arrays: {_TENSOR_FIX}")
+            _check_keys([name.removesuffix(".npy") for name in names], path)
+            total = 0
+            for info in infos:
+                key = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f".npy format version {version[0]}.{version[1]} of {key}")
+                    header = member.tell()
+                if dtype.hasobject:
+                    raise UserError(
+                        f"{path}: {key} is an array of Python objects, which kdlab never unpickles: save x and y "
+                        "as numeric arrays (classes as strings)"
+                    )
+                size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+                deflated = info.compress_type != zipfile.ZIP_STORED
+                if header + size != info.file_size or (
+                    deflated and info.file_size > _DEFLATE_MAX_RATIO * max(info.compress_size, 1)
+                ):
+                    raise UserError(
+                        f"{path} is truncated or corrupt ({key} claims {dtype} {list(shape)}, {size} bytes, but "
+                        f"the archive holds {max(info.file_size - header, 0)}): save it again with np.savez"
+                    )
+                total += size
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, zlib.error) as error:
+        raise UserError(
+            f"{path} is not a readable .npz archive ({first_line(error, 100)}): save it again with np.savez"
+        ) from None
+    memory = _memory_bytes()
+    if memory is not None and total > memory:
+        raise UserError(
+            f"{path} holds arrays of {total / 1e9:.3g} GB, more than this machine's memory "
+            f"({memory / 1e9:.3g} GB): use a subset of the data"
+        )
+
+
+def _read_npz(path: Path) -> dict[str, object]:
+    _npz_headers(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise UserError(
+            f"{path} is truncated or corrupt ({first_line(error, 100)}): save it again with np.savez"
+        ) from None
+
+
+def _read_pt(path: Path) -> dict[str, object]:
+    """A ``.pt`` file read with ``torch.load(weights_only=True)``: a dict of tensors (``classes`` a list
+    of strings). torch refuses a storage whose recorded size disagrees with the file before it
+    allocates; a tensor whose strides repeat its storage (an expanded view) is refused here, since
+    copying it would allocate what its shape claims."""
+    import torch
+
+    from kdlab.runs import unreadable_reason
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or unsafe file
+        raise UserError(f"cannot read {path} ({unreadable_reason(path, error)}): {_TENSOR_FIX}") from None
+    if not isinstance(loaded, dict) or not all(isinstance(key, str) for key in loaded):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a dict of tensors: {_TENSOR_FIX}")
+    _check_keys(list(loaded), path)
+    arrays: dict[str, object] = {}
+    for key, value in loaded.items():
+        if key == "classes" and isinstance(value, (list, tuple)):
+            arrays[key] = value
+            continue
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided or value.is_quantized:
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a dense tensor: {_TENSOR_FIX}")
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise UserError(
+                f"{path}: {key} {list(value.shape)} repeats its data (an expanded view of "
+                f"{value.untyped_storage().nbytes()} bytes): save {key}.contiguous()"
+            )
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        try:
+            arrays[key] = value.detach().contiguous().numpy()
+        except (TypeError, RuntimeError):
+            raise UserError(
+                f"{path}: {key} holds {value.dtype} values, which kdlab cannot read: {_TENSOR_FIX}"
+            ) from None
+    return arrays
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    """The first sample (row of ``mask`` [N, ...]) where ``mask`` is true."""
+    return int(mask.reshape(len(mask), -1).any(axis=1).argmax())
+
+
+def _standard_inputs(x: object, path: Path) -> np.ndarray:
+    """``x`` as uint8 ``[N, C, H, W]`` images (kept), float32 (float and bool arrays) or int64 (other
+    integers: token ids and the like), with a one-line UserError for what no model can take."""
+    if not isinstance(x, np.ndarray) or x.ndim < 2:
+        shape = list(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
+        raise UserError(
+            f"x of {path} is {shape}, not [N, ...] with sample i in x[i]: reshape one feature per sample to "
+            "[N, 1]"
+        )
+    if math.prod(x.shape[1:]) == 0:
+        raise UserError(
+            f"x of {path} has samples of shape {list(x.shape[1:])}: each sample needs at least one value"
+        )
+    kind = x.dtype.kind
+    if kind == "u" and x.dtype.itemsize == 1 and x.ndim == 4:
+        return np.ascontiguousarray(x)  # images: normalised on the device as the built-in datasets are
+    if kind in "iu":
+        if x.size and kind == "u" and x.max() > np.iinfo(np.int64).max:
+            raise UserError(f"x of {path} holds integers beyond int64: kdlab reads integer x as int64 ids")
+        return x.astype(np.int64, copy=False)
+    if kind in "fb":
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32, copy=False)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            raise UserError(
+                f"x of {path} holds NaN, inf or values beyond float32's range ({int(bad.sum())} value(s), the "
+                f"first in sample {_first_bad(bad)}): clean or drop those samples"
+            )
+        return x
+    raise UserError(f"x of {path} holds {x.dtype} values: kdlab reads float, integer or bool arrays")
+
+
+def _standard_labels(y: object, path: Path) -> np.ndarray:
+    """``y`` as int64 ``[N]`` labels >= 0 (integers, or floats that are whole numbers)."""
+    if not isinstance(y, np.ndarray) or y.ndim != 1:
+        shape = list(y.shape) if isinstance(y, np.ndarray) else type(y).__name__
+        raise UserError(f"y of {path} is {shape}, not [N]: y holds one integer class label per sample")
+    kind = y.dtype.kind
+    if kind == "f":
+        finite = np.isfinite(y)
+        whole = finite & (np.floor(y, where=finite, out=np.zeros_like(y)) == y)
+        if not whole.all():
+            sample = int((~whole).argmax())
+            raise UserError(
+                f"y of {path} holds {float(y[sample])!r} (sample {sample}), not a class number: labels are "
+                "integers 0..K-1"
+            )
+    elif kind not in "iub":
+        raise UserError(f"y of {path} holds {y.dtype} values, not integer class labels 0..K-1")
+    if y.size and y.min() < 0:
+        sample = int(y.argmin())
+        raise UserError(
+            f"y of {path} holds the negative label {y[sample]} (sample {sample}): labels are 0..K-1"
+        )
+    if y.size and y.max() > _MAX_LABEL:
+        raise UserError(f"y of {path} holds the label {y.max()}: labels are 0..K-1 for K classes")
+    return y.astype(np.int64, copy=False)
+
+
+def _class_names(value: object, path: Path) -> list[str]:
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "US":
+        names = [item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in value]
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        names = list(value)
+    else:
+        raise UserError(f"classes of {path} is not a list of class names (strings): {_TENSOR_FIX}")
+    if len(names) < 2:
+        raise UserError(f"classes of {path} names {len(names)} class(es): a classifier needs at least 2")
+    return names
+
+
+def read_tensor_file(path: Path) -> TensorFile:
+    """One ``.npz`` (``np.load(allow_pickle=False)``) or ``.pt`` (``torch.load(weights_only=True)``)
+    split of the ``tensors`` dataset, checked as a hostile file would be; every problem is a one-line
+    UserError naming the file."""
+    arrays = _read_npz(path) if path.suffix == ".npz" else _read_pt(path)
+    x = _standard_inputs(arrays["x"], path)
+    y = _standard_labels(arrays["y"], path)
+    if len(x) != len(y):
+        raise UserError(
+            f"{path} holds {len(x)} samples in x but {len(y)} labels in y: give one label per sample"
+        )
+    if len(x) == 0:
+        raise UserError(f"{path} holds no samples (x is {list(x.shape)}): every split needs at least one")
+    classes = _class_names(arrays["classes"], path) if "classes" in arrays else None
+    return TensorFile(x, y, classes)

@@ -37,8 +37,8 @@ from .datasets import DatasetSplits, TensorData
 
 @dataclass
 class Batch:
-    """One batch: ``inputs`` float32 ``[B, C, H, W]`` normalised on the device, ``targets`` int64 ``[B]``
-    on the device, ``indices`` int64 ``[B]`` (CPU) positions in the split, ``aug`` the crop/flip applied
+    """One batch: ``inputs`` float32 ``[B, C, H, W]`` normalised on the device (or, for non-image
+    tensors, the stored float32/int64 ``[B, ...]``), ``targets`` int64 ``[B]`` on the device, ``indices`` int64 ``[B]`` (CPU) positions in the split, ``aug`` the crop/flip applied
     (None when not augmented, and for imagefolder whose augmentation lives in its transforms)."""
 
     inputs: torch.Tensor
@@ -101,21 +101,30 @@ class TensorLoader:
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.channels_last = channels_last
-        pad, flip, auto = augment_settings(augment, splits.pad, splits.flip) if train else (0, False, False)
+        # uint8 images are normalised and augmented; other inputs (float features, token ids) reach the
+        # model as stored.
+        images = data.images.dtype == torch.uint8 and data.images.dim() == 4
+        augmenting = train and images
+        pad, flip, auto = (
+            augment_settings(augment, splits.pad, splits.flip) if augmenting else (0, False, False)
+        )
         self.pad, self.flip, self.autoaugment = pad, flip, auto
         self.augment = pad > 0 or flip
-        self.mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1) if images else None
+        self.std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1) if images else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, C, H, W]`` -> the normalised float32 model input (channels_last if asked).
+        """uint8 ``[B, C, H, W]`` -> the normalised float32 model input (channels_last if asked); other
+        inputs unchanged.
 
         The one place this happens: the teacher-logit cache builds its inputs here too, so cached
         and live logits see bit-identical inputs."""
+        if self.mean is None:
+            return images
         inputs = (images.float() / 255 - self.mean) / self.std
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -305,6 +314,23 @@ class DatasetLoader:
             )
 
 
+def _check_non_image(
+    splits: DatasetSplits, data: TensorData, train: bool, mode: str, channels_last: bool
+) -> None:
+    """What image-only settings say to inputs that are not uint8 images ``[N, C, H, W]``."""
+    kind = f"{str(data.images.dtype).removeprefix('torch.')} {list(data.images.shape[1:])}"
+    if train and mode not in ("default", "none"):
+        raise UserError(
+            f"data.augment={mode} crops and flips uint8 images [N, C, H, W], but the samples of {splits.name} are "
+            f"{kind}: use data.augment=none"
+        )
+    if channels_last and data.images.dim() != 4:
+        raise UserError(
+            f"channels_last applies to image batches [B, C, H, W], but the samples of {splits.name} are {kind}: "
+            "drop channels_last"
+        )
+
+
 def make_loader(
     splits: DatasetSplits,
     split: str,
@@ -323,8 +349,8 @@ def make_loader(
     """Iterate ``splits.<split>`` (``"train"``, ``"val"`` or ``"test"``) in batches of :class:`Batch`.
 
     ``train=True`` shuffles and, for in-memory splits, augments as ``augment`` says (a mode of
-    ``AUGMENT_MODES``; ``True``/``False`` mean default/none); ``train=False`` keeps the order and does
-    not augment. Call ``set_epoch(e)`` before iterating epoch ``e``. ``num_workers`` only matters for
+    ``AUGMENT_MODES``; ``True``/``False`` mean default/none; inputs other than uint8 images take
+    default or none, which do nothing); ``train=False`` keeps the order and does not augment. Call ``set_epoch(e)`` before iterating epoch ``e``. ``num_workers`` only matters for
     Dataset splits (imagefolder/imagenet), whose augmentation lives in their transforms.
     """
     if split not in ("train", "val", "test"):
@@ -339,6 +365,8 @@ def make_loader(
     device = torch.device(device)
     mode = augment_mode(augment)
     if isinstance(data, TensorData):
+        if not splits.image_inputs:
+            _check_non_image(splits, data, train, mode, channels_last)
         return TensorLoader(
             splits, data, batch_size, device, train, seed, mode, rank, world_size, channels_last, drop_last
         )

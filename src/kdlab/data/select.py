@@ -187,6 +187,11 @@ def select_training_set(
     if any(rule.by != "random" for rule in rules):
         if teacher is None:
             raise UserError(f"data.select={data.select} ranks by a teacher score: pass --teacher RUN")
+        if data.select_pass == "augmented" and not splits.image_inputs:
+            raise UserError(
+                f"data.select_pass=augmented scores crop+flip views of images, but the samples of {data.name} are "
+                "not uint8 images: use data.select_pass=clean"
+            )
         scores = teacher_scores(
             score_training_set(teacher, splits, device, data.select_pass, data.select_seed), labels
         )

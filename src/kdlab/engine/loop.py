@@ -57,6 +57,7 @@ from kdlab.engine.student import (
 from kdlab.errors import UserError
 from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import count_parameters, create_model
+from kdlab.models.features import check_features, set_feature_layer
 from kdlab.plugins import import_plugins, plugin_hashes
 from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment, load_checkpoint
 from kdlab.teacher import check_teacher, load_teacher, teacher_files
@@ -127,16 +128,14 @@ class Trainer:
         self.sample_inputs = next(
             iter(make_loader(self.splits, "test", 4, train=False, device=self.device, num_workers=0))
         ).inputs
+        num_classes = self.splits.num_classes
         self.teacher = (
-            load_teacher(lead.kd.teacher, self.device, lead.kd.ensemble) if lead.kd.teacher else None
+            load_teacher(lead.kd.teacher, self.device, lead.kd.ensemble, num_classes, lead.data.name)
+            if lead.kd.teacher
+            else None
         )
         if self.teacher is not None:
-            if self.teacher.num_classes != self.splits.num_classes:
-                raise UserError(
-                    f"the teacher predicts {self.teacher.num_classes} classes but {lead.data.name} has "
-                    f"{self.splits.num_classes}: use a teacher trained on {lead.data.name}"
-                )
-            check_teacher(self.teacher, lead.kd.teacher, self.sample_inputs, lead.data.name)
+            check_teacher(self.teacher, lead.kd.teacher, self.sample_inputs, lead.data.name, num_classes)
             if lead.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         # A teacher-chosen fraction of the training set (data.select), before any loader is built.
@@ -166,7 +165,7 @@ class Trainer:
         self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
         self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
         self.teacher_features_needed = any("teacher_features" in loss_spec(c.kd.loss).reads for c in configs)
-        check_feature_losses(configs, self.teacher, self.world.size)
+        check_feature_losses(configs, self.teacher, self.world.size, self.sample_inputs)
         if self.teacher is not None and lead.compile:  # the teacher's forward is most of a KD step
             self.teacher = torch.compile(self.teacher)
         self.logit_cache: TeacherLogitCache | None = None
@@ -221,20 +220,25 @@ class Trainer:
         protected = teacher_files(config.kd.teacher)
         can_resume = distributed.main_process_decides(lambda: run.check_out(resume, overwrite, protected))
         torch.manual_seed(config.seed)  # the same initial weights standalone or in lockstep
+        splits = self.splits
         model = create_model(
-            config.model, self.splits.num_classes, self.splits.in_channels, self.splits.image_size
+            config.model, splits.num_classes, splits.in_channels, splits.image_size, splits.input_shape
         )
         model = model.to(self.device)
-        check_model_takes(model, self.sample_inputs, config)
+        check_model_takes(model, self.sample_inputs, config, splits.num_classes)
+        set_feature_layer(model, config.features)
+        if config.features is not None or "student_features" in loss_spec(config.kd.loss).reads:
+            check_features(model, self.sample_inputs, f"--model {config.model}")
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         data_info = {
-            "num_classes": self.splits.num_classes,
-            "in_channels": self.splits.in_channels,
-            "image_size": self.splits.image_size,
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+            "image_size": splits.image_size,
+            "input_shape": list(splits.input_shape),
             # The input normalisation, so that kdlab.export.load_student needs no dataset files.
-            "mean": list(self.splits.mean or ()),
-            "std": list(self.splits.std or ()),
+            "mean": list(splits.mean or ()),
+            "std": list(splits.std or ()),
         }
         student = Student(
             config, run, model, make_optimizer(model, config), module=model, data_info=data_info,
@@ -279,9 +283,11 @@ class Trainer:
         return units
 
     def probe(self) -> Tensor:
-        """A 2-image input batch of the training data's shape (to check that students stack)."""
-        splits = self.splits
-        size = (2, splits.in_channels, splits.image_size, splits.image_size)
+        """A 2-sample input batch of the training data's shape (to check that students stack): random
+        floats, or for integer inputs (token ids) the first test samples."""
+        if not self.sample_inputs.is_floating_point():
+            return self.sample_inputs[:2]
+        size = (2, *self.splits.input_shape)
         probe = torch.randn(size, generator=torch.Generator().manual_seed(0)).to(self.device)
         return probe.contiguous(memory_format=torch.channels_last) if self.configs[0].channels_last else probe
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.engine.student import Student, make_optimizer
+from kdlab.models.features import feature_layer_of
 
 PROBE_TOLERANCE = 1e-4  # relative: the stacked and the students' forward differ only by rounding
 
@@ -148,7 +149,7 @@ def _unstackable(model: nn.Module) -> str | None:
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
             return f"its layer {name} pads with {layer.padding_mode!r}"
     if not hasattr(model, "forward_features") or not hasattr(model, "classifier"):
-        return "it has no forward_features/classifier"
+        return "it has no forward_features/classifier"  # any nn.Module: features come from a hook
     return None
 
 
@@ -162,6 +163,9 @@ def stack_models(
     own on it (eval mode, so nothing changes): a forward that mixes channels fails here.
     """
     reason = _unstackable(models[0])
+    named = [layer for layer in map(feature_layer_of, models) if layer is not None]
+    if reason is None and named:  # the stacked forward_features is not the hook on that layer
+        reason = f"features are read from layer {named[0]!r}"
     if reason is not None:
         return None, reason
     stacked = StackedModel(models, channels_last).to(probe.device)

@@ -36,6 +36,8 @@ from kdlab.engine.state import EpochState
 from kdlab.engine.student import Student, set_lr
 from kdlab.errors import UserError, first_line
 from kdlab.losses import loss_spec, loss_terms
+from kdlab.models.features import check_features, feature_layer, forward_with_features
+from kdlab.teacher import EnsembleTeacher
 
 WARMUP_STEPS = 3  # eager steps before capture (PyTorch's whole-network capture example uses 3)
 
@@ -66,8 +68,7 @@ class StepTeacher:
     def __call__(self, inputs: Tensor, rows: Tensor | None) -> TeacherOutputs:
         if self.features:
             with torch.inference_mode(), self.autocast():
-                features = self.teacher.forward_features(inputs)
-                logits = self.teacher.classifier(features)
+                logits, features = forward_with_features(self.teacher, inputs, "the teacher")
             return logits.float().clone(), features.float().clone()
         if self.cache is not None:
             return self.cache.gather(rows), None
@@ -86,7 +87,7 @@ class Unit(Protocol):
 
     def forward(self, inputs: Tensor, features: bool) -> list[tuple[Tensor, Tensor | None]]:
         """Each student's logits ``[B, K]``, and with ``features`` its penultimate features ``[B, D]``
-        (the logits then computed as ``classifier(forward_features(x))``, the same as ``forward``)."""
+        (:func:`kdlab.models.features.forward_with_features`: the same logits as ``forward``)."""
         ...
 
     def train(self) -> None: ...
@@ -105,8 +106,7 @@ class OneStudent:
         student = self.students[0]
         if not features:
             return [(student.module(inputs), None)]
-        penultimate = student.model.forward_features(inputs)
-        return [(student.model.classifier(penultimate), penultimate)]
+        return [forward_with_features(student.model, inputs, f"--model {student.config.model}")]
 
     def train(self) -> None:
         self.students[0].module.train()
@@ -164,16 +164,26 @@ def train_step(
     state.next_step()
 
 
-def check_feature_losses(configs: list[RunConfig], teacher: nn.Module | None, world_size: int) -> None:
-    """A UserError when a loss reads penultimate features that this group cannot provide."""
+def check_feature_losses(
+    configs: list[RunConfig], teacher: nn.Module | None, world_size: int, inputs: Tensor | None = None
+) -> None:
+    """A UserError when a loss reads penultimate features that this group cannot provide: an ensemble
+    teacher, a teacher without a feature layer (:func:`kdlab.models.features.feature_layer`), or,
+    given a few ``inputs`` of the data, a feature layer that does not run or gives no per-sample tensor."""
     reads = set().union(*(loss_spec(config.kd.loss).reads for config in configs))
-    if "teacher_features" in reads and not (
-        hasattr(teacher, "forward_features") and hasattr(teacher, "classifier")
-    ):
-        raise UserError(
-            "this loss reads the teacher's penultimate features, which an ensemble or foreign teacher does "
-            "not expose: use one kdlab teacher"
-        )
+    if "teacher_features" in reads:
+        try:
+            if teacher is None or isinstance(teacher, EnsembleTeacher):
+                raise UserError("use one teacher (an ensemble has no single feature layer)")
+            if inputs is None:
+                feature_layer(teacher, "the teacher")
+            else:
+                check_features(teacher, inputs, "the teacher")
+        except UserError as error:
+            raise UserError(
+                "this loss reads the teacher's penultimate features, which an ensemble or a model without a "
+                f"feature layer does not expose: {error}"
+            ) from None
     if "student_features" in reads and world_size > 1:
         raise UserError(
             "losses that read the student's penultimate features run in one process (the features bypass "

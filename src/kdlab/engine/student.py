@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from kdlab.config import RunConfig, first_difference, from_dict
 from kdlab.errors import UserError, first_line, shown
+from kdlab.models import check_logits
 from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint, load_model_state
 
 
@@ -265,21 +266,29 @@ def _restored_rows(checkpoint: dict[str, Any], run: RunFolder) -> list[dict[str,
     return rows
 
 
-def check_model_takes(model: nn.Module, inputs: Tensor, config: RunConfig) -> None:
-    """A UserError when ``model`` cannot run on ``inputs`` (a few images of the data): checked before
-    anything is written, in eval mode (no BatchNorm statistics change, no random numbers drawn)."""
+def check_model_takes(
+    model: nn.Module, inputs: Tensor, config: RunConfig, num_classes: int | None = None
+) -> None:
+    """A UserError when ``model`` cannot run on ``inputs`` (a few samples of the data) or, given
+    ``num_classes``, does not return logits ``[B, num_classes]``: checked before anything is written,
+    in eval mode (no BatchNorm statistics change, no random numbers drawn)."""
     was_training = model.training
     model.eval()
+    kind = "images" if inputs.dim() == 4 else "inputs"
     try:
         with torch.no_grad():
-            model(inputs)
-    except RuntimeError as error:
+            logits = model(inputs)
+    except UserError:
+        raise
+    except Exception as error:  # any module's forward: a user model may raise any type
         raise UserError(
-            f"--model {config.model} cannot take the images of {config.data.name} ({list(inputs.shape[1:])}): "
-            f"{first_line(error)}; choose a model for such images"
+            f"--model {config.model} cannot take the {kind} of {config.data.name} ({list(inputs.shape[1:])}): "
+            f"{first_line(error)}; choose a model for such {kind}"
         ) from None
     finally:
         model.train(was_training)
+    if num_classes is not None:
+        check_logits(logits, len(inputs), num_classes, f"--model {config.model}")
 
 
 def tensorboard_writer(config: RunConfig, run: RunFolder) -> Any:
