@@ -350,11 +350,14 @@ def reproduce(
     ] = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
+    from kdlab.experiments.reproduce import check_publish
     from kdlab.experiments.reproduce import publish as publish_report
     from kdlab.experiments.reproduce import reproduce as run_reproduce
 
     if readme and not publish:
         raise UserError("--readme needs --publish DEST: the README's table links the published report")
+    if publish:  # before any training: DEST and the README's markers (--out is checked by reproduce)
+        check_publish(publish, readme)
     run_reproduce(preset, claims, out, jobs, set_, seeds, log=typer.echo)
     if publish:
         publish_report(out or f"reproduce-{preset}", publish, readme, log=typer.echo)
