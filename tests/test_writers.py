@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,30 @@ def test_a_link_in_place_of_an_output_folder_is_refused(env, tmp_path, capsys):
     (dest / "figures").symlink_to(elsewhere)
     expected = f"{dest / 'figures'} is a symbolic link; kdlab writes only real files and folders, never through a link"
     _refused(WRITERS[5], capsys, env, dest, tmp_path, expected)
+
+
+@pytest.mark.parametrize("writer", ["analyze", "reproduce"])
+def test_a_link_in_place_of_a_folder_kdlab_makes_is_refused(writer, env, tmp_path, capsys):
+    # analyze's default RUN/analysis, reproduce's OUT/main (a sweep folder): kdlab names them, so a link
+    # there would send its writes elsewhere.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if writer == "analyze":
+        run = tmp_path / "run"
+        shutil.copytree(env.student, run)
+        (run / "analysis").symlink_to(elsewhere)
+        link, args = run / "analysis", ["analyze", run]
+    else:
+        (tmp_path / "out").mkdir()
+        link, args = tmp_path / "out" / "main", ["reproduce", "--claims", "C1", "--out", tmp_path / "out"]
+        link.symlink_to(elsewhere)
+    before = tree(tmp_path)
+    code, message = kdlab(capsys, *args)
+    assert code == 2
+    assert message.startswith(
+        f"{link} is a symbolic link; kdlab writes only real files and folders, never through"
+    )
+    assert tree(tmp_path) == before
 
 
 def test_a_manifest_that_is_not_kdlabs_is_refused(env, tmp_path, capsys):

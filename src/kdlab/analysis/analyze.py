@@ -122,6 +122,8 @@ def analyze_runs(
 
     if not runs:
         raise UserError("kdlab analyze needs at least one run folder")
+    if not out:  # RUN1/analysis, a folder kdlab makes: a link there would lead elsewhere
+        OutputFolder(runs[0], "analysis").check(["analysis/"])
     out = Path(out) if out else Path(runs[0]) / "analysis"
     destination = OutputFolder(out, "analysis")
     destination.check(ANALYSIS_FILES)  # before the work: --out a file, read-only, an analysis.json of yours

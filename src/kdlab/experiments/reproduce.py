@@ -207,13 +207,17 @@ def reproduce(
 def check_outputs(out: Path, preset: Preset, claim_list: list[str]) -> None:
     """Before any training: OUT and the files reproduce writes there (REPORT.md, claims.json,
     figures/, each sweep folder's report, the C6 analyses) may be written (``OutputFolder.check``)."""
-    figures = [f"figures/{name}" for name in ("heatmap.png", "tau_curves.png", *C6_FIGURES)]
-    OutputFolder(out, "reproduce").check(["REPORT.md", "claims.json", "figures/", *figures])
     experiments = {checks.CLAIMS[claim].recipe for claim in claim_list} - {None}
-    for folder in sorted({FOLDERS.get(name, name) for name in experiments if name}):
+    folders = sorted({FOLDERS.get(name, name) for name in experiments if name})
+    figures = [f"figures/{name}" for name in ("heatmap.png", "tau_curves.png", *C6_FIGURES)]
+    # The folders reproduce makes inside OUT are real folders, never links that lead elsewhere.
+    made = ["figures/", "teachers/", "analysis/", *(f"{folder}/" for folder in folders)]
+    OutputFolder(out, "reproduce").check(["REPORT.md", "claims.json", *figures, *made])
+    for folder in folders:
         OutputFolder(out / folder, "report").check(REPORT_FILES)
     if "C6" in claim_list:
         for seed in range(preset.seeds):
+            OutputFolder(out / "analysis", "analysis").check([f"seed{seed}/"])
             OutputFolder(out / "analysis" / f"seed{seed}", "analysis").check(ANALYSIS_FILES)
 
 
