@@ -558,14 +558,21 @@ def test_output_folder_adopts_only_identical_bytes_and_checks_every_file_first(t
     assert files["a.txt"] == {"sha256": hashlib.sha256(b"new\n").hexdigest(), "kind": "outputs"}
     assert sorted(path.name for path in folder.iterdir()) == ["a.txt", "b.txt", "d", OUTPUTS_MANIFEST]
     # A figure: rendered in memory, written as any other file.
-    from kdlab.analysis.plots import _pyplot
+    from kdlab.analysis.plots import _pyplot, plot_bars
 
     figure = _pyplot().figure()
     png = out.savefig("figure.png", figure).read_bytes()
     _pyplot().close(figure)
     assert png.startswith(b"\x89PNG") and len(png) > 100
+    # A plot function given a path writes through the same rules (its folder's manifest).
+    bars = plot_bars([{"labels": ["a", "b"], "values": [1.0, 2.0], "ylabel": "y"}], folder / "bars.png")
+    assert (folder / "bars.png").read_bytes() == bars
     files = json.loads((folder / OUTPUTS_MANIFEST).read_text())["files"]
     assert files["figure.png"]["sha256"] == hashlib.sha256(png).hexdigest()
+    assert files["bars.png"] == {"sha256": hashlib.sha256(bars).hexdigest(), "kind": "plot"}
+    (folder / "bars.png").write_bytes(b"my edit")
+    with pytest.raises(UserError, match="bars.png has changed since kdlab wrote it"):
+        plot_bars([{"labels": ["a"], "values": [1.0], "ylabel": "y"}], folder / "bars.png")
 
 
 class _deadline:
