@@ -45,7 +45,7 @@ from kdlab.data import AugParams, apply_augmentation, cache_dir
 from kdlab.data.loader import TensorLoader
 from kdlab.device import uses_bf16
 from kdlab.errors import UserError
-from kdlab.runs import atomic_write_json
+from kdlab.runs import OutputFolder
 
 CACHE_FORMAT = "kdlab-teacher-logits-v1"
 STORAGE_DTYPE = np.float16
@@ -262,6 +262,10 @@ def open_logit_cache(
     if path.is_file():
         print(f"teacher-logit cache: reusing {path} ({describe})")
     else:
+        # The .json sidecar is written through the folder's manifest (kdlab.runs.OutputFolder; shared by
+        # every build, so its lock is waited for): checked before the build, never over a file of yours.
+        sidecar = OutputFolder(folder, "cache", flag="kd.cache_dir", wait=True)
+        sidecar.check([path.with_suffix(".json").name])
         print(f"teacher-logit cache: {describe} -> {path}")
         if size > limit_gb * 1e9:
             raise UserError(
@@ -279,8 +283,8 @@ def open_logit_cache(
         if device.type != "cpu":
             batch_size = max(batch_size, GPU_BUILD_BATCH)
         _build(path, images, grid, num_classes, teacher_fn, loader, batch_size, config.progress)
-        atomic_write_json(
-            path.with_suffix(".json"),
+        sidecar.write_json(
+            path.with_suffix(".json").name,
             {
                 **key,
                 "shape": [len(images), grid.num_views, num_classes],

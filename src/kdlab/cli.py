@@ -378,6 +378,7 @@ def reproduce(
     imports: Imports = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
+    from kdlab.experiments.reproduce import check_publish
     from kdlab.experiments.reproduce import publish as publish_report
     from kdlab.experiments.reproduce import reproduce as run_reproduce
 
@@ -386,6 +387,8 @@ def reproduce(
     if preset is not None and setting is not None:
         raise UserError("--preset and --setting both given: a run judges one, drop one of them")
     name = Path(setting).stem if setting is not None else preset or "tiny"
+    if publish:  # before any training: DEST and the README's markers (--out is checked by reproduce)
+        check_publish(publish, readme)
     run_reproduce(preset or "tiny", claims, out, jobs, set_, seeds, log=typer.echo, setting=setting)
     if publish:
         publish_report(out or f"reproduce-{name}", publish, readme, log=typer.echo)

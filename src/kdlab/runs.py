@@ -22,6 +22,14 @@ What kdlab promises about a user's files (docs/errors.md):
 - nothing is written before every input is checked (:meth:`RunFolder.check_out` writes nothing);
 - one process writes a run folder at a time (:meth:`RunFolder.lock`, an ``fcntl.flock``); a file
   of the user's under the lock's name (anything but a process id) is refused, never overwritten.
+
+Every other folder kdlab writes (reports, analyses, reproduce's outputs and published copies, a
+sweep's manifest, the demo's results, cache sidecars, exports) is an :class:`OutputFolder`: the same
+rules, with a manifest (``kdlab-outputs.json``: each file kdlab wrote there and the SHA-256 of its
+bytes) in place of the marker, so that kdlab writes only over its own, unedited outputs. No write
+goes through a symbolic link or replaces a FIFO, device or folder (``_atomic_write`` refuses them).
+The one file of the user's that kdlab rewrites, when asked (``--readme``), is edited in place by
+:func:`rewrite_user_file`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
+import io
 import json
 import os
 import platform
@@ -38,8 +48,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -84,11 +94,37 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# Errors of a write that the user can act on (a folder they cannot write, a file where a folder goes):
+# one line, as for any bad input.
+_WRITE_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
+def _atomic_write(
+    path: Path, write: Callable[[Any], None], mode: str = "w", like: os.stat_result | None = None
+) -> None:
+    """Write ``path`` through a temporary file in its folder renamed into place. A target that is a
+    symbolic link or not a regular file (a folder, FIFO, device) is refused, never replaced. The new
+    file gets the mode ``open()`` would give it, or, with ``like``, that file's mode and owner."""
+    refusal = not_a_regular_file(path)
+    if refusal:
+        raise UserError(
+            f"{path} {refusal}; kdlab writes only regular files, never through a link: move it away, or "
+            "choose another output folder"
+        )
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; open() would honour the umask
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        if error.errno not in _WRITE_ERRORS:
+            raise
+        raise UserError(f"cannot write {path} ({error.strerror}): choose a folder you can write") from None
+    try:
+        if like is None:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; open() would honour the umask
+        else:  # a file rewritten in place keeps its permissions (and owner, where we may set it)
+            os.fchmod(fd, stat.S_IMODE(like.st_mode))
+            with contextlib.suppress(OSError):
+                os.fchown(fd, like.st_uid, like.st_gid)
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -103,12 +139,33 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         raise
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` may not be written or replaced ("is a symbolic link", "is a FIFO", ...); None
+    when it is missing or a regular file. Looks at the name itself (``lstat``), never follows it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a device")
+    return f"is {kind}, not a regular file"
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda handle: handle.write(text))
 
 
+def json_text(data: Any) -> str:
+    """How kdlab writes a JSON file: indented, keys in insertion order, tensors and paths converted."""
+    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(data))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -484,34 +541,305 @@ class RunFolder:
         over; re-entrant within one process. A folder this call created is removed again if the
         block fails before anything was written into it.
         """
-        key = os.path.realpath(self.path)
-        if key in _HELD:
-            _HELD[key] += 1
-            try:
-                yield
-            finally:
-                _HELD[key] -= 1
-            return
-        created = _make_folder(self.path)
-        try:
-            fd = _acquire(self.path / LOCK_NAME, self.path, wait)
-        except BaseException:
-            _remove_empty(created)
-            raise
-        _HELD[key] = 1
+        with _folder_lock(self.path, LOCK_NAME, os.path.realpath(self.path), wait):
+            yield
+
+
+_HELD: dict[str, int] = {}  # folders whose lock this process holds (their key -> depth)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, lock_name: str, key: str, wait: bool) -> Iterator[None]:
+    """Hold the exclusive flock of ``folder/lock_name`` (folder created if missing) while the block
+    runs; re-entrant per ``key``; a folder created here is removed again if the block fails before
+    anything was written into it."""
+    if key in _HELD:
+        _HELD[key] += 1
         try:
             yield
-        except BaseException:
-            _release(self.path / LOCK_NAME, fd)
-            _remove_empty(created)
-            raise
-        else:
-            _release(self.path / LOCK_NAME, fd)
         finally:
-            del _HELD[key]
+            _HELD[key] -= 1
+        return
+    created = _make_folder(folder)
+    try:
+        fd = _acquire(folder / lock_name, folder, wait)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    _HELD[key] = 1
+    try:
+        yield
+    except BaseException:
+        _release(folder / lock_name, fd)
+        _remove_empty(created)
+        raise
+    else:
+        _release(folder / lock_name, fd)
+    finally:
+        del _HELD[key]
 
 
-_HELD: dict[str, int] = {}  # run folders whose lock this process holds (real path -> depth)
+# --- every other output folder: reports, analyses, published copies, sweep manifests, caches ------
+
+OUTPUTS_FORMAT = "kdlab-outputs-v1"
+OUTPUTS_MANIFEST = "kdlab-outputs.json"
+OUTPUTS_LOCK = ".kdlab-outputs.lock"
+_MANIFEST_LIMIT = 1 << 22  # 4 MiB: tens of thousands of entries; anything larger is not ours
+
+
+class OutputFolder:
+    """A folder of kdlab outputs other than a run's own files: reports, analyses, published copies,
+    sweep manifests, the demo's results, teacher-logit cache sidecars, exports.
+
+    ``FOLDER/kdlab-outputs.json`` (the manifest) lists every file kdlab wrote there: its path
+    relative to the folder, the SHA-256 of the bytes written and the writer (``kind``). Every write
+    follows the run folder's rules:
+
+    - regular files only: a target, or a folder on its way, that is a symbolic link, a FIFO, a
+      device or a folder is refused, never written through or replaced;
+    - only over kdlab's own files: an existing target must be listed in the manifest and still hold
+      the bytes kdlab wrote (or already hold exactly the bytes to be written: replacing them loses
+      nothing). Anything else is the user's, or was edited by the user, and is refused;
+    - atomically (temporary file + rename in the same folder), the manifest rewritten the same way
+      after each file;
+    - one process at a time: an exclusive ``flock`` on ``FOLDER/.kdlab-outputs.lock`` while writing
+      (``wait=True``: wait for it, for writers that share a folder, such as sweep shards);
+    - :meth:`check` validates the folder and the names, writing and creating nothing, so callers
+      check before any work and :meth:`write_files` checks all its files before the first write.
+
+    ``flag`` names the folder in messages (``--out``, ``--publish``, ``kd.cache_dir``).
+    """
+
+    def __init__(
+        self, path: str | Path, kind: str = "outputs", flag: str = "--out", wait: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.kind = kind
+        self.flag = flag
+        self.wait = wait
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / OUTPUTS_MANIFEST
+
+    def check(self, names: Iterable[str] = (), contents: Mapping[str, bytes] | None = None) -> None:
+        """A one-line UserError unless every name may be written: the folder is a writable real
+        folder or can be created; each target is absent or kdlab's unchanged output (or holds
+        ``contents[name]`` already). A name ending in ``/`` is a subfolder: absent or a real folder."""
+        self._check_folder()
+        manifest = self._manifest()
+        for name in names:
+            self._check_target(name, manifest, (contents or {}).get(name))
+
+    def write_files(self, files: Mapping[str, bytes]) -> list[Path]:
+        """Write each ``name -> bytes`` atomically, in order, after checking them all; returns the paths."""
+        self.check(files, files)  # before the lock creates the folder
+        written = []
+        with self.lock():
+            manifest = self._manifest()
+            for name, data in files.items():  # again, now that no other kdlab process writes here
+                self._check_target(name, manifest, data)
+            for name, data in files.items():
+                target = self._make_parents(name)
+                _atomic_write(target, lambda handle, data=data: handle.write(data), mode="wb")
+                manifest[name] = {"sha256": hashlib.sha256(data).hexdigest(), "kind": self.kind}
+                self._write_manifest(manifest)
+                written.append(target)
+        return written
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return self.write_files({name: data})[0]
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode())
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_text(name, json_text(data))
+
+    def copy_file(self, name: str, source: str | Path) -> Path:
+        """Copy a regular file (never a FIFO or device) to ``name``."""
+        return self.write_bytes(name, read_regular_file(Path(source)))
+
+    def savefig(self, name: str, fig: Any, **options: Any) -> Path:
+        """A matplotlib figure rendered in memory (format from the name's suffix), then written."""
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=Path(name).suffix.lstrip(".") or "png", **options)
+        return self.write_bytes(name, buffer.getvalue())
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock (the folder is created if missing; see ``RunFolder.lock``)."""
+        self._check_folder()
+        lock_path = self.path / OUTPUTS_LOCK
+        if lock_path.is_symlink():
+            raise UserError(
+                f"{lock_path} is a symbolic link; kdlab writes only regular files, never through a link: "
+                f"remove the link, or choose another {self.flag}"
+            )
+        with _folder_lock(self.path, OUTPUTS_LOCK, os.path.realpath(lock_path), self.wait):
+            yield
+
+    def _check_folder(self) -> None:
+        path, flag = self.path, self.flag
+        if path.is_symlink() and not path.exists():
+            raise UserError(
+                f"{flag} {path} is a symbolic link that leads nowhere (dangling, or a loop): remove it, or "
+                f"choose another {flag}"
+            )
+        if not path.exists():
+            _check_creatable(path, flag)
+        elif not path.is_dir():
+            kind = "a file" if path.is_file() else "not a folder"
+            raise UserError(f"{flag} {path} is {kind}: name a folder (it is created if missing)")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path} is not writable: choose a folder you can write")
+
+    def _check_target(self, name: str, manifest: dict[str, Any], data: bytes | None) -> None:
+        relative = PurePosixPath(name)
+        if (
+            relative.is_absolute()
+            or ".." in relative.parts
+            or relative.name in (OUTPUTS_MANIFEST, OUTPUTS_LOCK)
+        ):
+            raise ValueError(f"not a name kdlab writes in an output folder: {name!r}")
+        fix = f"move it away, or choose another {self.flag}"
+        folder = self.path
+        for part in relative.parts if name.endswith("/") else relative.parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                raise UserError(
+                    f"{folder} is a symbolic link; kdlab writes only real files and folders, never through "
+                    f"a link: {fix}"
+                )
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"{folder} is a file where kdlab puts a folder of its outputs: {fix}")
+        if name.endswith("/"):
+            return
+        target = self.path / relative
+        refusal = not_a_regular_file(target)
+        if refusal:
+            raise UserError(
+                f"{target} {refusal}; kdlab writes only regular files, never through a link: {fix}"
+            )
+        if not target.exists() or (data is not None and _holds(target, data)):
+            return
+        entry = manifest.get(name)
+        if entry is None:
+            raise UserError(
+                f"{target} exists and kdlab did not write it (it is not listed in {OUTPUTS_MANIFEST}), and "
+                f"kdlab overwrites only its own outputs: {fix}"
+            )
+        if _file_sha256(target) != entry["sha256"]:
+            raise UserError(
+                f"{target} has changed since kdlab wrote it (its SHA-256 is not the one in {OUTPUTS_MANIFEST}), "
+                f"and kdlab does not overwrite your edits: {fix}"
+            )
+
+    def _manifest(self) -> dict[str, Any]:
+        """``{relative name: {"sha256", "kind"}}`` from the manifest; empty when there is none."""
+        path = self.manifest_path
+        refusal = not_a_regular_file(path)
+        if refusal:
+            raise UserError(
+                f"{path} {refusal}, not kdlab's list of its outputs: move it away, or choose another {self.flag}"
+            )
+        if not path.exists():
+            return {}
+        document = _read_json(path, limit=_MANIFEST_LIMIT)
+        files = document.get("files") if isinstance(document, dict) else None
+        valid = (
+            isinstance(files, dict)
+            and document.get("format") == OUTPUTS_FORMAT
+            and all(
+                isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()
+            )
+        )
+        if not valid:
+            raise UserError(
+                f"{path} is not a list of outputs kdlab wrote (damaged, or not kdlab's): move it away (kdlab "
+                f"then takes every file in {self.path} for yours), or choose another {self.flag}"
+            )
+        return dict(files)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        present = {name: entry for name, entry in sorted(manifest.items()) if (self.path / name).is_file()}
+        atomic_write_text(self.manifest_path, json_text({"format": OUTPUTS_FORMAT, "files": present}))
+
+    def _make_parents(self, name: str) -> Path:
+        """Create the subfolders on ``name``'s way (checked real folders or absent); its full path."""
+        folder = self.path
+        for part in PurePosixPath(name).parts[:-1]:
+            folder = folder / part
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+        return self.path / name
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file; a UserError for a FIFO, device or folder (never opened: reading a
+    FIFO would wait forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a regular file: kdlab reads only regular files")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(read_regular_file(path)).hexdigest()
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the regular file ``path`` holds exactly ``data``."""
+    return path.stat().st_size == len(data) and read_regular_file(path) == data
+
+
+def read_user_file(path: Path, flag: str, limit: int = 1 << 24) -> tuple[str, os.stat_result]:
+    """The UTF-8 text and ``lstat`` of a file of the user's that kdlab is asked to rewrite in place
+    (``--readme``); a one-line UserError unless it is a regular file (not a link, FIFO or device)
+    with a single name (no other hard link), that kdlab may replace (file and folder writable)."""
+    refusal = not_a_regular_file(path)
+    if refusal:
+        raise UserError(
+            f"{flag} {path} {refusal}; kdlab rewrites only a regular file in place, never through a link: "
+            "pass the file itself"
+        )
+    if not path.exists():
+        raise UserError(f"{flag} {path} does not exist: pass the file to rewrite")
+    status = os.lstat(path)
+    if status.st_nlink > 1:
+        raise UserError(
+            f"{flag} {path} has {status.st_nlink} hard links, and rewriting it would leave the others as they "
+            "are: pass a file with one name"
+        )
+    folder = path.absolute().parent
+    if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} {path} cannot be rewritten (kdlab replaces it through a temporary file in {folder}, which "
+            "must be writable, as must the file): fix the permissions, or pass another file"
+        )
+    if status.st_size > limit:
+        raise UserError(f"{flag} {path} is larger than {limit >> 20} MiB: pass the file to rewrite")
+    try:
+        return read_regular_file(path).decode("utf-8"), status
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path} is not UTF-8 text: pass the file to rewrite") from None
+
+
+def rewrite_user_file(path: Path, before: str, after: str, flag: str) -> None:
+    """Replace the text ``before`` of the user's file ``path`` by ``after``, atomically, in place: the
+    same checks as :func:`read_user_file`, then a temporary file with the file's mode (and owner)
+    renamed over it; refused if the file changed since it was read as ``before``."""
+    text, status = read_user_file(path, flag)
+    if text != before:
+        raise UserError(f"{flag} {path} changed while kdlab ran: run the command again")
+    _atomic_write(path, lambda handle: handle.write(after.encode()), mode="wb", like=status)
 
 
 def _read_json(path: Path, line: bytes | None = None, limit: int | None = None) -> Any:
@@ -532,19 +860,24 @@ def _is_real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-def _check_creatable(path: Path) -> None:
+def _check_creatable(path: Path, flag: str = "--out") -> None:
     """A UserError when ``path`` (missing) cannot be created: its nearest existing parent is not a
-    writable folder."""
+    writable folder, or a missing part of it is a symbolic link that leads nowhere."""
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():
+            raise UserError(
+                f"{flag} {path} cannot be created: {parent} is a symbolic link that leads nowhere (dangling, "
+                f"or a loop); remove it, or choose another {flag}"
+            )
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(
-            f"--out {path} cannot be created: {parent} is a file, not a folder; choose another --out"
+            f"{flag} {path} cannot be created: {parent} is a file, not a folder; choose another {flag}"
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(
-            f"--out {path} cannot be created: {parent} is not writable; choose a folder you can write"
+            f"{flag} {path} cannot be created: {parent} is not writable; choose a folder you can write"
         )
 
 
@@ -621,7 +954,7 @@ def _acquire(lock_path: Path, folder: Path, wait: bool) -> int:
         if not _holds_a_pid(fd):  # a file of the user's under our name: never overwritten nor removed
             os.close(fd)
             raise UserError(
-                f"--out {folder} holds a file {LOCK_NAME} that kdlab did not write (kdlab's holds a process id "
+                f"--out {folder} holds a file {lock_path.name} that kdlab did not write (kdlab's holds a process id "
                 "only), and kdlab overwrites only its own files: move it away or choose another --out"
             )
         os.ftruncate(fd, 0)

@@ -39,11 +39,16 @@ from kdlab.analysis.plots import plot_histograms, plot_projections
 from kdlab.analysis.records import run_label
 from kdlab.errors import UserError
 from kdlab.models.features import FeatureTap, fast_path, last_linear, unwrapped
-from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
+from kdlab.runs import OutputFolder, RunFolder, json_text
 from kdlab.teacher import EnsembleTeacher, load_teacher
 
 HISTOGRAM_BINS = 40
 ECE_BINS = 15
+# Every file an analysis may write (some depend on the teacher and the models): checked before the work.
+ANALYSIS_FILES = (
+    "analysis.json", "teacher_samples.csv", "projection.png", "logit_distance.png", "penultimate_norm.png",
+    "entropy.png", "tld.png",
+)  # fmt: skip
 MAX_PLOTTED_PER_CLASS = 300  # points per class in projection.png (all samples enter the numbers)
 
 
@@ -158,6 +163,11 @@ def analyze_runs(
 
     if not runs:
         raise UserError("kdlab analyze needs at least one run folder")
+    if not out:  # RUN1/analysis, a folder kdlab makes: a link there would lead elsewhere
+        OutputFolder(runs[0], "analysis").check(["analysis/"])
+    out = Path(out) if out else Path(runs[0]) / "analysis"
+    destination = OutputFolder(out, "analysis")
+    destination.check(ANALYSIS_FILES)  # before the work: --out a file, read-only, an analysis.json of yours
     configs = [RunFolder(run).read_config() for run in runs]
     data = configs[0].data
     for run, config in zip(runs, configs, strict=True):
@@ -273,17 +283,16 @@ def analyze_runs(
                 entry["projection_distance_to_teacher"] = gap.mean().item()
         results["runs"][name] = entry
 
-    out = Path(out) if out else Path(runs[0]) / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    _plot(entries, results, projections, projected_labels, class_names, out)
-    atomic_write_json(out / "analysis.json", results)
+    files = _plot(entries, results, projections, projected_labels, class_names)
     if teacher:
         rows = zip(labels.tolist(), entropies["teacher"].tolist(), tlds["teacher"].tolist(), strict=True)
         lines = ["index,label,teacher_entropy,teacher_tld"]
         lines += [
             f"{index},{label},{entropy:.6g},{tld:.6g}" for index, (label, entropy, tld) in enumerate(rows)
         ]
-        atomic_write_text(out / "teacher_samples.csv", "\n".join(lines) + "\n")
+        files["teacher_samples.csv"] = ("\n".join(lines) + "\n").encode()
+    files["analysis.json"] = json_text(results).encode()
+    destination.write_files(files)  # all checked, then written
     log(f"analyze: wrote {out / 'analysis.json'} and plots")
     return results
 
@@ -294,8 +303,9 @@ def _plot(
     projections: dict[str, dict[str, Any] | None],
     projected_labels: Tensor,
     class_names: list[str],
-    out: Path,
-) -> None:
+) -> dict[str, bytes]:
+    """The PNGs of one analysis, by file name."""
+    files = {}
     generator = torch.Generator().manual_seed(0)  # the same plotted subsample every time
     keep = torch.zeros(len(projected_labels), dtype=torch.bool)
     for index in range(len(class_names)):
@@ -312,7 +322,7 @@ def _plot(
         if projections[name] is not None
     ]
     if panels:
-        plot_projections(panels, class_names, out / "projection.png")
+        files["projection.png"] = plot_projections(panels, class_names)
     for key, filename, xlabel in [
         ("logit_distance", "logit_distance.png", "||z_s - z_t||_2 (training set)"),
         ("penultimate_norm", "penultimate_norm.png", "||r||_2 (penultimate features, training set)"),
@@ -325,4 +335,5 @@ def _plot(
             if key in results["runs"][name]
         ]
         if series:
-            plot_histograms(series, xlabel, out / filename)
+            files[filename] = plot_histograms(series, xlabel)
+    return files

@@ -1,8 +1,13 @@
-"""PNG plots of analyses and reports (matplotlib, Agg backend, written atomically)."""
+"""PNG plots of analyses and reports (matplotlib, Agg backend).
+
+Each ``plot_*`` function returns the PNG's bytes; given a ``path``, it also writes them there through
+``kdlab.runs.OutputFolder`` (the folder's manifest, atomic, never over a file kdlab did not write).
+Reports and analyses pass ``None`` and write all their files together once every one is checked.
+"""
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,17 +30,24 @@ def _pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | Path) -> None:
-    """Save to a temporary file beside ``path``, then rename (no half-written PNG after a crash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+def save_figure(fig: Any, path: str | Path | None) -> bytes:
+    """The figure as PNG bytes (the figure is closed); written to ``path`` when given (atomically,
+    through the output folder's rules: ``kdlab.runs.OutputFolder``)."""
+    from kdlab.runs import OutputFolder
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     _pyplot().close(fig)
-    tmp.replace(path)
+    data = buffer.getvalue()
+    if path is not None:
+        path = Path(path)
+        OutputFolder(path.parent, "plot").write_bytes(path.name, data)
+    return data
 
 
-def plot_projections(panels: list[dict[str, Any]], class_names: Sequence[str], path: str | Path) -> None:
+def plot_projections(
+    panels: list[dict[str, Any]], class_names: Sequence[str], path: str | Path | None = None
+) -> bytes:
     """Side-by-side 2-D projections; each panel: ``title``, ``points`` ``[N, 2]``, ``labels`` ``[N]``
     (0, 1, 2 = position in ``class_names``) and ``templates`` ``[3, 2]``."""
     plt = _pyplot()
@@ -51,10 +63,10 @@ def plot_projections(panels: list[dict[str, Any]], class_names: Sequence[str], p
         axis.set_aspect("equal", adjustable="datalim")
     axes[0][0].legend(loc="best", fontsize=7, markerscale=2)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_histograms(series: list[dict[str, Any]], xlabel: str, path: str | Path) -> None:
+def plot_histograms(series: list[dict[str, Any]], xlabel: str, path: str | Path | None = None) -> bytes:
     """Overlaid density histograms; each series: ``label``, ``edges``, ``counts``."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(6.5, 4))
@@ -68,7 +80,7 @@ def plot_histograms(series: list[dict[str, Any]], xlabel: str, path: str | Path)
     axis.set_ylabel("density")
     axis.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def tau_label(tau: float) -> str:
@@ -80,10 +92,10 @@ def plot_heatmap(
     alphas: Sequence[float],
     taus: Sequence[float],
     title: str,
-    path: str | Path,
+    path: str | Path | None = None,
     ylabel: str = "alpha",
     xlabel: str = "tau",
-) -> None:
+) -> bytes:
     """``values[i, j]`` at ``alpha = alphas[i]``, ``tau = taus[j]`` (NaN = missing), annotated; the axes
     may be any two hyperparameters (``ylabel``, ``xlabel``)."""
     plt = _pyplot()
@@ -102,15 +114,15 @@ def plot_heatmap(
     fig.colorbar(image, ax=axis, label="test accuracy (%)")
     axis.set_title(title, fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tau_curves(
     curves: dict[str, tuple[list[float], list[float], list[float]]],
     title: str,
-    path: str | Path,
+    path: str | Path | None = None,
     xlabel: str = "tau",
-) -> None:
+) -> bytes:
     """Accuracy against tau (or another hyperparameter, ``xlabel``; categorical axis, inf last);
     ``curves[label] = (taus, means, stds)``."""
     plt = _pyplot()
@@ -127,10 +139,10 @@ def plot_tau_curves(
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_bars(panels: list[dict[str, Any]], path: str | Path) -> None:
+def plot_bars(panels: list[dict[str, Any]], path: str | Path | None = None) -> bytes:
     """Side-by-side bar charts; each panel: ``labels``, ``values``, ``ylabel`` and optionally
     ``reference`` = ``(label, value)``, drawn as a dashed line (e.g. the teacher's accuracy). A panel
     with a reference zooms its y axis onto the values (bars of accuracies all start far above 0)."""
@@ -149,4 +161,4 @@ def plot_bars(panels: list[dict[str, Any]], path: str | Path) -> None:
         axis.set_ylabel(panel["ylabel"])
         axis.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)

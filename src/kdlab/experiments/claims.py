@@ -11,7 +11,6 @@ metric and the margin are fixed before any run is read. The statistics are ``kdl
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -394,10 +393,11 @@ class Context:
     log: Callable[[str], None] = print
 
     def publish(self, source: Path, name: str) -> str:
-        """Copy a figure into ``OUT/figures`` (what REPORT.md links); returns the relative link."""
-        target = self.out / "figures" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        """Copy a figure into ``OUT/figures`` (what REPORT.md links; through OUT's ``OutputFolder``,
+        never over a file kdlab did not write); returns the relative link."""
+        from kdlab.runs import OutputFolder
+
+        OutputFolder(self.out, "reproduce").copy_file(f"figures/{name}", source)
         return f"figures/{name}"
 
 

@@ -19,7 +19,7 @@ from kdlab.analysis.plots import plot_bars
 from kdlab.config import build_config
 from kdlab.engine import train, train_lockstep
 from kdlab.experiments.regime import check_gates, gates_table
-from kdlab.runs import atomic_write_json, atomic_write_text
+from kdlab.runs import OutputFolder, json_text
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class DemoScale:
 
 QUICK = DemoScale(teacher="convnet-32", student="mlp-64", subset=2_000, teacher_epochs=40, student_epochs=40)
 FULL = DemoScale(teacher="convnet-32", student="mlp-64", subset=5_000, teacher_epochs=60, student_epochs=30)
+DEMO_FILES = ("results.json", "results.md", "results.png")  # beside the run folders teacher/, student-*/
 
 METHODS: list[tuple[str, dict[str, Any]]] = [
     ("CE (no teacher)", {"loss": "ce"}),
@@ -62,6 +63,8 @@ def run_demo(
     """Train the teacher and the six students into ``out``; write results.md/.json/.png; return the rows."""
     scale = scale or (QUICK if quick else FULL)
     out = Path(out)
+    outputs = OutputFolder(out, "demo")
+    outputs.check(DEMO_FILES)  # before any training: --out a file, read-only, a results.md of yours
     common = {
         "device": device,
         "seed": 0,
@@ -103,13 +106,15 @@ def run_demo(
     table = format_table(rows)
     gates_text = gates_table(gates)
     log(table + "\n\nRegime gates (the paper's regime: all should pass):\n\n" + gates_text)
-    atomic_write_json(out / "results.json", {"rows": rows, "gates": [gate.to_dict() for gate in gates]})
-    atomic_write_text(
-        out / "results.md",
+    markdown = (
         f"# kdlab demo ({'quick' if quick else 'full'})\n\n{describe(scale)}\n\n{table}\n\n"
-        f"Regime gates (kdlab.experiments.regime):\n\n{gates_text}\n",
+        f"Regime gates (kdlab.experiments.regime):\n\n{gates_text}\n"
     )
-    plot_results(rows, out / "results.png")
+    outputs.write_files({
+        "results.json": json_text({"rows": rows, "gates": [gate.to_dict() for gate in gates]}).encode(),
+        "results.png": plot_results(rows),
+        "results.md": markdown.encode(),
+    })  # fmt: skip
     log(f"kdlab demo: wrote {out / 'results.md'} and {out / 'results.png'}")
     return rows
 
@@ -146,11 +151,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
-    """Two bar panels: last-epoch test accuracy with the teacher's as a line, and the logit distance."""
+def plot_results(rows: list[dict[str, Any]], path: Path | None = None) -> bytes:
+    """Two bar panels: last-epoch test accuracy with the teacher's as a line, and the logit distance
+    (PNG bytes; also written to ``path`` when given)."""
     teacher, students = rows[0], rows[1:]
     labels = [row["method"] for row in students]
-    plot_bars(
+    return plot_bars(
         [
             {
                 "labels": labels,

@@ -31,9 +31,10 @@ from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
 from kdlab.analysis.records import RunRecord, find_runs, read_run
 from kdlab.analysis.stats import Stat
 from kdlab.config import LossParam, format_value, identity, loss_label, loss_params
+from kdlab.errors import UserError
 from kdlab.experiments.regime import CE_LOSS, GATES_TEXT, Gate, check_gates, gates_table, scope_text
 from kdlab.losses import LOSSES, LossSpec, loss_fields, loss_spec
-from kdlab.runs import RunFolder, atomic_write_json, atomic_write_text
+from kdlab.runs import OutputFolder, RunFolder, json_text
 from kdlab.teacher import FOREIGN_PREFIX, teacher_specs
 
 METRICS = ("test_acc_last", "test_acc_at_best_val", "test_acc_best", "train_acc", "logit_distance")
@@ -408,23 +409,30 @@ def gates_section(checks: list[GateCheck], missing: list[str]) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("report.md", "results.csv", "gates.json")  # and the plots, named by what they show
+
+
 def write_report(
     folder: str | Path, out: str | Path | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Write report.md, results.csv and plots for the runs under ``folder`` (into ``out``, default ``folder``)."""
+    """Write report.md, results.csv, gates.json and plots for the runs under ``folder`` (into ``out``,
+    default ``folder``): all made in memory, then written together through ``OutputFolder`` (nothing
+    is written unless every one of them may be)."""
     folder = Path(folder)
     out = Path(out) if out else folder
+    outputs = OutputFolder(out, "report")
+    outputs.check()  # the folder, before reading the runs: --out a file, read-only, a dangling link
     records = find_runs(folder)
     if not records:
-        from kdlab.errors import UserError
-
         raise UserError(f"{folder} holds no finished runs (no summary.json found): run a sweep into it first")
     groups = group_runs(records, folder)
     columns = varying_keys(groups)
     checks, missing = regime_gates(records, folder)
     gates = [entry for check in checks for entry in check.to_dicts()]
-    atomic_write_text(out / "results.csv", results_csv(groups, columns))
-    atomic_write_json(out / "gates.json", {"gates": gates, "no_gates": missing})
+    files = {
+        "results.csv": results_csv(groups, columns).encode(),
+        "gates.json": json_text({"gates": gates, "no_gates": missing}).encode(),
+    }
     sections = [
         f"# kdlab report: {folder}\n",
         gates_section(checks, missing),
@@ -444,9 +452,9 @@ def write_report(
         rows, cols = grid.rows, grid.columns
         if rows is not None and len(grid.row_values) >= 2 and len(grid.column_values) >= 2:
             name = f"heatmap{suffix}.png"
-            plot_heatmap(
+            files[name] = plot_heatmap(
                 grid.means, grid.row_values, grid.column_values, f"last-epoch test accuracy (%)\n{_wrap(label)}",
-                out / name, ylabel=rows.name, xlabel=cols.name,
+                None, ylabel=rows.name, xlabel=cols.name,
             )  # fmt: skip
             plots.append((f"{rows.name} x {cols.name}: {label}", name))
         curves = {
@@ -463,11 +471,8 @@ def write_report(
         }
         if len(grid.column_values) >= 2:
             name = f"{cols.name}_curves{suffix}.png"
-            plot_tau_curves(
-                curves,
-                f"last-epoch test accuracy against {cols.name}\n{_wrap(label)}",
-                out / name,
-                xlabel=cols.name,
+            files[name] = plot_tau_curves(
+                curves, f"last-epoch test accuracy against {cols.name}\n{_wrap(label)}", xlabel=cols.name
             )
             plots.append((f"accuracy against {cols.name}: {label}", name))
     table = comparison_table(by_context, columns)
@@ -479,7 +484,8 @@ def write_report(
         ]
     for title, name in plots:
         sections.append(f"## {title}\n\n![{title}]({name})\n")
-    atomic_write_text(out / "report.md", "\n".join(sections))
+    files["report.md"] = "\n".join(sections).encode()  # last: a report.md is never ahead of its plots
+    outputs.write_files(files)
     for check in checks:
         log(f"gates ({check.gates[0].scope}): " + "; ".join(gate.text() for gate in check.gates))
     for line in missing:

@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from typing import Any
 
 import torch
 
+from kdlab.analysis.analyze import ANALYSIS_FILES
 from kdlab.analysis.records import RunRecord
 from kdlab.config import merge, parse_override
 from kdlab.errors import UserError, did_you_mean
@@ -48,13 +48,22 @@ from kdlab.experiments import claims as checks
 from kdlab.experiments.claims import Context, Experiment
 from kdlab.experiments.recipes import parse_recipe, recipe_document
 from kdlab.experiments.regime import GATES_TEXT, gates_table
-from kdlab.experiments.report import write_report
+from kdlab.experiments.report import REPORT_FILES, write_report
 from kdlab.experiments.setting import Setting, load_setting
 from kdlab.experiments.sweep import run_sweep
 from kdlab.losses import needs_teacher
-from kdlab.runs import atomic_write_json, atomic_write_text, environment, file_sha256
+from kdlab.runs import (
+    OutputFolder,
+    environment,
+    file_sha256,
+    json_text,
+    read_regular_file,
+    read_user_file,
+    rewrite_user_file,
+)
 
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
+C6_FIGURES = ("c6-projection.png", "c6-penultimate_norm.png")  # copied from OUT/analysis by check_c6
 README_START, README_END = "<!-- claims-table:start -->", "<!-- claims-table:end -->"
 
 
@@ -215,13 +224,32 @@ def reproduce(
         chosen = dataclasses.replace(chosen, seeds=seeds)
     claim_list = parse_claims(",".join(claims) if isinstance(claims, list) else claims)
     out = Path(out or f"reproduce-{chosen.name}")
+    check_outputs(out, chosen, claim_list)
     threads = torch.get_num_threads()
     if chosen.threads:
         torch.set_num_threads(chosen.threads)
     try:
-        return _reproduce(chosen, claim_list, out, jobs, list(overrides or []), log)
+        with OutputFolder(out, "reproduce").lock():  # one reproduce writes OUT at a time
+            return _reproduce(chosen, claim_list, out, jobs, list(overrides or []), log)
     finally:
         torch.set_num_threads(threads)
+
+
+def check_outputs(out: Path, preset: Preset, claim_list: list[str]) -> None:
+    """Before any training: OUT and the files reproduce writes there (REPORT.md, claims.json,
+    figures/, each sweep folder's report, the C6 analyses) may be written (``OutputFolder.check``)."""
+    experiments = {checks.CLAIMS[claim].recipe for claim in claim_list} - {None}
+    folders = sorted({FOLDERS.get(name, name) for name in experiments if name})
+    figures = [f"figures/{name}" for name in ("heatmap.png", "tau_curves.png", *C6_FIGURES)]
+    # The folders reproduce makes inside OUT are real folders, never links that lead elsewhere.
+    made = ["figures/", "teachers/", "analysis/", *(f"{folder}/" for folder in folders)]
+    OutputFolder(out, "reproduce").check(["REPORT.md", "claims.json", *figures, *made])
+    for folder in folders:
+        OutputFolder(out / folder, "report").check(REPORT_FILES)
+    if "C6" in claim_list:
+        for seed in range(preset.seeds):
+            OutputFolder(out / "analysis", "analysis").check([f"seed{seed}/"])
+            OutputFolder(out / "analysis" / f"seed{seed}", "analysis").check(ANALYSIS_FILES)
 
 
 def _reproduce(
@@ -270,18 +298,17 @@ def _reproduce(
     teachers = teacher_rows(experiments)
     protocol = protocol_commit(chosen.protocol)
     report = format_report(chosen, results, experiments, teachers, protocol, wall_time, training_time)
-    atomic_write_text(out / "REPORT.md", report)
-    atomic_write_json(
-        out / "claims.json",
-        {
-            "preset": chosen.name, "seeds": chosen.seeds, "wall_time_s": wall_time, "training_time_s": training_time,
-            "protocol": protocol, "regime": regime_list(results), "teachers": teachers,
-            "setting": None if chosen.setting is None else
-            {"path": str(chosen.setting.path), "sha256": chosen.setting.sha256, "imports": chosen.setting.imports},
-            "code": environment().get("git_commit"),
-            "claims": [r.to_dict() for r in results],
-        },
-    )  # fmt: skip
+    document = {
+        "preset": chosen.name, "seeds": chosen.seeds, "wall_time_s": wall_time, "training_time_s": training_time,
+        "protocol": protocol, "regime": regime_list(results), "teachers": teachers,
+        "setting": None if chosen.setting is None else
+        {"path": str(chosen.setting.path), "sha256": chosen.setting.sha256, "imports": chosen.setting.imports},
+        "code": environment().get("git_commit"),
+        "claims": [r.to_dict() for r in results],
+    }  # fmt: skip
+    OutputFolder(out, "reproduce").write_files(
+        {"REPORT.md": report.encode(), "claims.json": json_text(document).encode()}
+    )
     log(f"reproduce: wrote {out / 'REPORT.md'} ({wall_time:.0f}s)")
     for result in results:
         log(f"  {result.claim}: {result.verdict}")
@@ -494,35 +521,69 @@ def claims_table(claims_json: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Replace what lies between the README's claims-table markers with ``table``."""
-    text = readme.read_text()
-    if text.count(README_START) != 1 or text.count(README_END) != 1:
-        raise UserError(
-            f"{readme} needs one {README_START} and one {README_END} line around its claims table"
-        )
+def check_readme(readme: str | Path) -> tuple[str, str, str]:
+    """The README's text split around its claims table, ``(before, table, after)``, markers excluded:
+    a one-line UserError unless it is a regular file kdlab may rewrite in place (not a link, FIFO or
+    device; see ``kdlab.runs.read_user_file``) holding each marker once, the start marker first."""
+    readme = Path(readme)
+    text, _ = read_user_file(readme, "--readme")
+    starts, ends = text.count(README_START), text.count(README_END)
+    need = f"--readme {readme} needs one {README_START} and one {README_END} line around its claims table"
+    if starts != 1 or ends != 1:
+        raise UserError(f"{need} (it holds {starts} and {ends}): put each marker there once")
+    if text.index(README_END) < text.index(README_START):
+        raise UserError(f"{need}, in this order (its end marker comes first): swap them")
     before, rest = text.split(README_START)
-    _, after = rest.split(README_END)
-    atomic_write_text(readme, f"{before}{README_START}\n{table}\n{README_END}{after}")
+    table, after = rest.split(README_END)
+    return before, table, after
+
+
+def update_readme(readme: str | Path, table: str) -> None:
+    """Replace what lies between the README's claims-table markers with ``table``: the file is edited
+    in place, atomically, keeping its mode; everything outside the markers is kept byte for byte."""
+    readme = Path(readme)
+    before, old_table, after = check_readme(readme)
+    text = f"{before}{README_START}{old_table}{README_END}{after}"
+    rewrite_user_file(readme, text, f"{before}{README_START}\n{table}\n{README_END}{after}", "--readme")
+
+
+def check_publish(dest: str | Path, readme: str | Path | None = None) -> None:
+    """Before any training: ``--publish DEST`` may receive REPORT.md, claims.json and figures/, and
+    ``--readme`` may be rewritten. Writes nothing."""
+    OutputFolder(dest, "published", flag="--publish").check(["REPORT.md", "claims.json", "figures/"])
+    if readme is not None:
+        check_readme(readme)
 
 
 def publish(
     out: str | Path, dest: str | Path, readme: str | Path | None = None, log: Callable[[str], None] = print
 ) -> None:
     """Copy ``OUT/REPORT.md``, ``claims.json`` and ``figures/`` into ``dest``; with ``readme``, rewrite its
-    claims table (between the markers) from claims.json."""
+    claims table (between the markers) from claims.json. Everything is checked before the first copy:
+    DEST follows ``OutputFolder``'s rules (only over files kdlab published there), the README
+    ``check_readme``'s."""
     out, dest = Path(out), Path(dest)
     for name in ("REPORT.md", "claims.json"):
         if not (out / name).is_file():
             raise UserError(f"{out / name} does not exist: run kdlab reproduce --out {out} first")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("REPORT.md", "claims.json"):
-        shutil.copyfile(out / name, dest / name)
+    files = {name: read_regular_file(out / name) for name in ("REPORT.md", "claims.json")}
     if (out / "figures").is_dir():
-        (dest / "figures").mkdir(exist_ok=True)
         for figure in sorted((out / "figures").glob("*.png")):
-            shutil.copyfile(figure, dest / "figures" / figure.name)
-    log(f"reproduce: published REPORT.md, claims.json and figures to {dest}")
+            files[f"figures/{figure.name}"] = read_regular_file(figure)
+    target = OutputFolder(dest, "published", flag="--publish")
+    target.check(files, files)
+    table = None
     if readme is not None:
-        update_readme(Path(readme), claims_table(json.loads((out / "claims.json").read_text())))
+        check_readme(readme)
+        try:
+            table = claims_table(json.loads(files["claims.json"]))
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{out / 'claims.json'} is damaged (not the claims kdlab reproduce writes): run kdlab reproduce "
+                f"--out {out} again"
+            ) from None
+    target.write_files(files)
+    log(f"reproduce: published REPORT.md, claims.json and figures to {dest}")
+    if readme is not None and table is not None:
+        update_readme(Path(readme), table)
         log(f"reproduce: rewrote the claims table of {readme}")

@@ -36,7 +36,7 @@ from kdlab.experiments.recipes import (
     plan_sweep,
     select_shard,
 )
-from kdlab.runs import RunFolder, atomic_write_text, load_checkpoint
+from kdlab.runs import OutputFolder, RunFolder, load_checkpoint
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
@@ -291,14 +291,19 @@ def _teacher_levels(teachers: list[PlannedRun]) -> list[list[PlannedRun]]:
 
 
 def write_manifest(plan: SweepPlan) -> None:
-    """``SWEEP/sweep-RECIPE.yaml``: the recipe as run (after --set), its teachers' and students' folders."""
+    """``SWEEP/sweep-RECIPE.yaml``: the recipe as run (after --set), its teachers' and students' folders.
+
+    Written through the sweep folder's ``OutputFolder`` (never over a file kdlab did not write there),
+    waiting for its lock: shards of one sweep write the same file as they start."""
     manifest = {
         "recipe": plan.recipe.name,
         "document": plan.recipe.document,
         "teachers": [run.config.out for run in plan.teachers.values()],
         "students": [run.name for run in plan.students],
     }
-    atomic_write_text(plan.out / f"sweep-{plan.recipe.name}.yaml", yaml.safe_dump(manifest, sort_keys=False))
+    OutputFolder(plan.out, "sweep", wait=True).write_text(
+        f"sweep-{plan.recipe.name}.yaml", yaml.safe_dump(manifest, sort_keys=False)
+    )
 
 
 def run_sweep(
