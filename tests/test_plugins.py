@@ -267,3 +267,17 @@ def test_help_lists_what_plugins_register(setting: Path, capsys) -> None:
         main(["distill", "--help", "--import", str(setting / "my_kd.py")])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "tinynet" in help_text and "rkl" in help_text and "svhn" in help_text
+
+
+def test_a_sweep_takes_an_outside_teachers_data_unless_its_recipe_names_it(
+    setting: Path, tmp_path: Path
+) -> None:
+    from kdlab.experiments.recipes import parse_recipe, plan_sweep
+
+    document = {"model": "tinynet", "imports": [str(setting / "my_kd.py")],
+                "kd": {"teacher": str(setting / "teacher"), "loss": "kl", "tau": 4}, "grid": {"kd.tau": [1, 4]}}  # fmt: skip
+    plan = plan_sweep(parse_recipe(document, "r"), tmp_path / "sweep")
+    assert {run.config.data.name for run in plan.students} == {"digits"}  # the teacher's, not cifar100
+    document["data"] = {"name": "mnist"}
+    with pytest.raises(UserError, match="data.name mnist differs from teacher .*'s digits: drop data.name"):
+        plan_sweep(parse_recipe(document, "r"), tmp_path / "sweep")

@@ -298,7 +298,10 @@ def teacher_data(specs: object) -> tuple[str, dict[str, Any]] | None:
     return found
 
 
-def with_teacher_data(document: dict[str, Any]) -> dict[str, Any]:
+DATA_FLAGS = {"name": "--dataset", "image_size": "data.image_size"}  # how the command line names them
+
+
+def with_teacher_data(document: dict[str, Any], flags: dict[str, str] | None = None) -> dict[str, Any]:
     """A config document whose ``data`` takes the dataset, its folder and its image size from the
     teacher's run unless it names them; a dataset or image size other than the teacher's is a UserError
     naming both (a student distils on the data its teacher learnt)."""
@@ -314,7 +317,7 @@ def with_teacher_data(document: dict[str, Any]) -> dict[str, Any]:
         if data.get(key) is None:
             data[key] = values[key]
         elif key != "data_dir" and str(data[key]).casefold() != str(values[key]).casefold():
-            flag = {"name": "--dataset", "image_size": "data.image_size"}[key]
+            flag = (flags or DATA_FLAGS)[key]
             raise UserError(
                 f"{flag} {data[key]} differs from teacher {spec}'s {values[key]}: drop {flag} (a student takes its "
                 f"teacher's), or use a teacher trained on {data[key]}"

@@ -61,7 +61,7 @@ from kdlab.config import (  # noqa: F401 - flatten, identity and RUNTIME_KEYS ar
 )
 from kdlab.errors import UserError, did_you_mean
 from kdlab.losses import loss_spec
-from kdlab.teacher import FOREIGN_PREFIX
+from kdlab.teacher import FOREIGN_PREFIX, with_teacher_data
 
 RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
 TEACHERS_FOLDER = "teachers"
@@ -320,7 +320,12 @@ def _build(
     kd = dict(data.get("kd") or {})
     kd["teacher"], names = _resolve_teachers(kd.get("teacher"), recipe, teachers_dir, where)
     try:
-        config = from_dict({**data, "kd": kd}).validate()
+        document = {**data, "kd": kd}
+        if (
+            kd["teacher"] and not names
+        ):  # a run folder outside the recipe: its data, unless the recipe names it
+            document = with_teacher_data(document, {"name": "data.name", "image_size": "data.image_size"})
+        config = from_dict(document).validate()
     except UserError as error:
         raise UserError(f"{where}: {error}") from None
     return config, names
