@@ -88,8 +88,8 @@ def test_the_example_setting_runs_end_to_end_from_the_command_line(example: Path
     norms = [entry["penultimate_norm"]["mean"] for entry in analysis["runs"].values()]
     assert len(norms) == 4 and all(norm > 0 for norm in norms)  # teacher, KL tau=3, KL tau=20, MSE
     # The students are the setting's models, trained on its data.
-    stored = yaml.safe_load((example / "out" / "pairs" / "tabmlp-8-mse-a1-s0" / "config.yaml").read_text())
-    assert (stored["model"], stored["data"]["name"]) == ("tabmlp-8", "tensors")
+    stored = yaml.safe_load((example / "out" / "pairs" / "tabmlp-40-mse-a1-s0" / "config.yaml").read_text())
+    assert (stored["model"], stored["data"]["name"]) == ("tabmlp-40", "tensors")
     assert stored["imports"] == [str(example / "models.py")]
 
 
