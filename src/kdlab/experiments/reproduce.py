@@ -52,7 +52,7 @@ from kdlab.experiments.regime import GATES_TEXT, gates_table
 from kdlab.experiments.report import write_report
 from kdlab.experiments.sweep import run_sweep
 from kdlab.losses import needs_teacher
-from kdlab.runs import atomic_write_json, atomic_write_text
+from kdlab.runs import atomic_write_json, atomic_write_text, open_regular
 
 FOLDERS = {"grid": "main", "logit-distance": "main", "penultimate": "main"}  # others: the recipe's name
 README_START, README_END = "<!-- claims-table:start -->", "<!-- claims-table:end -->"
@@ -270,7 +270,7 @@ def checkpoint_hash(path: Path) -> str | None:
     if not path.is_file():
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

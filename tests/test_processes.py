@@ -1,0 +1,311 @@
+"""Processes and special files: no hang (docs/errors.md, "Processes and special
+files").
+
+- a FIFO (or socket, device, folder) where kdlab reads a file: one line, exit 2, nothing written, and
+  no hang (every command runs as a subprocess with a timeout).
+
+CPU, digits, convnet-4, one torch thread per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlab.errors import UserError
+from kdlab.runs import (
+    LOCK_NAME,
+    RunFolder,
+    load_checkpoint,
+    read_regular,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+ENV = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+QUIET = ["--set", "progress=false", "--set", "tensorboard=false"]
+DIGITS = ["--dataset", "digits", "--model", "convnet-4", "--epochs", "1", "--batch-size", "64", *QUIET]
+TIMEOUT_S = (
+    120  # a subprocess that has not ended by then hangs (kdlab starts in seconds, even on a busy machine)
+)
+
+
+def kdlab(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``kdlab ARGS`` as a subprocess; a hang fails the test (TimeoutExpired) instead of blocking it."""
+    return subprocess.run(
+        [sys.executable, "-m", "kdlab", *map(str, args)],
+        env=ENV,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def start_kdlab(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdlab", *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with exit 2 and exactly one line on stderr, no traceback: that line."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("kdlab: error: ")
+    return line.removeprefix("kdlab: error: ")
+
+
+def tree(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under ``folder``: a regular file's bytes, or what else it is."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        name = str(path.relative_to(folder))
+        found[name] = (
+            path.read_bytes() if path.is_file() and not path.is_symlink() else oct(path.lstat().st_mode)
+        )
+    return found
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 20) -> Iterator[None]:
+    """In this process: a call that blocks longer than ``seconds`` fails (SIGALRM interrupts the
+    system call, and the handler raises)."""
+
+    def fail(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def wait_until(condition, process: subprocess.Popen[str], what: str, limit_s: float = 240) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert process.poll() is None, f"kdlab ended before {what}: {process.communicate()[1]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def children(pid: int) -> set[int]:
+    """Live child processes of ``pid``, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` that still run (zombies, which are dead but not yet reaped, excluded)."""
+    running = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z":
+                running.add(pid)
+    return running
+
+
+def gone_within(pids: set[int], seconds: float) -> float:
+    """Seconds until every process of ``pids`` has ended; fails after ``seconds``."""
+    start = time.monotonic()
+    while alive(pids):
+        assert time.monotonic() - start < seconds, f"still running after {seconds} s: {alive(pids)}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def metric_rows(run: Path) -> list[str]:
+    path = run / "metrics.jsonl"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+# --- special files where kdlab reads -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch digits run, copied by each case that damages it."""
+    from fixtures_engine import make_config
+
+    from kdlab.engine import train
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    config = make_config(run)
+    config.optim.epochs = 1
+    train(config)
+    return run
+
+
+def _fifo_in_run(tmp_path: Path, finished_run: Path, name: str) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / name).unlink(missing_ok=True)
+    os.mkfifo(run / name)
+    return run
+
+
+FIFO_NOT_OURS = (
+    "--out {run}: {name} is a FIFO (named pipe), not a regular file; kdlab reads and writes only its own "
+    "regular files in a run folder: remove it or choose another --out"
+)
+FIFO_READ = "{path} is a FIFO (named pipe), not a regular file: kdlab reads only regular files; {fix}"
+RUN_FILE_FIX = "remove it (kdlab writes that name itself), or choose another run folder"
+# (case, FIFO's name in a copy of the finished run, the command's arguments, the message)
+RUN_FOLDER_CASES = [
+    ("lock", LOCK_NAME, ["train", *DIGITS, "--out", "{run}", "--overwrite"], FIFO_NOT_OURS),
+    (
+        "summary.json",
+        "summary.json",
+        ["report", "{run}", "--out", "{tmp}/report"],
+        FIFO_READ.replace("{fix}", RUN_FILE_FIX),
+    ),
+    (
+        "config.yaml",
+        "config.yaml",
+        ["report", "{run}", "--out", "{tmp}/report"],
+        FIFO_READ.replace("{fix}", RUN_FILE_FIX),
+    ),
+    (
+        "teacher-last.pt",
+        "checkpoints/last.pt",
+        ["distill", *DIGITS, "--teacher", "{run}", "--loss", "kl", "--out", "{tmp}/student"],
+        FIFO_READ.replace("{fix}", "pass a run folder or a .pt file written by kdlab"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "command", "message"),
+    [case[1:] for case in RUN_FOLDER_CASES],
+    ids=[case[0] for case in RUN_FOLDER_CASES],
+)
+def test_a_fifo_in_a_run_folder_is_refused_in_one_line_without_blocking(
+    tmp_path: Path, finished_run: Path, name: str, command: list[str], message: str
+) -> None:
+    run = _fifo_in_run(tmp_path, finished_run, name)
+    before = tree(tmp_path)
+    done = kdlab(*(arg.format(run=run, tmp=tmp_path) for arg in command))
+    path = run / name
+    assert one_error_line(done) == message.format(run=run, name=name, path=path)
+    assert tree(tmp_path) == before  # nothing written: no report, no student folder, the run as it was
+
+
+@pytest.mark.parametrize("what", ["--config", "recipe", "--teacher"])
+def test_a_fifo_given_as_an_input_file_is_refused_in_one_line_without_blocking(
+    tmp_path: Path, what: str
+) -> None:
+    fifo = tmp_path / ("teacher.pt" if what == "--teacher" else "input.yaml")
+    os.mkfifo(fifo)
+    command, fix = {
+        "--config": (["train", *DIGITS, "--config", fifo, "--out", tmp_path / "out"], "give a YAML file"),
+        "recipe": (["sweep", fifo, "--out", tmp_path / "out"], "give a YAML file"),
+        "--teacher": (
+            ["distill", *DIGITS, "--teacher", fifo, "--loss", "kl", "--out", tmp_path / "out"],
+            "pass a run folder or a .pt file written by kdlab",
+        ),
+    }[what]
+    done = kdlab(*command)
+    assert one_error_line(done) == FIFO_READ.format(path=fifo, fix=fix)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [fifo.name]
+
+
+@pytest.mark.parametrize("name", ["kdlab-run.json", "metrics.jsonl", "summary.json", "checkpoints/best.pt"])
+def test_a_fifo_under_any_of_kdlabs_names_keeps_a_run_folder_from_being_written(
+    tmp_path: Path, finished_run: Path, name: str
+) -> None:
+    run = _fifo_in_run(tmp_path, finished_run, name)
+    with no_hang(), pytest.raises(UserError) as refused:
+        RunFolder(run).check_out(resume=True, overwrite=False)
+    assert str(refused.value) == FIFO_NOT_OURS.format(run=run, name=name)
+    with no_hang():  # and what reads it says so (the marker's reader does not follow it: not a marker)
+        if name == "metrics.jsonl":
+            with pytest.raises(
+                UserError, match=r"metrics.jsonl is a FIFO \(named pipe\), not a regular file"
+            ):
+                RunFolder(run).metrics()
+        assert RunFolder(run).is_marked() == (name != "kdlab-run.json")
+
+
+def test_readers_refuse_sockets_folders_and_links_where_none_is_followed(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    with no_hang(), socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(run.path / "summary.json"))  # a socket under a name kdlab reads
+        with pytest.raises(
+            UserError, match=r"summary.json is a socket, not a regular file: kdlab reads only"
+        ):
+            run.summary()
+        with pytest.raises(UserError, match=r"--out .*: summary.json is a socket, not a regular file; kdlab"):
+            run.check_out(resume=False, overwrite=False)
+    (run.path / "checkpoints").mkdir()
+    (run.path / "checkpoints" / "last.pt").mkdir()
+    with pytest.raises(
+        UserError, match=r"last.pt is a folder, not a regular file: kdlab reads only regular files"
+    ):
+        load_checkpoint(run.path / "checkpoints" / "last.pt")
+    # A FIFO under the lock's name: neither the look nor the lock blocks (O_NONBLOCK), both refuse.
+    other = RunFolder(tmp_path / "other")
+    other.path.mkdir()
+    os.mkfifo(other.path / LOCK_NAME)
+    with no_hang():
+        assert other.holder() is None
+        with (
+            pytest.raises(UserError, match=r"\.kdlab-run\.lock is a FIFO \(named pipe\), not a regular file"),
+            other.lock(),
+        ):
+            pass
+    # The marker is never read through a link, even one to a valid marker; inputs are, to regular files.
+    marked = RunFolder(tmp_path / "marked")
+    marked.path.mkdir()
+    (tmp_path / "marker.json").write_text('{"format": "kdlab-run-v1"}')
+    (marked.path / "kdlab-run.json").symlink_to(tmp_path / "marker.json")
+    assert not marked.is_marked()
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "marker.json")
+    assert read_regular(tmp_path / "link.yaml") == b'{"format": "kdlab-run-v1"}'
+    assert read_regular(tmp_path / "marker.json", limit=4) == b'{"for'  # a bound reads one byte more
+
+
+def test_a_fifo_named_like_an_image_is_skipped_as_unreadable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fixtures_data import write_imagefolder
+
+    from kdlab.data import load_dataset, make_loader
+
+    root = write_imagefolder(tmp_path / "images", classes=2, per_class=3, size=16)
+    fifo = root / "train" / "class_0" / "0000.jpg"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    splits = load_dataset("imagefolder", root, image_size=8)
+    loader = make_loader(splits, "train", 6, train=False, device=torch.device("cpu"), num_workers=0)
+    with no_hang():
+        images = sum(len(batch.targets) for batch in loader)
+    assert images == 5
+    assert capsys.readouterr().err.splitlines() == [
+        f"kdlab: warning: skipped 1 image file(s) of the train split that cannot be read (first: {fifo} "
+        "(NotARegularFile)); delete or replace them"
+    ]
