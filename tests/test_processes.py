@@ -1,15 +1,19 @@
-"""Processes and special files: no hang (docs/errors.md, "Processes and special
+"""Processes and special files: no hang, no litter (docs/errors.md, "Processes and special
 files").
 
 - a FIFO (or socket, device, folder) where kdlab reads a file: one line, exit 2, nothing written, and
-  no hang (every command runs as a subprocess with a timeout).
+  no hang (every command runs as a subprocess with a timeout);
+- SIGTERM while the teacher-logit cache builds removes its temporary file; the temporary file of a
+  build killed outright is removed by the next run, which then builds the cache and trains.
 
-CPU, digits, convnet-4, one torch thread per process.
+CPU, digits, convnet-4 (convnet-64 as a slow teacher), one torch thread per process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -23,10 +27,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdlab.cache import remove_stale_temporaries
 from kdlab.errors import UserError
+from kdlab.models import create_model
 from kdlab.runs import (
+    CHECKPOINT_FORMAT,
     LOCK_NAME,
     RunFolder,
+    atomic_torch_save,
     load_checkpoint,
     read_regular,
 )
@@ -309,3 +317,83 @@ def test_a_fifo_named_like_an_image_is_skipped_as_unreadable(
         f"kdlab: warning: skipped 1 image file(s) of the train split that cannot be read (first: {fifo} "
         "(NotARegularFile)); delete or replace them"
     ]
+
+
+# --- the teacher-logit cache: no temporary file left behind ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised convnet-64 checkpoint: building its digits cache takes a few seconds."""
+    torch.manual_seed(0)
+    model = create_model("convnet-64", 10, 1)
+    path = tmp_path_factory.mktemp("teacher") / "wide.pt"
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": "convnet-64",
+        "num_classes": 10,
+        "in_channels": 1,
+    }
+    atomic_torch_save({**checkpoint, "image_size": None, "model": model.state_dict()}, path)
+    return path
+
+
+def _cached_distill(teacher: Path, cache: Path, out: Path) -> list[str]:
+    return [
+        "distill", *DIGITS, "--teacher", str(teacher), "--loss", "kl", "--out", str(out),
+        "--set", "kd.cache=true", "--set", f"kd.cache_dir={cache}", "--set", "data.augment=true",
+    ]  # fmt: skip
+
+
+def _temporaries(cache: Path) -> list[Path]:
+    return sorted(cache.glob(".*.tmp")) if cache.is_dir() else []
+
+
+def test_sigterm_while_the_logit_cache_builds_removes_its_temporary_file(
+    tmp_path: Path, wide_teacher: Path
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "student"
+    process = start_kdlab(*_cached_distill(wide_teacher, cache, out))
+    wait_until(lambda: bool(_temporaries(cache)), process, "the cache build")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines() == [
+        "kdlab: stopped by SIGTERM while building the teacher-logit cache; its partial file was removed: run "
+        "the same command again to build it"
+    ]
+    assert list(cache.iterdir()) == []  # no temporary file, no cache
+    assert not out.exists()
+
+
+def test_a_cache_build_killed_outright_is_cleaned_up_by_the_next_run(
+    tmp_path: Path, wide_teacher: Path
+) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "student"
+    process = start_kdlab(*_cached_distill(wide_teacher, cache, out))
+    wait_until(lambda: bool(_temporaries(cache)), process, "the cache build")
+    process.kill()
+    process.communicate()
+    (left,) = _temporaries(cache)
+
+    done = kdlab(*_cached_distill(wide_teacher, cache, out))
+    assert done.returncode == 0, done.stderr
+    assert f"teacher-logit cache: removed {left.name}, left by a build that was killed" in done.stdout
+    assert _temporaries(cache) == []
+    assert len(list(cache.glob("digits-*.npy"))) == 1
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+
+
+def test_stale_temporaries_are_only_kdlabs_own_and_only_those_no_build_holds(tmp_path: Path) -> None:
+    stale = tmp_path / ".digits-0123456789abcdef0123.npy.a1b2c3d_.tmp"
+    building = tmp_path / ".digits-0123456789abcdef0123.npy.zz9_x8y7.tmp"
+    other = tmp_path / ".notes.txt.abcdefgh.tmp"  # not a cache build's name
+    fifo = tmp_path / ".mnist-0123456789abcdef0123.npy.abcdefgh.tmp"
+    for path in (stale, building, other):
+        path.write_bytes(b"partial")
+    os.mkfifo(fifo)
+    with open(building, "rb") as held, no_hang():
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live build's lock
+        assert remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(p.name for p in (building, other, fifo))
