@@ -1,8 +1,11 @@
-"""Processes and special files: no hang, no litter (docs/errors.md, "Processes and special
+"""Processes and special files: no hang, no orphan, no litter (docs/errors.md, "Processes and special
 files").
 
 - a FIFO (or socket, device, folder) where kdlab reads a file: one line, exit 2, nothing written, and
   no hang (every command runs as a subprocess with a timeout);
+- ``kill -9`` of a ``kdlab sweep --jobs 2``: its workers are gone within 10 s, and the same sweep
+  run again finishes every run, continuing the interrupted ones from their checkpoints;
+- ``kill -9`` of one sweep worker: the message names its run, the other runs finish, exit 2;
 - SIGTERM while the teacher-logit cache builds removes its temporary file; the temporary file of a
   build killed outright is removed by the next run, which then builds the cache and trains.
 
@@ -317,6 +320,130 @@ def test_a_fifo_named_like_an_image_is_skipped_as_unreadable(
         f"kdlab: warning: skipped 1 image file(s) of the train split that cannot be read (first: {fifo} "
         "(NotARegularFile)); delete or replace them"
     ]
+
+
+# --- sweeps: workers die with their parent, a dead worker costs only its runs ---------------------
+
+SWEEP_RECIPE = """\
+description: a sweep to kill
+model: convnet-4
+data: {name: digits}
+optim: {epochs: EPOCHS, batch_size: 64}
+progress: false
+tensorboard: false
+kd: {teacher: t, loss: kl, alpha: 1.0, tau: 4}
+teachers:
+  t: {model: convnet-4, optim: {epochs: 1}}
+grid:
+  kd.tau: [1, inf]
+runs:
+  - {kd.loss: mse}
+"""
+
+
+def _sweep(tmp_path: Path, epochs: int) -> tuple[Path, list[Path], list[str]]:
+    """A recipe of one teacher and three students (one group each: --no-lockstep), its sweep folder,
+    the students' folders, and the command's arguments."""
+    from kdlab.experiments.recipes import load_recipe, plan_sweep
+
+    recipe = tmp_path / "kill.yaml"
+    recipe.write_text(SWEEP_RECIPE.replace("EPOCHS", str(epochs)))
+    sweep = tmp_path / "sweep"
+    students = [Path(run.config.out) for run in plan_sweep(load_recipe(recipe), sweep).students]
+    return sweep, students, ["sweep", str(recipe), "--out", str(sweep), "--jobs", "2", "--no-lockstep"]
+
+
+def _training(students: list[Path], count: int) -> bool:
+    return sum(len(metric_rows(run)) > 0 for run in students) >= count
+
+
+def test_kill_9_of_a_sweep_leaves_no_worker_and_the_sweep_run_again_resumes_every_run(tmp_path: Path) -> None:
+    sweep, students, command = _sweep(tmp_path, epochs=10)
+    process = start_kdlab(*command)
+    wait_until(lambda: _training(students, 2), process, "two students training")
+    workers = children(process.pid)
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    first_rows = {run: metric_rows(run)[:1] for run in students}
+    process.kill()
+    process.wait()  # not communicate(): that would wait for the workers, which share its pipes
+    seconds = gone_within(workers, 10)
+    print(f"workers gone {seconds:.2f} s after kill -9 of the sweep")
+    process.communicate()
+
+    started = [run for run in students if (run / "checkpoints" / "last.pt").is_file()]
+    assert len(started) >= 2 and not any((run / "summary.json").exists() for run in students)
+    done = kdlab(*command)
+    assert done.returncode == 0, done.stderr
+    for run in students:
+        rows = metric_rows(run)
+        assert [json.loads(row)["epoch"] for row in rows] == list(range(1, 11))
+        # Continued, not restarted: the first epoch's row, timings included, is the one written before.
+        assert rows[:1] == first_rows[run] or not first_rows[run]
+        assert json.loads((run / "summary.json").read_text())["epochs"] == 10
+    assert not list(sweep.rglob(LOCK_NAME))
+
+
+def _worker_training(workers: set[int], students: list[Path]) -> tuple[int, Path] | None:
+    """A worker process and the run whose lock it holds (its open files, from /proc)."""
+    for pid in workers:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = Path(os.readlink(fd))
+                if target.name == LOCK_NAME and target.parent in students:
+                    return pid, target.parent
+    return None
+
+
+def test_kill_9_of_one_sweep_worker_names_its_run_and_the_other_runs_finish(tmp_path: Path) -> None:
+    sweep, students, command = _sweep(tmp_path, epochs=5)
+    process = start_kdlab(*command)
+    found: list[tuple[int, Path]] = []
+
+    def worker_training() -> bool:
+        worker = _worker_training(children(process.pid), students) if _training(students, 1) else None
+        found.extend([worker] if worker else [])
+        return bool(found)
+
+    wait_until(worker_training, process, "a worker training a student")
+    pid, run = found[-1]
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=TIMEOUT_S * 2)
+
+    name = run.name
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr and "BrokenProcessPool" not in stderr
+    assert (
+        f"sweep: worker process {pid} died (killed by SIGKILL) while training {name}; the other runs go on"
+        in (stdout.splitlines())
+    )
+    assert stderr.strip().splitlines() == [
+        f"kdlab: error: sweep: 1 run(s) stopped because their worker process died ({name}); the other runs "
+        "finished: run the same sweep command again to resume them"
+    ]
+    assert not (run / "summary.json").exists()
+    for other in students:
+        if other != run:
+            assert json.loads((other / "summary.json").read_text())["epochs"] == 5
+
+
+def test_kill_9_of_a_run_leaves_no_data_loading_worker_of_an_image_folder(tmp_path: Path) -> None:
+    # PyTorch's DataLoader workers watch their parent themselves (every 5 s): measured 5.5 s.
+    from fixtures_data import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "images", classes=2, per_class=8, size=16)
+    run = tmp_path / "run"
+    process = start_kdlab(
+        "train", "--dataset", "imagefolder", "--data-dir", root, "--model", "convnet-4", "--epochs", "500",
+        "--batch-size", "4", "--set", "data.image_size=8", "--set", "data.num_workers=2", *QUIET, "--out", run,
+    )  # fmt: skip
+    wait_until(lambda: bool(metric_rows(run)), process, "an epoch")
+    workers = children(process.pid)
+    assert len(workers) >= 2
+    process.kill()
+    process.wait()
+    seconds = gone_within(workers, 10)
+    print(f"data-loading workers gone {seconds:.2f} s after kill -9 of their run")
+    process.communicate()
 
 
 # --- the teacher-logit cache: no temporary file left behind ---------------------------------------
