@@ -446,6 +446,29 @@ def test_kill_9_of_a_run_leaves_no_data_loading_worker_of_an_image_folder(tmp_pa
     process.communicate()
 
 
+def test_kill_9_of_a_run_with_nproc_2_stops_its_ranks_with_a_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = ["train", "--dataset", "digits", "--model", "convnet-4", "--epochs", "100", "--batch-size", "32",
+               *QUIET, "--nproc", "2", "--out", run]  # fmt: skip
+    process = start_kdlab(*command)
+    wait_until(lambda: bool(metric_rows(run)), process, "an epoch")
+    ranks = children(process.pid)
+    assert len(ranks) == 2
+    process.kill()
+    process.wait()
+    seconds = gone_within(ranks, 10)
+    print(f"ranks gone {seconds:.2f} s after kill -9 of their launcher")
+    _, stderr = process.communicate()  # the ranks wrote to the launcher's stderr
+
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt", resume=True)
+    epoch, step = checkpoint["epoch"], checkpoint["epoch_progress"]["step"]
+    assert step > 0  # saved mid-epoch, where the ranks agreed to stop
+    assert (
+        f"kdlab: stopped by SIGTERM at epoch {epoch + 1}, step {step}; checkpoint saved in {run}: continue"
+        in stderr
+    )
+
+
 # --- the teacher-logit cache: no temporary file left behind ---------------------------------------
 
 

@@ -21,6 +21,7 @@ it imports torch (seconds) and the task's function.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import gc
@@ -233,14 +234,19 @@ def _stop_signals(stop: Callable[[int], None]) -> Iterator[None]:
 
 def die_with_parent(parent: int) -> None:
     """Have SIGTERM sent to this process when ``parent`` dies: ``PR_SET_PDEATHSIG`` on Linux, and a
-    watchdog thread polling ``os.getppid()`` everywhere. A parent that died before this ran (this
-    process was re-parented already) ends this process at once."""
+    watchdog thread polling ``os.getppid()`` everywhere, which ends the process ``STOP_GRACE_S``
+    after the signal if it is still running. A parent that died before this ran (this process was
+    re-parented already) ends this process at once. Used by sweep workers and by the ranks of
+    ``--nproc N`` (``kdlab.distributed``), whose run then saves a checkpoint and stops."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # checked after prctl: a death before it sends no signal
         _exit(1)
     threading.Thread(target=_watch_parent, args=(parent,), name="kdlab-parent-watchdog", daemon=True).start()
+    # Orphaned, a process that stopped by itself skips the interpreter's finalisation too (see _exit):
+    # nobody waits for its exit code, and during finalisation the watchdog thread can no longer run.
+    atexit.register(lambda: os.getppid() != parent and _exit(1))
 
 
 def _watch_parent(parent: int) -> None:
