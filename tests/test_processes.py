@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import operator
 import os
 import shutil
 import signal
@@ -444,6 +445,24 @@ def test_kill_9_of_a_run_leaves_no_data_loading_worker_of_an_image_folder(tmp_pa
     seconds = gone_within(workers, 10)
     print(f"data-loading workers gone {seconds:.2f} s after kill -9 of their run")
     process.communicate()
+
+
+def test_the_pool_loses_only_the_task_of_a_worker_that_dies_and_returns_the_others() -> None:
+    from kdlab.experiments.pool import RemoteTraceback, WorkerDied, run_tasks
+
+    died: list[tuple[int, str]] = []
+    tasks = [(operator.add, 1, 2), (os._exit, 3), (int, "x"), (operator.mul, 3, 4), (operator.neg, 5)]
+    with no_hang(60):
+        done = run_tasks(
+            operator.call, tasks, jobs=2, on_died=lambda index, error: died.append((index, str(error)))
+        )
+    three, lost, failed, twelve, minus_five = done.outcomes
+    assert (three, twelve, minus_five) == (3, 12, -5)  # the others, the last ones by a fresh worker
+    assert isinstance(lost, WorkerDied) and lost.how == "exit code 3"
+    assert died == [(1, f"worker process {lost.pid} died (exit code 3)")]
+    assert isinstance(failed, ValueError) and isinstance(failed.__cause__, RemoteTraceback)
+    assert "invalid literal for int()" in str(failed.__cause__)
+    assert done.stopped is None
 
 
 def test_kill_9_of_a_run_with_nproc_2_stops_its_ranks_with_a_checkpoint(tmp_path: Path) -> None:

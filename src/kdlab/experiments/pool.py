@@ -178,7 +178,9 @@ def _collect(
     index = worker.task
     assert index is not None
     try:
-        outcome = worker.conn.recv()
+        # No answer waiting: the worker died (a DataLoader worker it forked may keep its end of the
+        # pipe open for a few seconds, so the pipe need not be closed yet).
+        outcome = worker.conn.recv() if worker.conn.poll() else _DIED
     except (EOFError, OSError):  # the worker died: its end of the pipe closed
         outcome = _DIED
     except Exception as error:  # noqa: BLE001 - an answer that cannot be unpickled here

@@ -159,8 +159,8 @@ def _init_worker(threads: int) -> None:
 
 
 def _run_task(function: Callable[..., Any], *task: Any) -> Any:
-    """``function(*task)`` in a worker, unless the worker was already told to stop: a task the
-    parent could no longer cancel (already queued for the worker) is then not started at all."""
+    """``function(*task)`` in a worker, unless the worker was already told to stop (by the sweep, or
+    by its death): a worker that kept a stop signal starts no further task."""
     from kdlab.engine.stop import kept_stop
 
     signum = kept_stop()
