@@ -205,6 +205,12 @@ def _build(
             raise
         finally:
             os.close(handle)  # releases the flock, after the file is renamed or removed
+    if stop.signum is not None:  # it came during the last block: the cache is complete, the stop kept
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(stop.signum).name} as the teacher-logit cache was finished (kept in "
+            f"{path}): run the same command again to train",
+            stop.signum,
+        )
 
 
 def _fill(
