@@ -552,6 +552,38 @@ def test_a_cache_build_killed_outright_is_cleaned_up_by_the_next_run(
     assert json.loads((out / "summary.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.parametrize("signal_at", ["first", "last"])
+def test_a_stop_during_a_cache_build_is_never_lost(tmp_path: Path, signal_at: str) -> None:
+    from kdlab.cache import ViewGrid, _build
+    from kdlab.data import load_dataset, make_loader
+    from kdlab.errors import RunInterrupted
+
+    splits = load_dataset("digits")
+    loader = make_loader(splits, "train", 64, train=True, device=torch.device("cpu"), num_workers=0)
+    images, grid = loader.data.images[:100], ViewGrid(1, False)  # 2 blocks of 64 and 36 images
+    calls = []
+
+    def teacher(inputs: torch.Tensor) -> torch.Tensor:  # SIGTERM in the first or the last block
+        calls.append(len(inputs))
+        if len(calls) == (1 if signal_at == "first" else 9 + 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.zeros(len(inputs), 10)
+
+    path = tmp_path / "digits-0123456789abcdef0123.npy"
+    with pytest.raises(RunInterrupted) as stopped:
+        _build(path, images, grid, 10, teacher, loader, 64, progress=False)
+    assert stopped.value.exit_code == 143
+    if signal_at == "first":  # looked at before the next block: the partial file is removed
+        assert calls == [64] * 9 and list(tmp_path.iterdir()) == []
+        assert str(stopped.value).startswith("stopped by SIGTERM while building the teacher-logit cache; its")
+    else:  # during the last block: the finished cache is kept, and the run stops all the same
+        assert calls == [64] * 9 + [36] * 9 and list(tmp_path.iterdir()) == [path]
+        assert str(stopped.value) == (
+            f"stopped by SIGTERM as the teacher-logit cache was finished (kept in {path}): run the same command "
+            "again to train"
+        )
+
+
 def test_stale_temporaries_are_only_kdlabs_own_and_only_those_no_build_holds(tmp_path: Path) -> None:
     stale = tmp_path / ".digits-0123456789abcdef0123.npy.a1b2c3d_.tmp"
     building = tmp_path / ".digits-0123456789abcdef0123.npy.zz9_x8y7.tmp"
