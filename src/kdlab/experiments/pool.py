@@ -118,6 +118,8 @@ def run_tasks(
     workers: list[_Worker] = []
 
     def start_worker() -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that started the worker ends: this one, which
+        # outlives its workers (it waits for every one of them below).
         parent_end, child_end = context.Pipe()
         process = context.Process(
             target=_worker_main,
