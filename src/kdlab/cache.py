@@ -20,15 +20,22 @@ derived from everything the logits depend on: the teacher's weights and architec
 images' bytes (so dataset, subset and data folder), normalisation, ``pad``/``flip``, precision,
 memory format, compilation, device type and torch version. The build prints the size first and
 refuses above ``kd.cache_limit_gb``; it writes to a temporary file renamed into place, so an
-interrupted build leaves nothing behind.
+interrupted build leaves nothing behind: SIGTERM or Ctrl-C during the build removes the temporary
+file and stops with :class:`~kdlab.errors.RunInterrupted`; the temporary file of a build killed
+outright (``kill -9``) is removed by the next open of the cache folder. A build holds an ``flock``
+on its temporary file, so that only files no process is building are ever removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,13 +51,20 @@ from tqdm.auto import tqdm
 from kdlab.data import AugParams, apply_augmentation, cache_dir
 from kdlab.data.loader import TensorLoader
 from kdlab.device import uses_bf16
-from kdlab.errors import UserError
-from kdlab.runs import OutputFolder
+from kdlab.errors import RunInterrupted, UserError
+from kdlab.runs import OutputFolder, check_regular
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, so no clean-up of other builds' temporary files either
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_FORMAT = "kdlab-teacher-logits-v1"
 STORAGE_DTYPE = np.float16
 FLOAT16_MAX = 65504.0
 GPU_BUILD_BATCH = 1024  # images per teacher forward when building on a GPU: large batches keep it busy
+# The temporary file of a build (tempfile.mkstemp in _build): ".NAME-KEY.npy.XXXXXXXX.tmp".
+_BUILD_TEMPORARY = re.compile(r"\.[^/]+-[0-9a-f]{20}\.npy\.[A-Za-z0-9_]{8}\.tmp")
 
 
 @dataclass(frozen=True)
@@ -169,17 +183,63 @@ def _build(
     batch_size: int,
     progress: bool,
 ) -> None:
-    """Fill ``path`` with the teacher's logits of every view, written block by block (``[c, V, K]``)."""
+    """Fill ``path`` with the teacher's logits of every view, written block by block (``[c, V, K]``).
+
+    SIGTERM and SIGINT are looked at between blocks (as the training loop does between steps): the
+    temporary file is removed and :class:`RunInterrupted` raised. Its flock, held until the end,
+    tells :func:`remove_stale_temporaries` of another process that this build is alive.
+    """
+    from kdlab.device import World
+    from kdlab.engine.stop import StopRequests  # here: kdlab.engine imports this module
+
     shape = (len(images), grid.num_views, num_classes)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    stop = StopRequests(World(), torch.device("cpu"))
+    with stop.listening():
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # a new file: nobody else holds it
+            _fill(temporary, shape, images, grid, teacher_fn, loader, batch_size, progress, stop)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(handle)  # releases the flock, after the file is renamed or removed
+    if stop.signum is not None:  # it came during the last block: the cache is complete, the stop kept
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(stop.signum).name} as the teacher-logit cache was finished (kept in "
+            f"{path}): run the same command again to train",
+            stop.signum,
+        )
+
+
+def _fill(
+    temporary: str,
+    shape: tuple[int, int, int],
+    images: Tensor,
+    grid: ViewGrid,
+    teacher_fn: Callable[[Tensor], Tensor],
+    loader: TensorLoader,
+    batch_size: int,
+    progress: bool,
+    stop: Any,
+) -> None:
+    """Write the ``[N, V, K]`` table into ``temporary``, block by block; :class:`RunInterrupted` when
+    ``stop`` has received a signal (looked at before each block)."""
+    table = np.lib.format.open_memmap(temporary, mode="w+", dtype=STORAGE_DTYPE, shape=shape)
     try:
-        table = np.lib.format.open_memmap(temporary, mode="w+", dtype=STORAGE_DTYPE, shape=shape)
         views = grid.views()
         starts = range(0, len(images), batch_size)
         for start in tqdm(
             starts, desc="teacher-logit cache", unit="block", disable=None if progress else True
         ):
+            if stop.signum is not None:
+                raise RunInterrupted(
+                    f"stopped by {signal.Signals(stop.signum).name} while building the teacher-logit cache; "
+                    "its partial file was removed: run the same command again to build it",
+                    stop.signum,
+                )
             # Gathered by an index tensor, as TensorLoader does: the batch then has the loader's strides,
             # which decide the convolution kernel and so the last bit of the logits.
             chunk = images[torch.arange(start, min(start + batch_size, len(images)), device=images.device)]
@@ -194,11 +254,38 @@ def _build(
                 )
             table[start : start + len(chunk)] = block.to(torch.float16).cpu().numpy()
         table.flush()
-        del table
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    finally:
+        del table  # unmapped before the file is renamed or removed
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files of builds that were killed outright (``kill -9``) from ``folder``:
+    names of the form ``_build`` makes, regular files only, and only when no process holds their
+    flock (a live build holds it from the moment its file is made). Returns the removed paths."""
+    removed: list[Path] = []
+    if fcntl is None or not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if not _BUILD_TEMPORARY.fullmatch(entry.name):
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, a link, or not ours to read
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a build in progress
+            with contextlib.suppress(OSError):  # still the file we locked: remove it under the lock
+                if os.path.samestat(os.fstat(fd), entry.lstat()):
+                    entry.unlink()
+                    removed.append(entry)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def open_logit_cache(
@@ -259,7 +346,9 @@ def open_logit_cache(
         if loader.mean is not None
         else f"{len(images)} samples (no views: not images) x {num_classes} classes x 2 B = {_megabytes(size)}"
     )
-    if path.is_file():
+    for stale in remove_stale_temporaries(folder):
+        print(f"teacher-logit cache: removed {stale.name}, left by a build that was killed")
+    if path.exists():
         print(f"teacher-logit cache: reusing {path} ({describe})")
     else:
         # The .json sidecar is written through the folder's manifest (kdlab.runs.OutputFolder; shared by
@@ -291,6 +380,9 @@ def open_logit_cache(
                 "build_time_s": time.perf_counter() - start,
             },
         )
+    check_regular(
+        path, fix="delete it to rebuild the cache"
+    )  # np.load of a memory map takes a path, not a file
     array = np.load(path, mmap_mode="c", allow_pickle=False)  # copy-on-write: the file is never modified
     expected = (len(images), grid.num_views, num_classes)
     if array.shape != expected or array.dtype != STORAGE_DTYPE:

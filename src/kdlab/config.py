@@ -687,11 +687,12 @@ def safe_yaml(text: str, source: str) -> Any:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping (a config, a recipe, a run's config.yaml), or a UserError."""
+    from kdlab.runs import read_regular  # regular files only: a FIFO would block the read forever
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"config file {path} does not exist: check the path given to --config")
-    with open(path, "rb") as handle:
-        raw = handle.read(YAML_MAX_BYTES + 1)
+    raw = read_regular(path, YAML_MAX_BYTES, fix="give a YAML file")
     if len(raw) > YAML_MAX_BYTES:
         raise UserError(
             f"{path} is larger than {YAML_MAX_BYTES >> 20} MiB: a kdlab config is a few KB; check the path"

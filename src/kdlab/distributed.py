@@ -171,6 +171,11 @@ def launch_if_requested(argv: list[str]) -> tuple[int | None, list[str]]:
     if not argv or argv[0] not in LAUNCHABLE_COMMANDS:
         return None, argv
     nproc, rest = split_nproc(argv)
-    if nproc == 1 or "LOCAL_RANK" in os.environ:
+    if "LOCAL_RANK" in os.environ:  # a rank: it must not outlive its launcher (kill -9 of it)
+        from kdlab.experiments.pool import die_with_parent
+
+        die_with_parent(os.getppid())
+        return None, rest
+    if nproc == 1:
         return None, rest
     return launch(nproc, rest), rest

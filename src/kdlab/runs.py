@@ -30,6 +30,18 @@ bytes) in place of the marker, so that kdlab writes only over its own, unedited 
 goes through a symbolic link or replaces a FIFO, device or folder (``_atomic_write`` refuses them).
 The one file of the user's that kdlab rewrites, when asked (``--readme``), is edited in place by
 :func:`rewrite_user_file`.
+
+What kdlab reads (:func:`open_regular`, :func:`read_regular`, :func:`check_regular`): regular files
+only. Every file is opened without blocking (``O_NONBLOCK``: a FIFO would otherwise wait for a
+writer forever), checked with ``fstat`` on the open descriptor, and refused with a one-line
+UserError when it is a FIFO, a socket, a device or a folder; text read whole (configs, recipes, a
+run's JSON files) is read up to a bound. Symbolic links are followed, to regular files only, for
+the inputs a user names (``--config``, a recipe, a dataset file, a teacher checkpoint or weights
+file, the logit cache) and for a run's ``config.yaml``, ``summary.json`` and ``metrics.jsonl``,
+which kdlab only reads through them; never for the two files that grant something: the marker (it
+lets ``--overwrite`` delete) and the lock (kdlab writes into it), opened with ``O_NOFOLLOW``. A run
+folder in which one of kdlab's names is a link or not a regular file is not written
+(:meth:`RunFolder.check_files`).
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from torch import nn
@@ -181,7 +193,7 @@ def file_sha256(path: str | Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -193,6 +205,92 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- reading: regular files only (see the module docstring) ------------------------------------
+
+RUN_FILE_MAX_BYTES = 64 << 20  # a run's summary.json or metrics.jsonl: KBs, even after thousands of epochs
+_KINDS = (
+    (stat.S_ISREG, "a file"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: 'a file', 'a folder', 'a FIFO (named pipe)', 'a socket', ..."""
+    return next((name for is_kind, name in _KINDS if is_kind(mode)), "a special file")
+
+
+class NotARegularFile(UserError):
+    """A path kdlab was to read is a FIFO, a socket, a device or a folder (or a link it does not follow)."""
+
+
+def open_regular(
+    path: str | Path,
+    follow_links: bool = True,
+    fix: str = "replace it with a regular file, or give another path",
+) -> BinaryIO:
+    """``open(path, "rb")``, for a regular file only; anything else is a :class:`NotARegularFile`
+    (``"PATH is a FIFO (named pipe), not a regular file: kdlab reads only regular files; FIX"``).
+
+    Opened with ``O_NONBLOCK`` (so that a FIFO cannot block the open) and checked with ``fstat`` on
+    the descriptor, so the file read is the file checked; ``follow_links=False`` adds ``O_NOFOLLOW``.
+    A missing file or a permission problem is left as the ``OSError`` for the caller to word.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:  # ELOOP: a link under O_NOFOLLOW; ENXIO: a socket
+        try:
+            mode = path.stat().st_mode if follow_links else path.lstat().st_mode
+        except OSError:
+            raise error from None
+        if stat.S_ISREG(mode):
+            raise
+        raise NotARegularFile(
+            f"{path} is {file_kind(mode)}, not a regular file: kdlab reads only regular files; {fix}"
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(
+                f"{path} is {file_kind(mode)}, not a regular file: kdlab reads only regular files; {fix}"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a regular file never blocks; plain reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(
+    path: str | Path,
+    limit: int | None = None,
+    follow_links: bool = True,
+    fix: str = "replace it with a regular file, or give another path",
+) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`); with ``limit``, at most ``limit + 1``
+    of them, so that the caller can tell a file over its bound."""
+    with open_regular(path, follow_links, fix) as handle:
+        return handle.read() if limit is None else handle.read(limit + 1)
+
+
+def check_regular(
+    path: str | Path,
+    follow_links: bool = True,
+    fix: str = "replace it with a regular file, or give another path",
+) -> None:
+    """A :class:`NotARegularFile` unless ``path`` is a regular file, for readers that take a path
+    and cannot take an open file (``np.load`` of a memory map)."""
+    with open_regular(path, follow_links, fix):
+        pass
 
 
 def environment() -> dict[str, str | None]:
@@ -223,12 +321,13 @@ def environment() -> dict[str, str | None]:
     }
 
 
-def unreadable_reason(path: Path, error: Exception) -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed, in a few words a user can act on."""
+def unreadable_reason(source: Path | BinaryIO, error: Exception) -> str:
+    """Why ``torch.load(source, weights_only=True)`` failed, in a few words a user can act on
+    (``source``: the path, or the open file that was read)."""
     import pickle
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(source):
         return "not a PyTorch zip archive: truncated or corrupt"
     if isinstance(error, pickle.UnpicklingError):
         return "it holds objects other than tensors and plain containers, which weights-only loading refuses"
@@ -257,15 +356,20 @@ def load_checkpoint(
     ``resume=True`` also requires what continuing a run needs (optimizer state, epoch, RNG state).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} does not exist: pass a run folder or a .pt file written by kdlab")
+    fix = "use another checkpoint (a run's checkpoints/best.pt, or the teacher run again), or --overwrite to start the run again"
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise UserError(
-            f"cannot read checkpoint {path} ({unreadable_reason(path, error)}): use another checkpoint "
-            "(a run's checkpoints/best.pt, or the teacher run again), or --overwrite to start the run again"
-        ) from None
+        handle = open_regular(path, fix="pass a run folder or a .pt file written by kdlab")
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path} ({error.strerror}): {fix}") from None
+    with handle:
+        try:
+            checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
+        except Exception as error:  # torch raises many types for a damaged file
+            raise UserError(
+                f"cannot read checkpoint {path} ({unreadable_reason(handle, error)}): {fix}"
+            ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
             f"{path} is not a kdlab checkpoint (no '{CHECKPOINT_FORMAT}' marker): pass a kdlab run folder or "
@@ -363,10 +467,12 @@ class RunFolder:
         return self.path / MARKER_NAME
 
     def is_finished(self) -> bool:
-        return self.summary_path.is_file()
+        """Whether ``summary.json`` is there (whatever it is: :meth:`summary` refuses a FIFO or a
+        folder in its place, rather than taking the run for unfinished)."""
+        return self.summary_path.exists()
 
     def summary(self) -> dict[str, Any]:
-        summary = _read_json(self.summary_path)
+        summary = _read_json(self.summary_path, limit=RUN_FILE_MAX_BYTES)
         if not isinstance(summary, dict):
             raise UserError(
                 f"{self.summary_path} is damaged (truncated, or not a JSON object): delete it, then run the "
@@ -375,10 +481,11 @@ class RunFolder:
         return summary
 
     def metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
+        if not self.metrics_path.exists():
             return []
+        data = read_regular(self.metrics_path, RUN_FILE_MAX_BYTES)
         rows = []
-        for number, line in enumerate(self.metrics_path.read_bytes().splitlines(), start=1):
+        for number, line in enumerate(data.splitlines(), start=1):
             row = _read_json(self.metrics_path, line) if line.strip() else {}
             if not isinstance(row, dict):
                 raise UserError(
@@ -411,8 +518,9 @@ class RunFolder:
         file is missing or is not a kdlab config (read with kdlab.config.load_yaml's bounds)."""
         from kdlab.config import from_dict, load_yaml
 
-        if not self.config_path.is_file():
+        if not self.config_path.exists():
             raise UserError(f"{self.path} has no config.yaml: pass a kdlab run folder")
+        check_regular(self.config_path, fix=_RUN_FILE_FIX)
         stored = load_yaml(self.config_path)
         stored.pop("run_info", None)
         return from_dict(stored)
@@ -426,7 +534,7 @@ class RunFolder:
                 return False
         except OSError:
             return False
-        marker = _read_json(self.marker_path, limit=4096)
+        marker = _read_json(self.marker_path, limit=4096, follow_links=False)
         return isinstance(marker, dict) and marker.get("format") == RUN_FORMAT
 
     def write_marker(self) -> None:
@@ -472,12 +580,7 @@ class RunFolder:
                 )
         else:
             _check_creatable(path)
-        for name in (*OWN_FOLDERS, *OWN_FILES, MARKER_NAME, LOCK_NAME):
-            if (path / name).is_symlink():
-                raise UserError(
-                    f"--out {path}: {name} is a symbolic link; kdlab writes only real files in a run folder, "
-                    "so that it never writes or deletes elsewhere: remove the link or choose another --out"
-                )
+        self.check_files()
         holder = self.holder()
         if holder is not None:
             raise UserError(_held_message(path, holder))
@@ -498,6 +601,26 @@ class RunFolder:
                 "again, or choose another --out"
             )
         return resume and not overwrite and self.last_checkpoint.is_file()
+
+    def check_files(self) -> None:
+        """A UserError when one of kdlab's names in the folder is a symbolic link, or is not what
+        kdlab writes there (a regular file; a folder for ``checkpoints/`` and ``tensorboard/``): a
+        FIFO would block a reader forever, and kdlab replaces only its own files. Writes nothing."""
+        for name in (*OWN_FOLDERS, *OWN_FILES, MARKER_NAME, LOCK_NAME):
+            try:
+                mode = (self.path / name).lstat().st_mode
+            except OSError:  # missing, or under a missing folder
+                continue
+            if stat.S_ISLNK(mode):
+                raise UserError(
+                    f"--out {self.path}: {name} is a symbolic link; kdlab writes only real files in a run folder, "
+                    "so that it never writes or deletes elsewhere: remove the link or choose another --out"
+                )
+            folder = name in OWN_FOLDERS
+            if not (stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode)):
+                raise UserError(
+                    _not_kdlabs(self.path, name, mode, "a folder" if folder else "a regular file")
+                )
 
     def remove_temporaries(self) -> None:
         """Remove the temporary files (``.NAME.*.tmp``) of kdlab's writes that a process killed
@@ -520,11 +643,13 @@ class RunFolder:
         Takes the lock for an instant only to look, and creates nothing."""
         if fcntl is None or os.path.realpath(self.path) in _HELD:
             return None
-        try:
-            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        try:  # never blocks: not on a FIFO, not through a link (check_files refuses both with a reason)
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return os.pread(fd, 32, 0).decode(errors="replace").strip()
@@ -729,7 +854,7 @@ class OutputFolder:
                 f"{target} exists and kdlab did not write it (it is not listed in {OUTPUTS_MANIFEST}), and "
                 f"kdlab overwrites only its own outputs: {fix}"
             )
-        if _file_sha256(target) != entry["sha256"]:
+        if file_sha256(target) != entry["sha256"]:
             raise UserError(
                 f"{target} has changed since kdlab wrote it (its SHA-256 is not the one in {OUTPUTS_MANIFEST}), "
                 f"and kdlab does not overwrite your edits: {fix}"
@@ -776,23 +901,11 @@ class OutputFolder:
 
 
 def read_regular_file(path: Path) -> bytes:
-    """The bytes of a regular file; a UserError for a FIFO, device or folder (never opened: reading a
-    FIFO would wait forever)."""
+    """:func:`read_regular`, with a missing or unreadable file as a one-line UserError too."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return read_regular(path)
     except OSError as error:
         raise UserError(f"cannot read {path} ({error.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"{path} is not a regular file: kdlab reads only regular files")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(read_regular_file(path)).hexdigest()
 
 
 def _holds(path: Path, data: bytes) -> bool:
@@ -842,18 +955,28 @@ def rewrite_user_file(path: Path, before: str, after: str, flag: str) -> None:
     _atomic_write(path, lambda handle: handle.write(after.encode()), mode="wb", like=status)
 
 
-def _read_json(path: Path, line: bytes | None = None, limit: int | None = None) -> Any:
-    """The JSON value in ``path`` (or in one ``line`` of it); None when it cannot be parsed."""
+def _read_json(
+    path: Path, line: bytes | None = None, limit: int = RUN_FILE_MAX_BYTES, follow_links: bool = True
+) -> Any:
+    """The JSON value in ``path`` (or in one ``line`` of it); None when it cannot be read or parsed,
+    or is over ``limit`` bytes. A FIFO, socket, device or folder: :class:`NotARegularFile`."""
     try:
-        data = line if line is not None else path.read_bytes() if limit is None else _read_head(path, limit)
-        return json.loads(data)
+        data = line if line is not None else read_regular(path, limit, follow_links, _RUN_FILE_FIX)
+        return json.loads(data) if len(data) <= limit else None
+    except NotARegularFile:
+        raise
     except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
 
 
-def _read_head(path: Path, limit: int) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(limit)
+_RUN_FILE_FIX = "remove it (kdlab writes that name itself), or choose another run folder"
+
+
+def _not_kdlabs(folder: Path, name: str, mode: int, wanted: str) -> str:
+    return (
+        f"--out {folder}: {name} is {file_kind(mode)}, not {wanted}; kdlab reads and writes only its own "
+        "regular files in a run folder: remove it or choose another --out"
+    )
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -925,13 +1048,25 @@ def _remove_empty(folders: list[Path]) -> None:
 def _acquire(lock_path: Path, folder: Path, wait: bool) -> int:
     """An open descriptor of ``lock_path`` holding its exclusive flock, with our pid written in it
     (without fcntl, on Windows, an open descriptor and no lock)."""
+    # O_NONBLOCK: a FIFO there must not block the open; O_NOFOLLOW: never through a link.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     while True:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(lock_path, flags, 0o666)
         except OSError as error:
+            with contextlib.suppress(OSError):
+                mode = lock_path.lstat().st_mode
+                if not stat.S_ISREG(mode):  # ELOOP: a link; ENXIO: a socket; EISDIR: a folder
+                    raise UserError(_not_kdlabs(folder, LOCK_NAME, mode, "a regular file")) from None
             raise UserError(
                 f"cannot write into --out {folder} ({error.strerror}): choose a folder you can write"
             ) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or a device: opened without blocking, now refused
+            os.close(fd)
+            raise UserError(_not_kdlabs(folder, LOCK_NAME, mode, "a regular file"))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
         if fcntl is None:
             return fd
         try:
@@ -1002,7 +1137,7 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     path = Path(spec)
     if path.is_dir():
         run = RunFolder(path)
-        if not run.last_checkpoint.is_file():
+        if not run.last_checkpoint.exists():
             raise UserError(
                 f"{path} holds no checkpoints/last.pt: it is not a kdlab run folder, or it never started"
             )

@@ -20,7 +20,7 @@ from kdlab.config import teacher_specs
 from kdlab.errors import UserError, did_you_mean, first_line, shown
 from kdlab.models import Classifier, check_logits, create_model
 from kdlab.models.features import set_feature_layer
-from kdlab.runs import load_checkpoint, load_model_state, resolve_checkpoint, unreadable_reason
+from kdlab.runs import load_checkpoint, load_model_state, open_regular, resolve_checkpoint, unreadable_reason
 
 FOREIGN_PREFIX = "torchvision:"
 
@@ -99,14 +99,15 @@ def torch_hub_weights(model_name: str) -> Path:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """A flat ``{key: tensor}`` from a weights-only file; unwraps ``{"state_dict": ...}``/``{"model": ...}``
     and DDP's ``module.`` prefix."""
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"weights file {path} does not exist: check the path after '='")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged or unsafe file
-        raise UserError(
-            f"cannot read weights {path} ({unreadable_reason(path, error)}): fetch them again"
-        ) from None
+    with open_regular(path, fix="pass the weights file itself") as handle:
+        try:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a damaged or unsafe file
+            raise UserError(
+                f"cannot read weights {path} ({unreadable_reason(handle, error)}): fetch them again"
+            ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -44,7 +44,7 @@ def find_runs(folder: str | Path) -> list[RunRecord]:
     paths = sorted(
         summary.parent
         for summary in folder.rglob("summary.json")
-        if (summary.parent / "config.yaml").is_file()
+        if (summary.parent / "config.yaml").exists()  # read_run refuses one that is not a file
     )
     return [read_run(path) for path in paths]
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from kdlab.errors import UserError
 from kdlab.registry import Registry
+from kdlab.runs import open_regular
 
 from .formats import (
     CIFAR10_FORMAT,
@@ -456,6 +458,15 @@ def _load_digits(*, name: str, **_) -> DatasetSplits:
     return _tensor_splits(name, arrays, [str(d) for d in range(10)], mean, std, pad=1, flip=False)
 
 
+def read_image(path: str) -> Any:
+    """torchvision's PIL loader (an RGB ``PIL.Image``), for regular files only: a FIFO named like an
+    image would block a data-loading worker forever; it is skipped as unreadable instead."""
+    from PIL import Image
+
+    with open_regular(path) as handle:
+        return Image.open(handle).convert("RGB")
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -484,8 +495,8 @@ def _load_imagefolder(*, name: str, data_dir: Path | None, image_size: int | Non
         [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), *normalize]
     )
     try:
-        train = ImageFolder(str(folders[0]), transform=train_transform)
-        test = ImageFolder(str(folders[1]), transform=test_transform)
+        train = ImageFolder(str(folders[0]), transform=train_transform, loader=read_image)
+        test = ImageFolder(str(folders[1]), transform=test_transform, loader=read_image)
     except (FileNotFoundError, OSError) as error:
         raise UserError(f"{name}: {error}; {hint}") from None
     if train.classes != test.classes:

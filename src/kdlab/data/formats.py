@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kdlab.errors import UserError, first_line
+from kdlab.runs import open_regular, read_regular
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -160,11 +161,11 @@ def _read_files(location: Path, prefix: str, names: Sequence[str]) -> dict[str, 
     The archive is streamed once in order (no extraction, no backward seeks in the gzip stream).
     """
     if location.is_dir():
-        return {name: (location / name).read_bytes() for name in names}
+        return {name: read_regular(location / name) for name in names}
     wanted = {f"{prefix}/{name}": name for name in names}
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(location, "r:*") as archive:
+        with open_regular(location) as handle, tarfile.open(fileobj=handle, mode="r:*") as archive:
             for member in archive:
                 name = wanted.get(member.name.removeprefix("./"))
                 if name is not None and member.isfile():
@@ -227,7 +228,7 @@ def _decompress(path: Path, ndim: int) -> tuple[bytes, bool]:
     A ``.gz`` file is inflated only as far as its header says the content goes (plus one byte, to
     see trailing data), so a small file cannot expand into gigabytes.
     """
-    raw = path.read_bytes()
+    raw = read_regular(path)
     if path.suffix != ".gz":
         return raw, True
     stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -313,7 +314,8 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from scipy.io import loadmat
 
     try:
-        mat = loadmat(path, variable_names=["X", "y"])
+        with open_regular(path) as handle:
+            mat = loadmat(handle, variable_names=["X", "y"])
     except Exception as error:  # scipy raises several types for a damaged or foreign file
         raise UserError(
             f"cannot read {path} as an SVHN .mat file ({first_line(error, 120)}): {REFETCH}"

@@ -139,7 +139,7 @@ def recipe_document(spec: str | Path) -> tuple[str, dict[str, Any]]:
     shipped = _shipped()
     if str(spec) in shipped:
         return str(spec), _extend(yaml.safe_load(shipped[str(spec)].read_text()) or {}, str(spec), None)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if path.suffix in (".yaml", ".yml") or path.exists():  # load_yaml refuses a FIFO, a folder
         return path.stem, _extend(load_yaml(path), path.stem, path.parent)
     raise UserError(
         f"unknown recipe '{spec}'{did_you_mean(str(spec), shipped)}: choose one of "
@@ -160,7 +160,7 @@ def _extend(document: dict[str, Any], name: str, folder: Path | None) -> dict[st
         base = yaml.safe_load(bases[base_name].read_text()) or {}
     else:
         base_path = (folder or Path()) / base_name
-        if not base_path.is_file():
+        if not base_path.exists():
             raise UserError(
                 f"recipe {name}: extends '{base_name}', which is neither a shipped base "
                 f"({', '.join(sorted(bases)) or 'none'}) nor a file: fix the name or the path"

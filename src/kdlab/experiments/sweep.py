@@ -8,18 +8,21 @@ forward per batch serves them all (``kdlab.engine.train_lockstep``). ``jobs > 1`
 that many spawned processes, each with ``cores // jobs`` torch threads; groups are split when there
 are fewer groups than jobs. Every run is started with ``resume=True``: finished runs are skipped and
 interrupted ones continue from their ``last.pt``, so running a sweep again completes it.
+
+The worker processes (:mod:`kdlab.experiments.pool`) die with the sweep: killed outright, it leaves
+no process training, and its workers' runs keep a checkpoint to resume from. A worker killed on its
+own (``kill -9``, out of memory) costs the runs it was training only: they are named at once, the
+other runs go on (those needing a teacher it was training are skipped), and the sweep then ends with
+a UserError (exit 2) listing the runs to resume by running it again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +83,8 @@ def check_existing(planned: PlannedRun) -> None:
     device may change, teachers are compared by folder name since the sweep folder may have moved).
     """
     run = RunFolder(planned.config.out or "")
-    if not run.config_path.is_file():
+    run.check_files()  # a FIFO or a link under one of kdlab's names: refused before anything is written
+    if not run.config_path.exists():
         return
     try:
         old = run.read_config()
@@ -102,7 +106,7 @@ def _resume_point(config: RunConfig) -> tuple[int, int]:
     run = RunFolder(config.out or "")
     if run.is_finished():
         return (-1, 0)
-    if not run.last_checkpoint.is_file():
+    if not run.last_checkpoint.exists():
         return (0, 0)
     checkpoint = load_checkpoint(run.last_checkpoint)
     return int(checkpoint.get("epoch", 0)), int((checkpoint.get("epoch_progress") or {}).get("step", 0))
@@ -138,19 +142,25 @@ def train_teacher(config: RunConfig) -> dict[str, Any]:
 def _init_worker(threads: int) -> None:
     from kdlab.engine.stop import keep_stop_signals
 
-    # The parent passes a stop on as SIGTERM (see _forward_stop_signals): kept from here on, it
-    # stops the worker's run at its next step, even one not yet training. Ctrl-C reaches every
-    # process of the terminal's group, so an idle worker need not die of it with a traceback.
+    # The parent passes a stop on as SIGTERM (kdlab.experiments.pool), and so does the kernel when
+    # the parent dies: kept from here on, it stops the worker's run at its next step (with a
+    # checkpoint), even one not yet training. Ctrl-C reaches every process of the terminal's group,
+    # so an idle worker need not die of it with a traceback.
     keep_stop_signals()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock holds a multiprocessing semaphore, which a worker killed outright leaks
+    # (the resource tracker then warns after the sweep's last line); spawned workers never shared it.
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(threading.RLock())
     import torch
 
     torch.set_num_threads(threads)
 
 
 def _run_task(function: Callable[..., Any], *task: Any) -> Any:
-    """``function(*task)`` in a worker, unless the worker was already told to stop: a task the
-    parent could no longer cancel (already queued for the worker) is then not started at all."""
+    """``function(*task)`` in a worker, unless the worker was already told to stop (by the sweep, or
+    by its death): a worker that kept a stop signal starts no further task."""
     from kdlab.engine.stop import kept_stop
 
     signum = kept_stop()
@@ -159,11 +169,20 @@ def _run_task(function: Callable[..., Any], *task: Any) -> Any:
     return function(*task)
 
 
-def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) -> list[Any]:
+def _map(
+    function: Callable[..., Any],
+    tasks: list[tuple[Any, ...]],
+    jobs: int,
+    names: list[list[str]] | None = None,
+    lost: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Any]:
     """``[function(*task) for task in tasks]``; with ``jobs > 1``, in that many spawned processes.
 
     With ``jobs > 1`` every task gets ``cores // jobs`` torch threads, a lone task (run in this
-    process) too: on a busy 2-core machine, 2 threads were measured up to 12x slower than 1.
+    process) too: on a busy 2-core machine, 2 threads were measured up to 12x slower than 1. A task
+    whose worker process died is logged at once naming its runs (``names[i]``), which are added to
+    ``lost``; its result is None and the other tasks go on.
     """
     if jobs <= 1:
         return [function(*task) for task in tasks]
@@ -178,63 +197,38 @@ def _map(function: Callable[..., Any], tasks: list[tuple[Any, ...]], jobs: int) 
             return [function(*task) for task in tasks]
         finally:
             torch.set_num_threads(before)
-    pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(tasks)),
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    )
-    futures: list[Future] = []
-    with _forward_stop_signals(pool, futures) as stopped, pool:  # the pool's exit waits for its workers
-        futures += [pool.submit(_run_task, function, *task) for task in tasks]
-        outcomes = [_outcome(future) for future in futures]
-    if stopped:
-        raise RunInterrupted(
-            f"sweep stopped by {signal.Signals(stopped[0]).name}: its worker processes saved checkpoints of "
-            "the runs they were training; run the same sweep command again to continue",
-            stopped[0],
+    from kdlab.experiments.pool import WorkerDied, run_tasks
+
+    names = names or [[f"task {index + 1}"] for index in range(len(tasks))]
+
+    def died(index: int, error: WorkerDied) -> None:
+        log(
+            f"sweep: worker process {error.pid} died ({error.how}) while training {', '.join(names[index])}; "
+            "the other runs go on"
         )
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
+
+    done = run_tasks(
+        _run_task,
+        [(function, *task) for task in tasks],
+        min(jobs, len(tasks)),
+        _init_worker,
+        (threads,),
+        died,
+    )
+    if done.stopped is not None:
+        raise RunInterrupted(
+            f"sweep stopped by {signal.Signals(done.stopped).name}: its worker processes saved checkpoints of "
+            "the runs they were training; run the same sweep command again to continue",
+            done.stopped,
+        )
+    for outcome in done.outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, WorkerDied):
             raise outcome
-    return outcomes
-
-
-def _outcome(future: Future) -> Any:
-    """The future's result, or the exception it ended with (cancelled: CancelledError)."""
-    try:
-        return future.result()
-    except BaseException as error:  # noqa: BLE001 - sorted out by the caller once every worker is done
-        return error
-
-
-@contextlib.contextmanager
-def _forward_stop_signals(pool: ProcessPoolExecutor, futures: list[Future]) -> Iterator[list[int]]:
-    """While the block waits for the workers: SIGTERM or SIGINT to this process is passed on to every
-    worker as SIGTERM (each saves a mid-epoch checkpoint and stops, as a single run does) and cancels
-    the tasks not yet started; the block then still waits for the workers. Yields the list that
-    receives the signal number. A worker gets SIGTERM, not SIGINT: after Ctrl-C, which the terminal
-    sends to every process of the group, a second SIGINT would make it stop without saving."""
-    stopped: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stopped
-        return
-
-    def forward(signum: int, frame: Any) -> None:
-        if not stopped:
-            stopped.append(signum)
-        for future in futures:
-            future.cancel()
-        for process in list(getattr(pool, "_processes", {}).values()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stopped
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    for index, outcome in enumerate(done.outcomes):
+        if isinstance(outcome, WorkerDied):
+            (lost if lost is not None else []).extend(names[index])
+            done.outcomes[index] = None
+    return done.outcomes
 
 
 def run_plan(
@@ -255,23 +249,50 @@ def run_plan(
     write_manifest(plan)
     summaries: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
+    lost: list[str] = []  # runs whose worker process died
+    missing: set[str] = set()  # recipe teachers lost, or not trained because a teacher they read was
+    key_of = {run.name: key for key, run in plan.teachers.items()}
     for level in _teacher_levels(teachers):
+        missing.update(key_of[run.name] for run in level if missing.intersection(run.teachers))
+        level = [run for run in level if key_of[run.name] not in missing]
         pending = [run for run in level if not RunFolder(run.config.out or "").is_finished()]
         if pending:
             log(f"sweep: training teacher(s) {', '.join(run.name for run in pending)}")
-        results = _map(train_teacher, [(run.config,) for run in level], jobs)
-        summaries.update({run.name: summary for run, summary in zip(level, results, strict=True)})
+        names = [[run.name] for run in level]
+        results = _map(train_teacher, [(run.config,) for run in level], jobs, names, lost, log)
+        missing.update(
+            key_of[run.name] for run, summary in zip(level, results, strict=True) if summary is None
+        )
+        summaries.update({run.name: summary for run, summary in zip(level, results, strict=True) if summary})
+    skipped = [run.name for run in students if missing.intersection(run.teachers)]
+    if not teachers_only:
+        students = [run for run in students if not missing.intersection(run.teachers)]
+        groups = split_for_jobs(lockstep_groups(students, lockstep), jobs) if students else []
+        remaining = sum(not RunFolder(run.config.out or "").is_finished() for run in students)
+        log(
+            f"sweep: {len(students)} students ({remaining} to train) in {len(groups)} group(s)"
+            + (f", {jobs} processes" if jobs > 1 else "")
+        )
+        names = [[run.name for run in group] for group in groups]
+        tasks = [([run.config for run in group], lockstep) for group in groups]
+        results = _map(train_group, tasks, jobs, names, lost, log)
+        for group, group_summaries in zip(groups, results, strict=True):
+            if group_summaries is not None:
+                summaries.update(
+                    {run.name: summary for run, summary in zip(group, group_summaries, strict=True)}
+                )
+    if lost:
+        not_trained = (
+            f" and {len(skipped)} student(s) of those teachers were not started"
+            if skipped and not teachers_only
+            else ""
+        )
+        raise UserError(
+            f"sweep: {len(lost)} run(s) stopped because their worker process died ({', '.join(lost)})"
+            f"{not_trained}; the other runs finished: run the same sweep command again to resume them"
+        )
     if teachers_only:
         return summaries
-    groups = split_for_jobs(lockstep_groups(students, lockstep), jobs)
-    remaining = sum(not RunFolder(run.config.out or "").is_finished() for run in students)
-    log(
-        f"sweep: {len(students)} students ({remaining} to train) in {len(groups)} group(s)"
-        + (f", {jobs} processes" if jobs > 1 else "")
-    )
-    results = _map(train_group, [([run.config for run in group], lockstep) for group in groups], jobs)
-    for group, group_summaries in zip(groups, results, strict=True):
-        summaries.update({run.name: summary for run, summary in zip(group, group_summaries, strict=True)})
     log(f"sweep: done in {time.perf_counter() - start:.0f}s: {plan.out}")
     return summaries
 
