@@ -231,6 +231,13 @@ def _checkpoint_variant(files: Files, name: str, change: Callable[[dict], None])
     return path
 
 
+def _plugin(files: Files, body: str) -> Path:
+    """A plugin file of the user's that imports kdlab's loss registry, then runs ``body``."""
+    path = files.root / "plugin.py"
+    path.write_text("from kdlab.losses import register_loss\n\n" + body)
+    return path
+
+
 def _without_data(checkpoint: dict) -> None:
     """A checkpoint that does not say what it was trained on (as a foreign or hand-made one may not)."""
     checkpoint.pop("dataset")
@@ -306,6 +313,21 @@ CASES: list[tuple[str, Callable[[Files, Path], list], str]] = [
      "alpha=1.5 is outside [0, 1]: alpha weights the KD term, e.g. --alpha 0.9"),
     ("alpha-negative", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--alpha", "-0.1", "--out", out],
      "alpha=-0.1 is outside [0, 1]"),
+    # Issue 15: settings a loss does not read, values it excludes, plugins that cannot be imported.
+    ("unread-tau-for-mse", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--loss", "mse", "--tau", "3", "--out", out],
+     "kd.tau is not read by loss mse, which reads kd.alpha: drop kd.tau, or choose a loss that reads it"),
+    ("unread-alpha-for-dkd", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--loss", "dkd", "--alpha", "0.3", "--out", out],
+     "kd.alpha is not read by loss dkd, which reads kd.dkd_alpha, kd.dkd_beta, kd.tau, kd.dkd_warmup"),
+    ("unread-dkd-beta-for-kl", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--set", "kd.dkd_beta=4", "--out", out],
+     "kd.dkd_beta is not read by loss kl"),
+    ("unread-tau-for-train", lambda f, out: ["train", *DIGITS, "--set", "kd.tau=3", "--out", out],
+     "kd.tau is not read by loss ce, which reads no hyperparameter"),
+    ("tau-inf-for-dkd", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--loss", "dkd", "--tau", "inf", "--out", out],
+     "kd.tau=inf cannot be used with loss dkd, which excludes 0, inf: choose another value, e.g. kd.tau=4"),
+    ("plugin-missing", lambda f, out: ["train", "--import", f.root / "no-plugin.py", *DIGITS, "--out", out],
+     "no-plugin.py: no such file or directory: check the path of the plugin file"),
+    ("plugin-registers-kl", lambda f, out: ["train", "--import", _plugin(f, "@register_loss('kl', label='KL')\ndef kl(s, y):\n    return {}\n"), *DIGITS, "--out", out],
+     "ValueError: loss 'kl' is already registered (as 'kl'): choose another name, or pass replace=True"),
     ("tau-negative", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--tau", "-1", "--out", out],
      "kd.tau=-1.0 is outside [0, inf]: use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)"),
     ("tau-nan", lambda f, out: ["distill", "--teacher", f.teacher, *DIGITS, "--tau", "nan", "--out", out],
