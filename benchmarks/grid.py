@@ -37,6 +37,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from common import (
     Seconds,
@@ -114,9 +115,10 @@ class EpochClock:
     def __enter__(self) -> EpochClock:
         clock = self
 
-        def timed_epoch(trainer: Trainer, students: list, epoch: int) -> None:
-            seconds, _ = timed(lambda: clock.original(trainer, students, epoch))
+        def timed_epoch(trainer: Trainer, students: list, epoch: int, *args: Any) -> Any:
+            seconds, dropped = timed(lambda: clock.original(trainer, students, epoch, *args))
             clock.total += seconds
+            return dropped  # the students that diverged in the epoch (Trainer.fit drops them)
 
         Trainer.train_epoch = timed_epoch
         return self

@@ -53,10 +53,10 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(
 
     original = Trainer.train_epoch
 
-    def interrupt_at_third_epoch(self: Trainer, students: list, epoch: int) -> None:
+    def interrupt_at_third_epoch(self: Trainer, students: list, epoch: int, *args) -> list:
         if epoch == 2:
             raise KeyboardInterrupt
-        original(self, students, epoch)
+        return original(self, students, epoch, *args)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_third_epoch)
     with pytest.raises(KeyboardInterrupt):

@@ -302,8 +302,8 @@ def test_non_finite_loss_in_epoch_2_keeps_the_epoch_1_checkpoint_untouched(
     assert exit_info.value.code == 2
     last = run / "checkpoints" / "last.pt"
     assert capsys.readouterr().err.strip() == (
-        f"kdlab: error: {run}: the loss became NaN or inf at epoch 2, step 3; {last} keeps the last good "
-        "state: lower --lr or check the data, then --resume"
+        f"kdlab: error: {run}: the loss became NaN or inf at epoch 2, step 3; {last} keeps the last finite "
+        "state: fix the data and --resume, or start again with a lower --lr and --overwrite"
     )
     assert last.read_bytes() == saved["last.pt"]
     checkpoint = load_checkpoint(last)

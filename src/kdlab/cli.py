@@ -247,6 +247,7 @@ def sweep(
     """Run a recipe: its teachers once, then its students; finished runs are skipped, interrupted ones resumed."""
     from kdlab.experiments.recipes import load_recipe, parse_shard, plan_sweep, select_shard
     from kdlab.experiments.sweep import run_plan
+    from kdlab.runs import DIVERGED
 
     plan = plan_sweep(
         load_recipe(recipe, set_, imports), out or Path("sweeps") / Path(recipe).stem, seeds, teachers_dir
@@ -259,6 +260,11 @@ def sweep(
         return
     summaries = run_plan(plan, jobs, shard_pair, lockstep, teachers_only, log=typer.echo)
     for name, summary in summaries.items():
+        if summary.get("status") == DIVERGED:
+            typer.echo(
+                f"{name:40s} diverged at epoch {summary['diverged_epoch']}, step {summary['diverged_step']}"
+            )
+            continue
         distance = summary.get("logit_distance")
         typer.echo(
             f"{name:40s} test acc best {summary['test_acc_best']:6.2f}  last {summary['test_acc_last']:6.2f}"

@@ -81,6 +81,9 @@ CHECKPOINT_FORMAT = "kdlab-checkpoint-v1"
 RUN_FORMAT = "kdlab-run-v1"
 MARKER_NAME = "kdlab-run.json"
 LOCK_NAME = ".kdlab-run.lock"
+# summary.json's "status": a run that ended as asked, or one whose loss became NaN or inf (its summary
+# says where and why; its last.pt is its last finite checkpoint). Both count as finished runs.
+FINISHED, DIVERGED = "finished", "diverged"
 # Every file name kdlab writes in a run folder (relative paths): all that --overwrite may remove,
 # with the temporary files of their atomic writes and TensorBoard's event files (OWN_PATTERNS).
 OWN_FILES = (

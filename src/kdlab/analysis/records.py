@@ -1,4 +1,9 @@
-"""Finished run folders as records: their resolved config and summary, found under a folder."""
+"""Finished run folders as records: their resolved config and summary, found under a folder.
+
+A run that diverged (its loss became NaN or inf; ``"status": "diverged"`` in its summary) is a
+finished record too, so that reports name it instead of missing it; it holds no result
+(``test_acc_last`` is None): :func:`split_diverged` keeps it out of every mean and test.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 from kdlab.config import RunConfig, loss_label
 from kdlab.errors import UserError
-from kdlab.runs import RunFolder
+from kdlab.runs import DIVERGED, FINISHED, RunFolder
 
 
 @dataclass
@@ -20,6 +25,25 @@ class RunRecord:
     config: RunConfig
     summary: dict[str, Any]
 
+    @property
+    def status(self) -> str:
+        """``finished`` or ``diverged`` (summaries written before kdlab recorded a status: finished)."""
+        return str(self.summary.get("status", FINISHED))
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == DIVERGED
+
+    def diverged_text(self) -> str:
+        """Where and why a diverged run stopped, e.g. 'diverged at epoch 2, step 3: the loss became NaN
+        or inf (last finite epoch 1)'."""
+        summary = self.summary
+        return (
+            f"diverged at epoch {summary.get('diverged_epoch')}, step {summary.get('diverged_step')}: "
+            f"{summary.get('reason', 'the loss became NaN or inf')} (last finite epoch "
+            f"{summary.get('last_finite_epoch')})"
+        )
+
     def metric(self, key: str) -> float:
         """A numeric summary value (NaN when absent); 'inf' strings become math.inf."""
         value = self.summary.get(key)
@@ -29,7 +53,7 @@ class RunRecord:
 
 
 def read_run(path: str | Path) -> RunRecord:
-    """A finished run folder as a RunRecord, or a UserError saying what is missing."""
+    """A finished (or diverged) run folder as a RunRecord, or a UserError saying what is missing."""
     run = RunFolder(path)
     if not run.is_finished():
         raise UserError(f"{run.path} is not a finished kdlab run (no summary.json): finish it with --resume")
@@ -37,7 +61,7 @@ def read_run(path: str | Path) -> RunRecord:
 
 
 def find_runs(folder: str | Path) -> list[RunRecord]:
-    """Every finished run folder under ``folder`` (itself included), sorted by path."""
+    """Every finished (or diverged) run folder under ``folder`` (itself included), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: pass a sweep folder or a run folder")
@@ -47,6 +71,11 @@ def find_runs(folder: str | Path) -> list[RunRecord]:
         if (summary.parent / "config.yaml").exists()  # read_run refuses one that is not a file
     )
     return [read_run(path) for path in paths]
+
+
+def split_diverged(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """``(results, diverged)``: the runs that finished as asked, and those that diverged."""
+    return [r for r in records if not r.diverged], [r for r in records if r.diverged]
 
 
 def run_label(config: RunConfig, with_model: bool = False) -> str:

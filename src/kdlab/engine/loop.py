@@ -3,7 +3,9 @@
 ``train(config)`` runs one student (a teacher is trained the same way, with the 'ce' loss and no
 teacher). ``train_lockstep(configs)`` runs several students that share the data order and the
 teacher: each batch goes through the teacher once and through every student, each with its own
-loss, optimiser and run folder; a standalone run is the one-student case of the same loop.
+loss, optimiser and run folder; a standalone run is the one-student case of the same loop. A
+student whose loss becomes NaN or inf stops a standalone run; in a group it is recorded as diverged
+and the others train on without it (:meth:`Trainer.drop_diverged`).
 
 Read :meth:`Trainer.fit` and :meth:`Trainer.train_epoch` top to bottom; the step itself is
 :func:`kdlab.engine.step.train_step`, the epoch's running sums :class:`kdlab.engine.state.EpochState`,
@@ -17,6 +19,7 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,7 +46,7 @@ from kdlab.engine.step import (
     live_teacher_logits,
     set_units_lr,
 )
-from kdlab.engine.stop import StopRequests, interrupted, raise_if_not_finite
+from kdlab.engine.stop import NotFinite, StopRequests, first_non_finite, interrupted, weights_finite
 from kdlab.engine.student import (
     Student,
     check_group,
@@ -59,7 +62,15 @@ from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import count_parameters, create_model
 from kdlab.models.features import check_features, set_feature_layer
 from kdlab.plugins import import_plugins, plugin_hashes
-from kdlab.runs import RunFolder, atomic_torch_save, atomic_write_json, environment, load_checkpoint
+from kdlab.runs import (
+    DIVERGED,
+    FINISHED,
+    RunFolder,
+    atomic_torch_save,
+    atomic_write_json,
+    environment,
+    load_checkpoint,
+)
 from kdlab.teacher import check_teacher, load_teacher, teacher_files
 
 
@@ -325,9 +336,9 @@ class Trainer:
         if student.overwrite:
             run.clear()
         run.write_marker()
+        if student.start_epoch < config.optim.epochs:  # more --epochs (or a diverged run given more epochs)
+            run.summary_path.unlink(missing_ok=True)  # unfinished until they are done
         if student.resumed:
-            if student.start_epoch < config.optim.epochs:
-                run.summary_path.unlink(missing_ok=True)  # more --epochs: unfinished until they are done
             run.write_metrics(student.metrics)  # the rows the checkpoint holds, whatever the file held
         run_info = {**environment(), "world_size": self.world.size}
         if config.imports:  # the plugins' code is an input of the run too
@@ -342,26 +353,43 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def fit(self, students: list[Student]) -> list[dict[str, Any]]:
+    def fit(self, students: list[Student], record_diverged: bool = True) -> list[dict[str, Any]]:
+        """Train ``students`` to their last epoch; their summaries, in their order.
+
+        A student whose loss (or weights) becomes NaN or inf stops a single run (``record_diverged``
+        False: :class:`~kdlab.engine.stop.NonFiniteLoss`); in a group it is recorded as diverged
+        (:meth:`drop_diverged`) and the others train on without it, as if it had never been there.
+        """
         start = time.perf_counter()
         lead = self.configs[0]
         starts = {(student.start_epoch, (student.progress or {}).get("step", 0)) for student in students}
         if len(starts) > 1:
             raise UserError("lockstep students are at different epochs: resume them separately")
         first_epoch = starts.pop()[0]
+        training = list(students)
+        diverged: dict[int, dict[str, Any]] = {}  # id(student) -> its summary
         with self.stop.listening():
             for epoch in range(first_epoch, lead.optim.epochs):
-                self.train_epoch(students, epoch)
+                for student, summary in self.train_epoch(training, epoch, record_diverged):
+                    diverged[id(student)] = summary
+                training = [student for student in training if id(student) not in diverged]
                 signum = self.stop.agreed()
                 if signum is not None:
-                    raise interrupted(students, signum, f"after epoch {epoch + 1}")
-        summaries = self.finish(students, time.perf_counter() - start)
-        for student in students:
+                    raise interrupted(training, signum, f"after epoch {epoch + 1}")
+                if not training:
+                    break
+        finished = self.finish(training, time.perf_counter() - start) if training else []
+        for student in training:
             if student.writer is not None:
                 student.writer.close()
-        return summaries
+        by_id = {id(student): summary for student, summary in zip(training, finished, strict=True)}
+        return [diverged.get(id(student)) or by_id[id(student)] for student in students]
 
-    def train_epoch(self, students: list[Student], epoch: int) -> None:
+    def train_epoch(
+        self, students: list[Student], epoch: int, record_diverged: bool = True
+    ) -> list[tuple[Student, dict[str, Any]]]:
+        """One epoch of ``students``: their steps, then each one's metrics row and checkpoint.
+        Returns the students that diverged in it, each with its summary (see :meth:`drop_diverged`)."""
         lead = self.configs[0]
         epoch_start = time.perf_counter()
         step = self.train_step_for(students)
@@ -385,15 +413,18 @@ class Trainer:
             if (index + 1) % self.stop.check_every == 0 and index + 1 < len(self.train_loader):
                 signum = self.stop.agreed()
                 if signum is not None:
-                    raise_if_not_finite(students, state, self.world, epoch)
-                    self.save_mid_epoch(students, epoch, index + 1, state)
-                    raise interrupted(students, signum, f"at epoch {epoch + 1}, step {index + 1}")
+                    self.stop_mid_epoch(students, epoch, index + 1, state, signum, record_diverged)
         for unit in step.units:
             unit.publish()  # each student's own model and optimiser: evaluated and saved below
         count = self.world.all_reduce(torch.tensor(float(state.seen), device=self.device)).item()
         train_time = time.perf_counter() - epoch_start  # after .item(), so the device's queue is done too
-        raise_if_not_finite(students, state, self.world, epoch)
+        # Rows of the students still finite; nothing is saved before every student is checked, so that
+        # a single run that stops here keeps its last finite checkpoint.
+        bad = self.not_finite(students, state, epoch, len(self.train_loader))
+        rows: dict[int, dict[str, Any]] = {}
         for index, student in enumerate(students):
+            if index in bad:
+                continue
             totals = state.totals(index, self.world)
             values = dict(zip(totals, (torch.stack(list(totals.values())) / count).tolist(), strict=True))
             test = self.evaluate(student.module, self.test_loader)
@@ -411,15 +442,103 @@ class Trainer:
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "train_images_per_s": count / train_time,
             }
-            self.end_epoch(student, row)
+            rows[index] = row
+        dropped = self.drop_diverged(students, bad, record_diverged)
+        for index, row in rows.items():
+            self.end_epoch(students[index], row)
+        return dropped
 
-    def save_mid_epoch(self, students: list[Student], epoch: int, step: int, state: EpochState) -> None:
-        """``last.pt`` of each student after ``step`` steps of ``epoch`` (0-based), with the running
-        sums of all ranks, so that ``--resume`` continues the epoch at the next step."""
+    def stop_mid_epoch(
+        self, students: list[Student], epoch: int, step: int, state: EpochState, signum: int, record: bool
+    ) -> None:
+        """Stop after ``step`` steps of ``epoch`` (0-based): the students that diverged are recorded
+        (or a single run stops with its NonFiniteLoss), the others save a mid-epoch ``last.pt``."""
         for unit in self.step.units:
-            unit.publish()
-        for student, progress in zip(students, state.progress(step, self.world), strict=True):
+            unit.publish()  # each student's weights, checked before its checkpoint
+        bad = self.not_finite(students, state, epoch, step)
+        self.drop_diverged(students, bad, record)
+        going_on = [student for index, student in enumerate(students) if index not in bad]
+        self.save_mid_epoch(students, epoch, step, state, going_on)
+        raise interrupted(going_on, signum, f"at epoch {epoch + 1}, step {step}")
+
+    def not_finite(
+        self, students: list[Student], state: EpochState, epoch: int, steps: int
+    ) -> dict[int, NotFinite]:
+        """``{index: NotFinite}`` of the students whose loss was NaN or inf in this epoch, or whose
+        (published) weights are now after ``steps`` steps of it though every loss was finite (a NaN
+        gradient of a finite loss at the last step). A collective: every rank calls it."""
+        bad = first_non_finite(students, state, self.world, epoch)
+        for index, student in enumerate(students):
+            if index not in bad and not weights_finite(student.model):
+                bad[index] = NotFinite(epoch, steps - 1, weights=True)
+        return bad
+
+    def drop_diverged(
+        self, students: list[Student], bad: dict[int, NotFinite], record: bool
+    ) -> list[tuple[Student, dict[str, Any]]]:
+        """The students of ``bad`` (by index), each recorded as diverged: ``summary.json`` with
+        ``"status": "diverged"`` (:meth:`diverged_summary`), its ``last.pt`` and metrics rows left as
+        the last finite epoch wrote them; a single run (``record`` False) raises instead.
+
+        The others are untouched by a diverged student: its parameters, optimiser state and loss sums
+        are its own (in a stacked unit, its slice of each stacked tensor, which every stacked layer and
+        the elementwise fused optimiser keep apart), so its NaN never reaches them; the next epoch
+        rebuilds the group's step without it (:meth:`train_step_for`).
+        """
+        if bad and not record:
+            index, where = next(iter(bad.items()))
+            raise where.error(students[index])
+        dropped = []
+        for index, where in bad.items():
+            student = students[index]
+            summary = self.diverged_summary(student, where)
             if self.world.is_main:
+                student.run.write_summary(summary)
+                print(
+                    f"kdlab: {where.where(student)}; recorded as diverged (summary.json), its last.pt kept; "
+                    "the rest of its group trains on",
+                    file=sys.stderr,
+                )
+            if student.writer is not None:
+                student.writer.close()
+            dropped.append((student, summary))
+        return dropped
+
+    def diverged_summary(self, student: Student, where: NotFinite) -> dict[str, Any]:
+        """The summary of a student that diverged: what it is, where and why it stopped, its last finite
+        epoch and checkpoint. ``test_acc_last`` is None: it has no final weights, so no report or claim
+        counts it as a result (``kdlab.analysis.records``)."""
+        config = student.config
+        last_row = student.metrics[-1] if student.metrics else {}
+        return {
+            "status": DIVERGED,
+            **summary_identity(config),
+            "reason": where.reason,
+            "diverged_epoch": where.epoch + 1,
+            "diverged_step": where.step + 1,
+            "last_finite_epoch": len(student.metrics),
+            "last_checkpoint": "checkpoints/last.pt" if student.run.last_checkpoint.is_file() else None,
+            "test_acc_last": None,
+            "test_acc_last_finite": last_row.get("test_acc"),
+            "epochs": config.optim.epochs,
+            "seed": config.seed,
+            "world_size": self.world.size,
+        }
+
+    def save_mid_epoch(
+        self,
+        students: list[Student],
+        epoch: int,
+        step: int,
+        state: EpochState,
+        saved: list[Student] | None = None,
+    ) -> None:
+        """``last.pt`` of each student (of ``saved``, default all) after ``step`` steps of ``epoch``
+        (0-based), with the running sums of all ranks, so that ``--resume`` continues the epoch at the
+        next step. The units have published their students' state (:meth:`stop_mid_epoch`)."""
+        chosen = {id(student) for student in (students if saved is None else saved)}
+        for student, progress in zip(students, state.progress(step, self.world), strict=True):
+            if self.world.is_main and id(student) in chosen:
                 atomic_torch_save(student.checkpoint(epoch, progress), student.run.last_checkpoint)
 
     def end_epoch(self, student: Student, row: dict[str, Any]) -> None:
@@ -517,12 +636,8 @@ class Trainer:
             config = student.config
             last = student.metrics[-1] if student.metrics else {}
             summary = {
-                "model": config.model,
-                "dataset": config.data.name,
-                "loss": config.kd.loss,
-                # exactly the hyperparameters this loss reads (a CE run has none)
-                "hyperparameters": {k: _json_float(v) for k, v in loss_settings(config.kd).items()},
-                "teacher": config.kd.teacher,
+                "status": FINISHED,
+                **summary_identity(config),
                 "test_acc_last": last.get("test_acc"),
                 "test_acc_best": student.test_acc_best,
                 "best_epoch": student.best_epoch,
@@ -545,6 +660,18 @@ class Trainer:
         return summaries
 
 
+def summary_identity(config: RunConfig) -> dict[str, Any]:
+    """What every summary says the run was: model, dataset, loss, the hyperparameters the loss reads
+    (a CE run has none) and the teacher."""
+    return {
+        "model": config.model,
+        "dataset": config.data.name,
+        "loss": config.kd.loss,
+        "hyperparameters": {k: _json_float(v) for k, v in loss_settings(config.kd).items()},
+        "teacher": config.kd.teacher,
+    }
+
+
 def best_on_val(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """From the epochs' rows: the last and best validation accuracy, the best one's epoch (the first on a
     tie) and the test accuracy at that epoch: what a run reports when its epoch is chosen on validation."""
@@ -561,11 +688,14 @@ def best_on_val(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_lockstep(
-    configs: list[RunConfig], resume: bool = False, overwrite: bool = False
+    configs: list[RunConfig], resume: bool = False, overwrite: bool = False, record_diverged: bool = True
 ) -> list[dict[str, Any]]:
     """Train several students on one data order and one teacher pass per batch; a summary each.
 
-    Finished runs (with ``resume``) are returned from their summary.json without training.
+    Finished runs (with ``resume``) are returned from their summary.json without training; so are
+    runs that diverged (``"status": "diverged"``). ``record_diverged``: a student whose loss becomes
+    NaN or inf is recorded as diverged and the others finish (False: it stops the group with a
+    :class:`~kdlab.engine.stop.NonFiniteLoss`, as a single run does).
     """
     import_plugins([spec for config in configs for spec in config.imports])  # e.g. in a sweep's worker
     check_group(configs)
@@ -587,12 +717,17 @@ def train_lockstep(
         trainer = Trainer([configs[i] for i in pending])
         students = [trainer.build_student(configs[i], resume, overwrite) for i in pending]
         with trainer.started(students):  # every input checked: now the run folders are taken and written
-            results = trainer.fit(students)
+            results = trainer.fit(students, record_diverged)
         for index, summary in zip(pending, results, strict=True):
             summaries[index] = summary
     return [summaries[index] for index in range(len(configs))]
 
 
-def train(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train one model (teacher or student) into ``config.out``; returns its summary."""
-    return train_lockstep([config], resume=resume, overwrite=overwrite)[0]
+def train(
+    config: RunConfig, resume: bool = False, overwrite: bool = False, record_diverged: bool = False
+) -> dict[str, Any]:
+    """Train one model (teacher or student) into ``config.out``; returns its summary. A loss that
+    becomes NaN or inf stops it with :class:`~kdlab.engine.stop.NonFiniteLoss` (its last finite
+    ``last.pt`` kept, no summary: fix and ``--resume``, or start again), unless ``record_diverged``
+    (a student of a sweep: recorded as diverged in its summary, like a student of a group)."""
+    return train_lockstep([config], resume=resume, overwrite=overwrite, record_diverged=record_diverged)[0]

@@ -24,7 +24,10 @@ then train in lockstep instead, one after another on each batch.
 
 Numerics: a grouped convolution and a batched matmul may accumulate in another order than the
 students' own kernels, so stacked students equal their standalone runs to rounding, not bitwise
-(``tests/test_stacked.py`` states the measured difference).
+(``tests/test_stacked.py`` states the measured difference). A student's slice is computed alike
+whatever else is in the stack (every stacked layer acts per slice, and the optimiser updates each
+slice as a tensor of its own): a stack without one of its students trains the others bitwise as
+the full stack does (CPU, one thread; ``tests/test_diverge.py``).
 """
 
 from __future__ import annotations
@@ -190,20 +193,30 @@ def stack_models(
 
 
 class StackedStudents:
-    """One training unit of N students as a :class:`StackedModel` with one optimiser over the stacked
-    parameters (all students share the optimiser settings: ``engine.student.stack_key``). SGD and
-    AdamW act elementwise, so student i's slice of the optimiser state (SGD's momentum, AdamW's two
-    moments) is its own optimiser's state; AdamW's step count, a 0-d tensor, is every student's (they
-    train in lockstep)."""
+    """One training unit of N students as a :class:`StackedModel` with one optimiser (all students
+    share the optimiser settings: ``engine.student.stack_key``).
+
+    The optimiser updates each student's slice of every stacked parameter as a tensor of its own (a
+    view: :attr:`slices`), with that student's own state (SGD's momentum, AdamW's moments and step
+    count), never the stacked tensor as one: a fused optimiser's rounding of an element depends on
+    where the element falls in the tensor it updates (the vectorised body or the scalar tail: measured
+    on this CPU, the slices of an SGD step with momentum over a 3-student tensor differed in the last
+    bit from the same slices of a 2-student one). Per-slice tensors give each student the update its
+    own optimiser gives it, whatever else is in the stack, so that a student dropped from the stack
+    (it diverged) changes nothing for the others.
+    """
 
     def __init__(self, students: list[Student], slots: list[int], model: StackedModel) -> None:
         self.students, self.slots, self.count = students, slots, len(students)
         lead = students[0]
         self.model = model
-        self.optimizer = make_optimizer(model, lead.config, lr=lead.lr)
         # (stacked tensor, [each student's tensor of that name]) for parameters and for buffers
         self.parameters = self._pairs("parameters")
         self.buffers = self._pairs("buffers")
+        # Per stacked parameter, each student's slice: views the optimiser updates in place.
+        self.slices = [list(stacked.detach().chunk(self.count)) for stacked, _ in self.parameters]
+        pieces = [piece for slices in self.slices for piece in slices]
+        self.optimizer = make_optimizer(model, lead.config, lr=lead.lr, parameters=pieces)
         self._load_state()
         self.module: nn.Module = torch.compile(model) if lead.config.compile else model
 
@@ -214,20 +227,21 @@ class StackedStudents:
             for name, tensor in getattr(self.model.body, f"named_{kind}")()
         ]
 
+    def _own_state(self) -> list[tuple[Tensor, Student, Tensor]]:
+        """``(slice, student, the student's own parameter)`` for every slice the optimiser updates."""
+        return [
+            (piece, student, part)
+            for (_, parts), slices in zip(self.parameters, self.slices, strict=True)
+            for piece, student, part in zip(slices, self.students, parts, strict=True)
+        ]
+
     def _load_state(self) -> None:
-        """The optimiser state from the students' optimisers (restored from their checkpoints, or none
-        yet): each tensor the students' concatenated along dim 0, a 0-d one (a step count) shared."""
-        for stacked, parts in self.parameters:
-            states = [
-                student.optimizer.state.get(part, {})
-                for student, part in zip(self.students, parts, strict=True)
-            ]
-            if not states[0] or any(state.keys() != states[0].keys() for state in states):
-                continue  # no step taken yet: the optimiser makes its state at the first step
-            self.optimizer.state[stacked] = {
-                key: value.clone() if value.ndim == 0 else torch.cat([state[key] for state in states])
-                for key, value in states[0].items()
-            }
+        """Each slice's optimiser state from its student's optimiser (restored from its checkpoint or
+        left by an earlier stack of it; none before the first step, which makes it)."""
+        for piece, student, part in self._own_state():
+            state = student.optimizer.state.get(part)
+            if state:
+                self.optimizer.state[piece] = {key: value.clone() for key, value in state.items()}
 
     def forward(self, inputs: Tensor, features: bool) -> list[tuple[Tensor, Tensor | None]]:
         """Each student's logits ``[B, K]`` and, with ``features``, penultimate features ``[B, D]``
@@ -244,22 +258,33 @@ class StackedStudents:
     def train(self) -> None:
         self.module.train()
 
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        for slices in self.slices:  # views of the freed gradients: let them go too
+            for piece in slices:
+                piece.grad = None
+
+    def step(self) -> None:
+        """One optimiser step: each slice's gradient is its student's part of the stacked gradient."""
+        for (stacked, _), slices in zip(self.parameters, self.slices, strict=True):
+            grads = [None] * self.count if stacked.grad is None else stacked.grad.chunk(self.count)
+            for piece, grad in zip(slices, grads, strict=True):
+                piece.grad = grad
+        self.optimizer.step()
+
     @torch.no_grad()
     def publish(self) -> None:
         """Write every student's slice into its own model and optimiser (before evaluation or a checkpoint)."""
         for stacked, parts in self.parameters + self.buffers:
             for part, piece in zip(parts, _slices(stacked, self.count), strict=True):
                 part.copy_(piece)
-        for stacked, parts in self.parameters:
-            for key, value in self.optimizer.state.get(stacked, {}).items():
-                for student, part, piece in zip(
-                    self.students, parts, _slices(value, self.count), strict=True
-                ):
-                    state = student.optimizer.state[part]
-                    if key in state:
-                        state[key].copy_(piece)
-                    else:
-                        state[key] = piece.clone()
+        for piece, student, part in self._own_state():
+            state = student.optimizer.state[part]
+            for key, value in self.optimizer.state.get(piece, {}).items():
+                if key in state:
+                    state[key].copy_(value)
+                else:
+                    state[key] = value.clone()
 
 
 def _slices(stacked: Tensor, count: int) -> list[Tensor]:

@@ -92,6 +92,10 @@ class Unit(Protocol):
 
     def train(self) -> None: ...
 
+    def zero_grad(self) -> None: ...
+
+    def step(self) -> None: ...  # the optimiser step, each student's parameters by its own gradient
+
     def publish(self) -> None: ...  # each student's model and optimiser now hold its current state
 
 
@@ -110,6 +114,12 @@ class OneStudent:
 
     def train(self) -> None:
         self.students[0].module.train()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
 
     def publish(self) -> None:
         """Nothing to do: the student trains its own model."""
@@ -157,10 +167,11 @@ def train_step(
             loss = sum(terms.values())
             state.add(slot, {"loss": loss, **terms}, logits, targets)
             losses.append(loss)
-        unit.optimizer.zero_grad(set_to_none=True)
-        # Each student's parameters get the gradient of its own loss only: d(sum)/d(loss_i) = 1.
+        unit.zero_grad()
+        # Each student's parameters get the gradient of its own loss only: d(sum)/d(loss_i) = 1, and a
+        # NaN loss of one student reaches no other student's gradient (its own parameters or slices).
         (losses[0] if len(losses) == 1 else torch.stack(losses).sum()).backward()
-        unit.optimizer.step()
+        unit.step()
     state.next_step()
 
 

@@ -3,6 +3,10 @@
 A signal only sets a flag; the loop reads it between steps, saves a checkpoint and raises
 :class:`~kdlab.errors.RunInterrupted`. With several processes every rank must stop at the same step,
 so the flag is agreed by an all-reduce, every ``STOP_CHECK_STEPS`` steps (each agreement is a sync).
+
+A loss that is NaN or inf is found at the end of the epoch (a device flag per student, see
+:class:`~kdlab.engine.state.EpochState`): :class:`NotFinite` says where; a single run stops with
+its :class:`NonFiniteLoss`, a student of a group is recorded as diverged (``kdlab.engine.loop``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -94,27 +99,87 @@ class StopRequests:
 
 
 def interrupted(students: list[Student], signum: int, when: str) -> RunInterrupted:
+    """The stop of ``students``, whose checkpoints were just saved (none: every run of the group had
+    diverged, and each says so in its summary.json)."""
+    name = signal.Signals(signum).name
+    if not students:
+        return RunInterrupted(f"stopped by {name} {when}; every run of the group had diverged", signum)
     folders = ", ".join(str(student.run.path) for student in students)
     return RunInterrupted(
-        f"stopped by {signal.Signals(signum).name} {when}; checkpoint saved in {folders}: continue with --resume",
-        signum,
+        f"stopped by {name} {when}; checkpoint saved in {folders}: continue with --resume", signum
     )
 
 
-def raise_if_not_finite(students: list[Student], state: EpochState, world: World, epoch: int) -> None:
-    """A UserError naming epoch and step if a student's loss was NaN or inf (on any rank).
+class NonFiniteLoss(UserError):
+    """A run's loss (or weights) became NaN or inf and the run stops: one line, exit 2.
 
-    Raised before anything of the epoch is saved, so ``last.pt`` stays the last good checkpoint.
+    ``where`` names the run, epoch and step; ``advice`` what was kept and how to go on. A caller that
+    knows other ways on (``kdlab sweep`` has no --overwrite) words its own advice after ``where``.
     """
-    for index, student in enumerate(students):
+
+    def __init__(self, where: str, advice: str) -> None:
+        super().__init__(f"{where}; {advice}")
+        self.where, self.advice = where, advice
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled back from a sweep's worker process
+        return type(self), (self.where, self.advice)
+
+
+@dataclass(frozen=True)
+class NotFinite:
+    """Where a student stopped being finite, 0-based: the ``epoch`` and the ``step`` whose loss was
+    NaN or inf, or (``weights``) the step by which its weights were found so though its loss stayed
+    finite (a finite loss whose gradient was not, at a step after which the loss was not computed
+    again: the epoch's last, or the last before a stop)."""
+
+    epoch: int
+    step: int
+    weights: bool = False
+
+    @property
+    def reason(self) -> str:
+        if self.weights:
+            return "the weights became NaN or inf (the loss stayed finite)"
+        return "the loss became NaN or inf"
+
+    def where(self, student: Student) -> str:
+        """``RUN: the loss became NaN or inf at epoch E, step S`` (1-based), or ``RUN: the weights
+        became NaN or inf by epoch E, step S (the loss stayed finite)``."""
+        at = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        if self.weights:
+            return f"{student.run.path}: the weights became NaN or inf by {at} (the loss stayed finite)"
+        return f"{student.run.path}: the loss became NaN or inf at {at}"
+
+    def error(self, student: Student) -> NonFiniteLoss:
+        """What a single run stops with: nothing of the failing epoch was saved, so ``last.pt`` (if
+        any) is the last finite state. Changing --lr is not a resume (``check_resume`` refuses it):
+        the advice is to start again."""
+        last = student.run.last_checkpoint
+        advice = (
+            f"{last} keeps the last finite state: fix the data and --resume, or start again with a lower --lr "
+            "and --overwrite"
+            if last.is_file()
+            else "no checkpoint was saved: lower --lr or check the data, then --overwrite"
+        )
+        return NonFiniteLoss(self.where(student), advice)
+
+
+def first_non_finite(
+    students: list[Student], state: EpochState, world: World, epoch: int
+) -> dict[int, NotFinite]:
+    """``{index: NotFinite}`` of the students whose loss was NaN or inf in this epoch, on any rank
+    (a collective: every rank calls it at the same point), at the first such step."""
+    found = {}
+    for index in range(len(students)):
         step = state.first_bad(index, world)
         if step is not None:
-            last = student.run.last_checkpoint
-            kept = (
-                f"{last} keeps the last good state: lower --lr or check the data, then --resume"
-                if last.is_file()
-                else "no checkpoint was saved: lower --lr or check the data, then --overwrite"
-            )
-            raise UserError(
-                f"{student.run.path}: the loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; {kept}"
-            )
+            found[index] = NotFinite(epoch, step)
+    return found
+
+
+@torch.no_grad()
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite (one sync): what a
+    checkpoint must be before it is written, even when every loss was finite."""
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True

@@ -57,23 +57,28 @@ def lr_at(config: RunConfig, epoch: int) -> float:
     return rate
 
 
-def make_optimizer(model: nn.Module, config: RunConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: RunConfig, lr: float | None = None, parameters: list[Tensor] | None = None
+) -> torch.optim.Optimizer:
     """``optim.name``: SGD with (Nesterov) momentum, or AdamW (decoupled weight decay); for both,
     weight decay only on parameters with more than one dimension (not on biases and norm scales).
+    ``parameters``: the tensors to update, default ``model.parameters()`` (a stacked unit passes each
+    student's slice of them, ``kdlab.engine.stacked.StackedStudents``).
 
     Fused (one kernel updates every parameter, on CPU and CUDA alike), with the learning rate held
     in a 0-d tensor on the parameters' device: :func:`set_lr` writes that tensor in place, so a
     captured CUDA graph of the step reads the new rate without being captured again. AdamW's step
     count (its bias correction) is a device tensor too.
     """
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    tensors = list(model.parameters()) if parameters is None else parameters
+    decay = [p for p in tensors if p.ndim > 1]
+    no_decay = [p for p in tensors if p.ndim <= 1]
     optim = config.optim
     groups = [
         {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    device = next(model.parameters()).device
+    device = tensors[0].device
     rate = torch.tensor(optim.lr if lr is None else lr, device=device)
     if optim.name == "adamw":
         # capturable only lets torch's check allow CUDA-graph capture: the fused kernel is the same

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kdlab.analysis.plots import tau_label
-from kdlab.analysis.records import RunRecord
+from kdlab.analysis.records import RunRecord, split_diverged
 from kdlab.analysis.stats import (
     BOOTSTRAP_MIN_N,
     BOOTSTRAP_RESAMPLES,
@@ -374,7 +374,13 @@ class Experiment:
 
     @property
     def runs(self) -> Runs:
-        return Runs(self.students)
+        """The students that finished as asked: a diverged run has no result to compare."""
+        return Runs(split_diverged(self.students)[0])
+
+    @property
+    def diverged(self) -> list[RunRecord]:
+        """The students whose loss became NaN or inf: named in every claim they leave out."""
+        return split_diverged(self.students)[1]
 
     @property
     def main_teacher(self) -> str:
@@ -877,4 +883,9 @@ def judge(claim_id: str, experiment: Experiment | None, context: Context) -> Cla
     claim.check(result, experiment, context)
     if claim.regime is not None and experiment is not None:
         result.gates = claim.regime(experiment)
+    if experiment is not None and experiment.diverged:
+        named = "; ".join(f"{record.path.name} ({record.diverged_text()})" for record in experiment.diverged)
+        result.notes.append(
+            f"left out of every table and test: {len(experiment.diverged)} run(s) that diverged: {named}"
+        )
     return result

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
-from kdlab.analysis.records import RunRecord, find_runs, read_run
+from kdlab.analysis.records import RunRecord, find_runs, read_run, run_label, split_diverged
 from kdlab.analysis.stats import Stat
 from kdlab.config import LossParam, format_value, identity, loss_label, loss_params
 from kdlab.errors import UserError
@@ -340,7 +340,8 @@ def find_teacher(spec: str, records: list[RunRecord]) -> tuple[RunRecord | None,
             if record.config.out == str(folder) or record.path.resolve() == folder.resolve():
                 return record, ""
         if RunFolder(folder).is_finished() and RunFolder(folder).config_path.is_file():
-            return read_run(folder), ""
+            found = read_run(folder)
+            return (None, f"{spec} {found.diverged_text()}") if found.diverged else (found, "")
     return None, f"{spec} is not a finished run folder (no summary.json there)"
 
 
@@ -417,13 +418,14 @@ def write_report(
 ) -> dict[str, Any]:
     """Write report.md, results.csv, gates.json and plots for the runs under ``folder`` (into ``out``,
     default ``folder``): all made in memory, then written together through ``OutputFolder`` (nothing
-    is written unless every one of them may be)."""
+    is written unless every one of them may be). Runs that diverged are listed in a section of their
+    own and counted in no table, mean, plot or gate."""
     folder = Path(folder)
     out = Path(out) if out else folder
     outputs = OutputFolder(out, "report")
     outputs.check()  # the folder, before reading the runs: --out a file, read-only, a dangling link
-    records = find_runs(folder)
-    if not records:
+    records, diverged = split_diverged(find_runs(folder))  # a diverged run is named, never averaged
+    if not records and not diverged:
         raise UserError(f"{folder} holds no finished runs (no summary.json found): run a sweep into it first")
     groups = group_runs(records, folder)
     columns = varying_keys(groups)
@@ -437,7 +439,9 @@ def write_report(
         f"# kdlab report: {folder}\n",
         gates_section(checks, missing),
         "## Results\n",
-        f"{len(records)} finished runs in {len(groups)} groups (mean ± standard deviation over seeds; "
+        f"{len(records)} finished runs in {len(groups)} groups"
+        + (f" and {len(diverged)} diverged (below, in no mean)" if diverged else "")
+        + " (mean ± standard deviation over seeds; "
         "last = final-epoch test accuracy, at best val = at the epoch of best validation accuracy, best-on-test = "
         "best epoch chosen on the test set, shown for comparison with papers that report it). Logit distance: mean "
         "`||z_s - z_t||_2` on the clean training set.\n",
@@ -482,6 +486,11 @@ def write_report(
             "hides, e.g. KL at alpha = 1)\n",
             table + "\n",
         ]
+    if diverged:
+        sections += [
+            "## Diverged runs (not in any table, mean or plot)\n",
+            diverged_table(diverged, folder) + "\n",
+        ]
     for title, name in plots:
         sections.append(f"## {title}\n\n![{title}]({name})\n")
     files["report.md"] = "\n".join(sections).encode()  # last: a report.md is never ahead of its plots
@@ -490,8 +499,33 @@ def write_report(
         log(f"gates ({check.gates[0].scope}): " + "; ".join(gate.text() for gate in check.gates))
     for line in missing:
         log(line)
+    for record in diverged:
+        log(f"diverged: {record.path}: {record.diverged_text()}")
     log(f"report: wrote {out / 'report.md'}, {out / 'results.csv'} and {out / 'gates.json'}")
-    return {"runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates}
+    return {
+        "runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates,
+        "diverged": [str(record.path) for record in diverged],
+    }  # fmt: skip
+
+
+def diverged_table(records: list[RunRecord], root: Path) -> str:
+    """Markdown: one row per diverged run: its folder (relative to ``root``), model, loss, seed, and
+    where and why it stopped."""
+    lines = ["| run | model | loss | seed | what happened |", "|---|---|---|---|---|"]
+    for record in records:
+        try:
+            name = str(record.path.resolve().relative_to(root.resolve()))
+        except ValueError:
+            name = str(record.path)
+        cells = [
+            name,
+            record.config.model,
+            run_label(record.config),
+            str(record.config.seed),
+            record.diverged_text(),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _wrap(text: str, width: int = 70) -> str:

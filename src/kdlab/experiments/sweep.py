@@ -39,7 +39,7 @@ from kdlab.experiments.recipes import (
     plan_sweep,
     select_shard,
 )
-from kdlab.runs import OutputFolder, RunFolder, load_checkpoint
+from kdlab.runs import DIVERGED, OutputFolder, RunFolder, load_checkpoint
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
@@ -116,8 +116,8 @@ def train_group(configs: list[RunConfig], lockstep: bool = True) -> list[dict[st
     """Train ``configs`` (resuming); lockstep students at different epochs are resumed as subgroups."""
     from kdlab.engine import train, train_lockstep
 
-    if not lockstep:
-        return [train(config, resume=True) for config in configs]
+    if not lockstep:  # a student that diverges is recorded as such (its summary), like one of a group
+        return [train(config, resume=True, record_diverged=True) for config in configs]
     # An interruption between two students' checkpoints leaves them at different points.
     by_point: dict[tuple[int, int], list[int]] = {}
     for index, config in enumerate(configs):
@@ -132,11 +132,23 @@ def train_group(configs: list[RunConfig], lockstep: bool = True) -> list[dict[st
 
 
 def train_teacher(config: RunConfig) -> dict[str, Any]:
-    """Train one shared teacher under its lock: a second process waits, then finds it finished."""
+    """Train one shared teacher under its lock: a second process waits, then finds it finished.
+
+    A teacher whose loss becomes NaN or inf stops the sweep (its students cannot learn from it); the
+    advice names what a sweep has: its settings in the recipe, and its folder to delete.
+    """
     from kdlab.engine import train
+    from kdlab.engine.stop import NonFiniteLoss
 
     with RunFolder(config.out or "").lock(wait=True):
-        return train(config, resume=True)
+        try:
+            return train(config, resume=True)
+        except NonFiniteLoss as error:
+            name = Path(config.out or "").name
+            raise UserError(
+                f"teacher {error.where}; its students cannot learn from it; lower its rate in the recipe (e.g. "
+                f"--set teachers.{name}.optim.lr=...) and delete {config.out} to train it again"
+            ) from None
 
 
 def _init_worker(threads: int) -> None:
@@ -293,6 +305,12 @@ def run_plan(
         )
     if teachers_only:
         return summaries
+    diverged = [name for name, summary in summaries.items() if summary.get("status") == DIVERGED]
+    if diverged:
+        log(
+            f"sweep: {len(diverged)} student(s) diverged (recorded in their summary.json, not trained again; "
+            f"change their settings and delete their folders to retry): {', '.join(diverged)}"
+        )
     log(f"sweep: done in {time.perf_counter() - start:.0f}s: {plan.out}")
     return summaries
 
