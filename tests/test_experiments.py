@@ -171,7 +171,7 @@ def test_set_overrides_edit_the_recipe_document(tmp_path):
         ({"teachers": {"a": {"kd": {"teacher": "b", "loss": "kl"}}, "b": {"kd": {"teacher": "a", "loss": "kl"}}}},
          "teachers read each other in a cycle (a -> b -> a)"),
         ({"grid": {"kd.alpha": [1.5]}}, "alpha=1.5 is outside [0, 1]"),
-        ({"seeds": 0}, "seeds=0 must be a positive integer"),
+        ({"seeds": 0}, "seeds=0 must be a whole number in 1..100"),
     ],
 )  # fmt: skip
 def test_recipe_errors_name_the_key_and_the_fix(tmp_path, change, message):

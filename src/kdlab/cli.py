@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from kdlab.config import build_config
+from kdlab.distributed import MOST_PROCESSES
 from kdlab.errors import RunInterrupted, UserError
 
 app = typer.Typer(
@@ -210,7 +211,10 @@ def demo(
 
 # --- experiments: recipes, sweeps, chains, analysis, reports, the claim check ---------------------
 
-Jobs = Annotated[int, typer.Option("--jobs", help="parallel processes (torch threads: cores // jobs each)")]
+Jobs = Annotated[
+    int,
+    typer.Option("--jobs", max=MOST_PROCESSES, help="parallel processes (torch threads: cores // jobs each)"),
+]
 
 
 @app.command()

@@ -22,6 +22,18 @@ from kdlab.losses import loss_spec
 
 ENSEMBLE_REDUCTIONS = ("mean", "sum")
 
+# Stated limits of numeric settings (seeds: MAX_SEED): far beyond any run of the papers kdlab reproduces
+# (200-240 epochs, lr 0.05-0.2, tau <= 20, crops of 224), low enough that a typo or an attack ends in
+# one line before anything is allocated or written rather than in an overflow, a fork bomb or a NaN.
+MAX_EPOCHS = 100_000
+MAX_LR = 10.0
+MAX_TAU = 1e4
+MAX_WORKERS = 256
+MAX_IMAGE_SIZE = 4096
+MAX_CACHE_GB = 1e6
+MAX_LOSS_WEIGHT = 1e4  # DKD's and DIST's term weights (the methods use 0.5-8)
+MAX_ENSEMBLE = 64  # teachers in one ensemble
+
 
 @dataclass
 class DataConfig:
@@ -118,21 +130,25 @@ class DistillConfig:
         False, token="ls", label="LS", hint="logit standardization is on (true) or off (false)"
     )  # kl: z-score both logits per sample first (logit standardization)
     dkd_alpha: float = hyperparameter(
-        1.0, token="a", low=0.0, hide_default=True, hint="DKD's weight of TCKD (target class), e.g. 1"
-    )
+        1.0, token="a", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
+        hint="DKD's weight of TCKD (target class), e.g. 1",
+    )  # fmt: skip
     dkd_beta: float = hyperparameter(
-        8.0, token="b", low=0.0, hide_default=True, hint="DKD's weight of NCKD (non-target classes), e.g. 8"
-    )
+        8.0, token="b", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
+        hint="DKD's weight of NCKD (non-target classes), e.g. 8",
+    )  # fmt: skip
     dkd_warmup: int = hyperparameter(
-        20, token="w", low=0, hide_default=True,
+        20, token="w", low=0, high=MAX_EPOCHS, hide_default=True,
         hint="the epochs over which DKD's terms ramp up linearly; 0 = from the start",
     )  # fmt: skip
     dist_beta: float = hyperparameter(
-        2.0, token="b", low=0.0, hide_default=True, hint="DIST's weight of the inter-class relation, e.g. 2"
-    )
+        2.0, token="b", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
+        hint="DIST's weight of the inter-class relation, e.g. 2",
+    )  # fmt: skip
     dist_gamma: float = hyperparameter(
-        2.0, token="g", low=0.0, hide_default=True, hint="DIST's weight of the intra-class relation, e.g. 2"
-    )
+        2.0, token="g", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
+        hint="DIST's weight of the intra-class relation, e.g. 2",
+    )  # fmt: skip
     cache: bool = False  # look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache)
     cache_dir: str | None = None  # default $KDLAB_CACHE_DIR/teacher-logits
     cache_limit_gb: float = 8.0  # refuse to build a cache larger than this
@@ -417,6 +433,10 @@ class RunConfig:
         self.kd.teacher = None if not specs else specs[0] if len(specs) == 1 else specs
         if spec.needs_teacher and not specs:
             raise UserError(f"--loss {self.kd.loss} needs a teacher: pass --teacher RUN_OR_CHECKPOINT")
+        if len(specs) > MAX_ENSEMBLE:  # each member is loaded and run on every batch
+            raise UserError(
+                f"kd.teacher lists {len(specs)} teachers: an ensemble holds at most {MAX_ENSEMBLE} (the paper's has 3)"
+            )
         for name, value in [("optim.epochs", self.optim.epochs), ("optim.batch_size", self.optim.batch_size)]:
             if value < 1:
                 raise UserError(f"{name}={value} must be a positive integer")
@@ -460,6 +480,7 @@ class RunConfig:
         for name, seed in seeds.items():
             if not 0 <= seed <= MAX_SEED:
                 raise UserError(f"{name}={seed} is outside [0, {MAX_SEED}] (2^32 - 1): choose e.g. --seed 0")
+        data, kd = self.data, self.kd
         ranges = [  # (key, value, valid, what it must be); NaN fails every comparison, so it is refused too
             ("optim.weight_decay", optim.weight_decay, 0 <= optim.weight_decay < math.inf, ">= 0 and finite, e.g. 5e-4"),
             ("optim.momentum", optim.momentum, 0 <= optim.momentum < 1, "in [0, 1), e.g. 0.9"),
@@ -471,8 +492,26 @@ class RunConfig:
             ("optim.eps", optim.eps, 0 < optim.eps < math.inf, "positive and finite, e.g. 1e-8"),
             ("optim.warmup_epochs", optim.warmup_epochs, optim.warmup_epochs == 0 or 0 < optim.warmup_epochs < optim.epochs,
              f"a whole number of epochs in [0, {optim.epochs}) (fewer than optim.epochs: the run must reach optim.lr)"),
-            ("data.num_workers", self.data.num_workers, self.data.num_workers >= 0, ">= 0 (0 loads in the main process)"),
-            ("kd.cache_limit_gb", self.kd.cache_limit_gb, 0 < self.kd.cache_limit_gb < math.inf, "positive, e.g. 8"),
+            ("data.num_workers", data.num_workers, data.num_workers >= 0, ">= 0 (0 loads in the main process)"),
+            ("kd.cache_limit_gb", kd.cache_limit_gb, 0 < kd.cache_limit_gb < math.inf, "positive, e.g. 8"),
+            # The stated upper limits (MAX_* below): absurd values end here, in one line, rather than in
+            # an overflow, a fork bomb, a NaN or a run that never ends.
+            ("optim.epochs", optim.epochs, optim.epochs <= MAX_EPOCHS, f"at most {MAX_EPOCHS}, e.g. --epochs 200"),
+            ("optim.lr", optim.lr, optim.lr <= MAX_LR, f"at most {MAX_LR:g} (larger steps diverge), e.g. --lr 0.1"),
+            ("optim.weight_decay", optim.weight_decay, optim.weight_decay <= 1,
+             "at most 1 (it would shrink the weights faster than they learn), e.g. 5e-4"),
+            ("optim.gamma", optim.gamma, optim.gamma <= 1,
+             "at most 1 (the factor that lowers the learning rate at each milestone), e.g. 0.1"),
+            ("optim.eps", optim.eps, optim.eps <= 1, "at most 1 (it would drown the gradient), e.g. 1e-8"),
+            ("data.num_workers", data.num_workers, data.num_workers <= MAX_WORKERS,
+             f"at most {MAX_WORKERS} processes, e.g. 4"),
+            ("data.image_size", data.image_size, data.image_size is None or 1 <= data.image_size <= MAX_IMAGE_SIZE,
+             f"a crop size in [1, {MAX_IMAGE_SIZE}] pixels (or absent: the dataset's own), e.g. 224"),
+            ("kd.cache_limit_gb", kd.cache_limit_gb, kd.cache_limit_gb <= MAX_CACHE_GB,
+             f"at most {MAX_CACHE_GB:g} (a petabyte), e.g. 8"),
+            ("kd.tau", kd.tau, kd.tau == math.inf or kd.tau <= MAX_TAU,
+             f"at most {MAX_TAU:g}, or inf for logit matching (beyond it softmax(z / tau) of float32 logits is "
+             "uniform to rounding)"),
         ]  # fmt: skip
         for name, value, valid, accepted in ranges:
             if not valid:
@@ -481,9 +520,17 @@ class RunConfig:
             raise UserError(
                 "optim.nesterov=true needs optim.momentum > 0: set optim.momentum=0.9, or optim.nesterov=false"
             )
-        for name, value in (("data.subset", self.data.subset), ("data.test_subset", self.data.test_subset)):
+        for name, value in (("data.subset", data.subset), ("data.test_subset", data.test_subset)):
             if value is not None and value < 1:
                 raise UserError(f"{name}={value} must be a positive number of images (or absent: all)")
+        from kdlab.models import check_model_name
+
+        check_model_name(self.model)  # unknown, or absurd before any data is loaded (wrn-10000-1000)
+        spec = loss_spec(kd.loss)
+        if optim.batch_size < spec.min_batch:
+            raise UserError(
+                f"optim.batch_size={optim.batch_size} is too small: {spec.batch_need}; raise --batch-size"
+            )
         if self.out is not None and not self.out.strip():
             raise UserError("--out is empty: name a folder for the run")
 

@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 # Commands that train, and so may be launched as several processes.
 LAUNCHABLE_COMMANDS = ("train", "distill")
+# The most processes --nproc and --jobs start: one per GPU, or per CPU core on CPU (never a fork bomb).
+MOST_PROCESSES = max(8, os.cpu_count() or 1)
 
 
 def env_world_size() -> int:
@@ -114,9 +116,14 @@ def split_nproc(argv: list[str]) -> tuple[int, list[str]]:
         if arg == "--nproc" or arg.startswith("--nproc="):
             text = arg.partition("=")[2] if "=" in arg else (argv[index + 1] if index + 1 < len(argv) else "")
             index += 1 if "=" in arg else 2
-            if not text.isdigit() or int(text) < 1:
-                raise UserError(f"--nproc {text!r} is not a positive integer: e.g. --nproc 2")
+            if not text.isdigit() or len(text) > 9 or int(text) < 1:
+                raise UserError(f"--nproc {text[:40]!r} is not a positive integer: e.g. --nproc 2")
             nproc = int(text)
+            if nproc > MOST_PROCESSES:
+                raise UserError(
+                    f"--nproc {nproc} is more processes than this machine runs (at most {MOST_PROCESSES}: one per "
+                    "GPU, or per CPU core): e.g. --nproc 2"
+                )
         else:
             rest.append(arg)
             index += 1

@@ -196,7 +196,9 @@ class LossSpec:
     field's range, default, run-name token and hint are declared once, with the field
     (:mod:`kdlab.config`, ``DistillConfig`` or ``declare_hyperparameter``); ``excludes`` lists values of
     a field this loss cannot take although the field's range allows them (DKD's temperature: not 0,
-    not inf).
+    not inf). ``min_batch``: the fewest samples a training batch may hold for the loss to mean
+    anything (DIST's intra-class term is a correlation over the batch: 2); every batch of an epoch,
+    the last partial one included, is checked before a run starts (``kdlab.data.loader``).
     """
 
     name: str
@@ -205,6 +207,7 @@ class LossSpec:
     params: tuple[tuple[str, str], ...] = ()
     reads: frozenset[str] = frozenset({"teacher_logits"})
     excludes: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    min_batch: int = 1
 
     @property
     def needs_teacher(self) -> bool:
@@ -226,6 +229,11 @@ class LossSpec:
 
     def excluded(self, field: str) -> tuple[float, ...]:
         return next((values for name, values in self.excludes if name == field), ())
+
+    @property
+    def batch_need(self) -> str:
+        """Why a batch smaller than ``min_batch`` is refused, for error messages."""
+        return f"loss {self.name} needs at least {self.min_batch} samples per batch (it reads statistics over the batch)"
 
     def __call__(self, student_logits: Tensor, targets: Tensor, **given: Any) -> dict[str, Tensor]:
         """The terms; ``given`` holds the inputs this loss reads and every hyperparameter by keyword
@@ -259,6 +267,7 @@ def register_loss(
     params: Sequence[str] | Mapping[str, str] = (),
     reads: tuple[str, ...] = ("teacher_logits",),
     excludes: Mapping[str, Sequence[float]] | None = None,
+    min_batch: int = 1,
     replace: bool = False,
 ) -> Callable[[Callable[..., dict[str, Tensor]]], Callable[..., dict[str, Tensor]]]:
     """Register ``terms(student_logits, targets, *, <reads>, <params>) -> {term: tensor}`` as ``name``.
@@ -269,6 +278,8 @@ def register_loss(
     plugin's with ``kdlab.config.declare_hyperparameter``. ``reads`` names what it needs beyond the
     student's logits and the labels (see ``INPUTS``): none for a loss without a teacher.
     ``excludes``: values of a field that this loss cannot take (``{"tau": (0, math.inf)}``).
+    ``min_batch``: the fewest samples per training batch the loss needs (a statistic over the batch:
+    2 or more); a run whose batches, or whose last partial batch, would hold fewer is refused.
     A second registration of ``name`` is refused unless ``replace=True``.
     """
     unknown = [item for item in reads if item not in INPUTS]
@@ -281,9 +292,11 @@ def register_loss(
     stray = [field for field, _ in excluded if field not in {f for _, f in pairs}]
     if stray:
         raise ValueError(f"loss {name}: excludes names {stray[0]!r}, which is not one of its params")
+    if not isinstance(min_batch, int) or isinstance(min_batch, bool) or min_batch < 1:
+        raise ValueError(f"loss {name}: min_batch={min_batch!r} must be a whole number >= 1")
 
     def decorator(terms: Callable[..., dict[str, Tensor]]) -> Callable[..., dict[str, Tensor]]:
-        spec = LossSpec(name, terms, label, pairs, frozenset(reads), excluded)
+        spec = LossSpec(name, terms, label, pairs, frozenset(reads), excluded, min_batch)
         LOSSES.register(name, replace=replace)(spec)
         return terms
 
@@ -402,7 +415,7 @@ def _dkd_terms(
 
 @register_loss(
     "dist", label="DIST", params={"beta": "dist_beta", "gamma": "dist_gamma", "tau": "tau"},
-    excludes=LIMIT_TEMPERATURES,
+    excludes=LIMIT_TEMPERATURES, min_batch=2,  # the intra-class Pearson over a batch of 1 is constant
 )  # fmt: skip
 def _dist_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, beta: float, gamma: float, tau: float

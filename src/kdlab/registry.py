@@ -102,10 +102,17 @@ class Registry(Generic[T]):
         entry = self._exact.get(_key(name))
         if entry is not None:
             return entry[1], {}
-        for regex, _, factory, _ in self._patterns:
+        for regex, pattern, factory, _ in self._patterns:
             match = regex.match(name)
             if match:
-                return factory, {k: int(v) for k, v in match.groupdict().items()}
+                fields = match.groupdict()
+                long = next((field for field, digits in fields.items() if len(digits) > 30), None)
+                if long is not None:  # int() refuses 4,300 digits; no size needs more than 30
+                    raise UserError(
+                        f"{self.kind} '{name[:40]}...': its {long} has {len(fields[long])} digits: "
+                        f"give {pattern} fields of a sensible size"
+                    )
+                return factory, {k: int(v) for k, v in fields.items()}
         return None
 
     def resolve(self, name: str) -> tuple[Callable[..., T], dict[str, int]]:

@@ -153,6 +153,7 @@ def load_dataset(
     factory = DATASETS.get(name)
     root = Path(data_dir).expanduser() if data_dir is not None else None
     splits = factory(name=name.lower(), data_dir=root, download=download, image_size=image_size)
+    check_splits(splits, name)
     if image_size is not None and splits.image_size is None:
         raise UserError(
             f"image_size={image_size} does not apply to {name}, whose samples are {list(splits.input_shape)}: "
@@ -179,6 +180,48 @@ def load_dataset(
             )
         splits.train, splits.val = carve_validation(splits, val_split, subset_seed)
     return splits
+
+
+def check_splits(splits: DatasetSplits, name: str) -> None:
+    """A UserError unless what a dataset factory (kdlab's or a plugin's) returned is usable as its
+    contract says (:class:`DatasetSplits`): 2 to ``MAX_CLASSES`` classes; in-memory splits with int64
+    labels ``[N]`` in ``0..num_classes-1``, one per sample, and float inputs without NaN or inf. A label
+    outside the classes or a NaN input would otherwise train silently into nonsense, or fail mid-run."""
+    from kdlab.models.base import MAX_CLASSES
+
+    if not isinstance(splits, DatasetSplits):
+        raise UserError(
+            f"the factory of dataset '{name}' returned a {type(splits).__name__}, not a DatasetSplits: make it "
+            "return one"
+        )
+    classes = splits.num_classes
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 2 <= classes <= MAX_CLASSES:
+        raise UserError(
+            f"dataset {name} has num_classes={str(classes)[:40]}: kdlab trains classifiers of 2 to {MAX_CLASSES} "
+            "classes; merge or drop classes"
+        )
+    for split in ("train", "test", "val"):
+        data = getattr(splits, split)
+        if not isinstance(data, TensorData):
+            continue
+        where = f"the {split} split of {name}"
+        labels = data.labels
+        if labels.dtype != torch.int64 or labels.dim() != 1 or len(data.images) != len(labels):
+            raise UserError(
+                f"{where} holds {str(labels.dtype).removeprefix('torch.')} labels {list(labels.shape)} for "
+                f"{len(data.images)} samples: a dataset gives one int64 label per sample"
+            )
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < classes:
+            raise UserError(
+                f"{where} has labels {int(labels.min())}..{int(labels.max())}, but the dataset has {classes} "
+                f"classes: labels are 0..{classes - 1}"
+            )
+        images = data.images
+        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+            sample = int((~torch.isfinite(images)).reshape(len(images), -1).any(dim=1).int().argmax())
+            raise UserError(
+                f"{where} holds NaN or inf inputs (the first in sample {sample}): clean or drop those samples"
+            )
 
 
 def carve_validation(splits: DatasetSplits, n: int, seed: int) -> tuple[TensorData, TensorData]:

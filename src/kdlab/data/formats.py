@@ -129,6 +129,7 @@ class CifarFormat:
     meta_file: str
     label_key: bytes
     names_key: bytes
+    num_classes: int
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -143,6 +144,7 @@ CIFAR10_FORMAT = CifarFormat(
     meta_file="batches.meta",
     label_key=b"labels",
     names_key=b"label_names",
+    num_classes=10,
 )
 CIFAR100_FORMAT = CifarFormat(
     folder="cifar-100-python",
@@ -152,6 +154,7 @@ CIFAR100_FORMAT = CifarFormat(
     meta_file="meta",
     label_key=b"fine_labels",
     names_key=b"fine_label_names",
+    num_classes=100,
 )
 
 
@@ -194,19 +197,35 @@ def read_cifar(location: Path, fmt: CifarFormat) -> tuple[ArraySplits, list[str]
             batch = batches[name]
             try:
                 data = np.asarray(batch.get(b"data"))
-                label = np.asarray(batch.get(fmt.label_key, []), dtype=np.int64)
+                label = np.asarray(batch.get(fmt.label_key, []))  # no dtype: a float label is not cast
             except (ValueError, TypeError, OverflowError):
                 data, label = np.zeros((0,)), np.zeros((0,))
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(label) != len(data):
+            if (
+                data.dtype != np.uint8
+                or data.ndim != 2
+                or data.shape[1] != 3072
+                or label.ndim != 1
+                or len(label) != len(data)
+            ):
                 raise UserError(
                     f"{sources[name]} is not a CIFAR batch (data {data.dtype} {list(data.shape)}, "
-                    f"{len(label)} labels; expected uint8 [N, 3072] and N labels): {REFETCH}"
+                    f"labels {list(label.shape)}; expected uint8 [N, 3072] and N labels): {REFETCH}"
+                )
+            if label.size:  # an empty list reads as float64: no label to check
+                whole_labels(
+                    label, f"{sources[name]} ({fmt.label_key.decode()})", f"0..{fmt.num_classes - 1}"
                 )
             images.append(data.reshape(-1, 3, 32, 32))
-            labels.append(label)
+            labels.append(label.astype(np.int64))
         return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
     names = batches[fmt.meta_file].get(fmt.names_key, [])
+    names = names if isinstance(names, (list, tuple)) else []
+    if len(names) != fmt.num_classes:
+        raise UserError(
+            f"{sources[fmt.meta_file]} names {len(names)} classes ({fmt.names_key.decode()}), but {fmt.folder} "
+            f"has {fmt.num_classes}: {REFETCH}"
+        )
     class_names = [name.decode(errors="replace") if isinstance(name, bytes) else str(name) for name in names]
     return ArraySplits(*split(fmt.train_files), *split((fmt.test_file,))), class_names
 
@@ -293,6 +312,12 @@ def read_idx_folder(folder: Path) -> ArraySplits:
         (train_images, train_labels, paths[1]),
         (test_images, test_labels, paths[3]),
     ):
+        image_path = paths[0] if path is paths[1] else paths[2]
+        if images.shape[1:] != (28, 28):
+            raise UserError(
+                f"{image_path} holds images of {images.shape[1]}x{images.shape[2]} pixels, not (Fashion-)MNIST's "
+                f"28x28: {REFETCH}"
+            )
         if len(images) != len(labels):
             raise UserError(f"{path} holds {len(labels)} labels for {len(images)} images: {REFETCH}")
     return ArraySplits(
@@ -327,12 +352,20 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         or images.ndim != 4
         or images.shape[:3] != (32, 32, 3)
         or labels.size != images.shape[3]
+        or labels.ndim > 2
     ):
         raise UserError(f"{path} does not hold SVHN's X [32, 32, 3, N] and y [N, 1]: {REFETCH}")
-    labels = labels.reshape(-1).astype(np.int64)
+    # Pixels are bytes; floats (NaN among them) or wider integers would be cast silently into garbage.
+    if images.dtype != np.uint8:
+        raise UserError(f"{path} holds X of {images.dtype} values, but SVHN's pixels are uint8: {REFETCH}")
+    labels = labels.reshape(-1)
+    whole_labels(labels, f"y of {path}", "1..10 (10 is the digit 0)", REFETCH)  # stored as doubles
     if labels.size and (labels.min() < 1 or labels.max() > 10):
-        raise UserError(f"{path} has labels outside 1..10: {REFETCH}")
-    return np.ascontiguousarray(images.astype(np.uint8).transpose(3, 2, 0, 1)), labels % 10
+        sample = int(((labels < 1) | (labels > 10)).argmax())
+        raise UserError(
+            f"y of {path} holds the label {labels[sample]:g} (sample {sample}), outside SVHN's 1..10: {REFETCH}"
+        )
+    return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels.astype(np.int64) % 10
 
 
 # --- tensor files: a dataset of the user's own arrays (the `tensors` dataset) --------------------------
@@ -354,7 +387,7 @@ class TensorFile:
     classes: list[str] | None
 
 
-def _memory_bytes() -> int | None:
+def memory_bytes() -> int | None:
     """This machine's physical memory (None where the OS does not say)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -419,7 +452,7 @@ def _npz_headers(path: Path) -> None:
         raise UserError(
             f"{path} is not a readable .npz archive ({first_line(error, 100)}): save it again with np.savez"
         ) from None
-    memory = _memory_bytes()
+    memory = memory_bytes()
     if memory is not None and total > memory:
         raise UserError(
             f"{path} holds arrays of {total / 1e9:.3g} GB, more than this machine's memory "
@@ -515,23 +548,30 @@ def _standard_inputs(x: object, path: Path) -> np.ndarray:
     raise UserError(f"x of {path} holds {x.dtype} values: kdlab reads float, integer or bool arrays")
 
 
+def whole_labels(y: np.ndarray, what: str, valid: str = "0..K-1", fix: str = "") -> None:
+    """A UserError unless ``y`` holds integers, or floats that are whole numbers (MATLAB stores labels
+    as doubles): a label of 1.5, NaN or a string is a damaged file, never rounded. ``what`` names the
+    array in the message, ``valid`` the labels it should hold, ``fix`` what to do (appended)."""
+    kind, then = y.dtype.kind, f"; {fix}" if fix else ""
+    if kind == "f":
+        finite = np.isfinite(y)
+        whole = finite & (np.floor(y, where=finite, out=np.zeros_like(y)) == y)
+        if not whole.all():
+            sample = int((~whole).reshape(-1).argmax())
+            raise UserError(
+                f"{what} holds {float(y.reshape(-1)[sample])!r} (sample {sample}), not a class number: labels "
+                f"are integers {valid}{then}"
+            )
+    elif kind not in "iub":
+        raise UserError(f"{what} holds {y.dtype} values, not integer class labels {valid}{then}")
+
+
 def _standard_labels(y: object, path: Path) -> np.ndarray:
     """``y`` as int64 ``[N]`` labels >= 0 (integers, or floats that are whole numbers)."""
     if not isinstance(y, np.ndarray) or y.ndim != 1:
         shape = list(y.shape) if isinstance(y, np.ndarray) else type(y).__name__
         raise UserError(f"y of {path} is {shape}, not [N]: y holds one integer class label per sample")
-    kind = y.dtype.kind
-    if kind == "f":
-        finite = np.isfinite(y)
-        whole = finite & (np.floor(y, where=finite, out=np.zeros_like(y)) == y)
-        if not whole.all():
-            sample = int((~whole).argmax())
-            raise UserError(
-                f"y of {path} holds {float(y[sample])!r} (sample {sample}), not a class number: labels are "
-                "integers 0..K-1"
-            )
-    elif kind not in "iub":
-        raise UserError(f"y of {path} holds {y.dtype} values, not integer class labels 0..K-1")
+    whole_labels(y, f"y of {path}")
     if y.size and y.min() < 0:
         sample = int(y.argmin())
         raise UserError(

@@ -80,6 +80,47 @@ def _num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
     return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
 
 
+def check_train_batches(
+    num_samples: int, batch_size: int, world_size: int, needs: list[tuple[int, str]] = ()
+) -> None:
+    """A UserError unless every training batch of every rank is possible and holds at least the
+    minimum each of ``needs`` asks, ``(minimum, 'who needs it and why')``: the full batches and the
+    last partial one, of ``shard % batch_size`` samples where ``shard = floor(num_samples / W)``
+    (``_epoch_plan``). The message suggests the nearest batch size that fits (kdlab keeps every
+    sample of an epoch rather than dropping a short last batch, so the fix is the user's choice)."""
+    if num_samples < batch_size * world_size:
+        raise UserError(
+            f"batch size {batch_size} x {world_size} process(es) is larger than the {num_samples} training "
+            "images: lower --batch-size or enlarge --subset"
+        )
+    shard = _shard_size(num_samples, True, 0, world_size)
+    minimum = max((need for need, _ in needs), default=1)
+    if minimum <= 1:
+        return
+    reason = next(why for need, why in needs if need == minimum)
+
+    def suggestion() -> int:
+        """The nearest batch size whose batches all hold ``minimum`` or more (the larger one at equal
+        distance); ``shard`` itself always does."""
+        for distance in range(shard):
+            for size in (batch_size + distance, batch_size - distance):
+                if minimum <= size <= shard and (shard % size == 0 or shard % size >= minimum):
+                    return size
+        return shard
+
+    per = " per process" if world_size > 1 else ""
+    if batch_size < minimum:
+        raise UserError(
+            f"batch size {batch_size} is too small: {reason}; choose e.g. --batch-size {suggestion()}"
+        )
+    last = shard % batch_size
+    if 0 < last < minimum:
+        raise UserError(
+            f"the last training batch of each epoch would hold {last} of the {shard} training samples{per} at "
+            f"batch size {batch_size}: {reason}; choose e.g. --batch-size {suggestion()}"
+        )
+
+
 class TensorLoader:
     """Batches of a :class:`TensorData` split that lives on the device; augmentation runs there too."""
 

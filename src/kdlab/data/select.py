@@ -142,13 +142,35 @@ def select_indices(
                 chosen = classes[_band(torch.arange(len(classes)), rule, means, generator)]
             kept = kept[torch.isin(labels[kept], chosen)]
         else:
-            groups = (
-                [kept[labels[kept] == c] for c in torch.unique(labels[kept])] if rule.per_class else [kept]
-            )
-            kept = torch.cat([_band(group, rule, scores, generator) for group in groups])
+            classes = torch.unique(labels[kept])
+            groups = [kept[labels[kept] == c] for c in classes] if rule.per_class else [kept]
+            bands = [_band(group, rule, scores, generator) for group in groups]
+            if rule.per_class:
+                _check_no_class_emptied(rule, classes, groups, bands)
+            kept = torch.cat(bands)
     if len(kept) == 0:
         raise UserError("data.select keeps no training sample: widen the band or enlarge the data")
     return torch.sort(kept).values
+
+
+def _check_no_class_emptied(rule: Rule, classes: Tensor, groups: list[Tensor], bands: list[Tensor]) -> None:
+    """A per-class samples band keeps ``floor(n * upper) - floor(n * lower)`` of a class's ``n``
+    samples: none for a small class and a narrow band. Such a class would vanish from the training
+    set although the rule asked for a share of every class, so it is refused (an ``:overall`` band
+    ranks all samples together and may empty classes: that is what it asks; selection.json's
+    ``classes_kept`` records what remains)."""
+    emptied = [
+        (int(c), len(group)) for c, group, band in zip(classes, groups, bands, strict=True) if not len(band)
+    ]
+    if not emptied:
+        return
+    listed = ", ".join(f"{c} ({n} samples)" for c, n in emptied[:8]) + (", ..." if len(emptied) > 8 else "")
+    band = f"{rule.lower:g}-{rule.upper:g}"
+    raise UserError(
+        f"data.select band {band} of samples keeps no sample of {len(emptied)} class(es): {listed}; widen the "
+        f"band to at least 1/{min(n for _, n in emptied)} of a class, or rank all samples together with "
+        f"samples:{rule.by}:{band}:overall"
+    )
 
 
 @torch.no_grad()

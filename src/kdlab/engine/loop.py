@@ -32,6 +32,7 @@ from kdlab import distributed
 from kdlab.cache import TeacherLogitCache, open_logit_cache
 from kdlab.config import RunConfig, loss_settings
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
+from kdlab.data.loader import check_train_batches
 from kdlab.data.select import select_training_set
 from kdlab.device import World, autocast_context, current_world, resolve_device
 from kdlab.engine.stacked import StackedStudents, stack_models, stacks
@@ -59,7 +60,7 @@ from kdlab.engine.student import (
 )
 from kdlab.errors import UserError
 from kdlab.losses import loss_spec, needs_teacher
-from kdlab.models import count_parameters, create_model
+from kdlab.models import batch_needs, count_parameters, create_model
 from kdlab.models.features import check_features, set_feature_layer
 from kdlab.plugins import import_plugins, plugin_hashes
 from kdlab.runs import (
@@ -152,11 +153,10 @@ class Trainer:
         # A teacher-chosen fraction of the training set (data.select), before any loader is built.
         teacher_fn = self.live_teacher_logits if self.teacher is not None else None
         self.selection = select_training_set(lead.data, self.splits, teacher_fn, self.device)
-        if len(self.splits.train) < lead.optim.batch_size * self.world.size:
-            raise UserError(
-                f"batch size {lead.optim.batch_size} x {self.world.size} process(es) is larger than the "
-                f"{len(self.splits.train)} training images: lower --batch-size or enlarge --subset"
-            )
+        check_train_batches(  # every batch, the epoch's last one too, as large as the losses need
+            len(self.splits.train), lead.optim.batch_size, self.world.size,
+            [(loss_spec(c.kd.loss).min_batch, loss_spec(c.kd.loss).batch_need) for c in configs],
+        )  # fmt: skip
         loader_args = {
             "device": self.device,
             "num_workers": lead.data.num_workers,
@@ -237,6 +237,9 @@ class Trainer:
         )
         model = model.to(self.device)
         check_model_takes(model, self.sample_inputs, config, splits.num_classes)
+        check_train_batches(
+            len(splits.train), config.optim.batch_size, self.world.size, batch_needs(model, config.model)
+        )
         set_feature_layer(model, config.features)
         if config.features is not None or "student_features" in loss_spec(config.kd.loss).reads:
             check_features(model, self.sample_inputs, f"--model {config.model}")

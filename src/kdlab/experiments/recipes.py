@@ -35,6 +35,7 @@ Shipped recipes are named ``EXPERIMENT-SCALE``: ``small`` (Fashion-MNIST, sized 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -59,7 +60,7 @@ from kdlab.config import (  # noqa: F401 - flatten, identity and RUNTIME_KEYS ar
     teacher_specs,
     unflatten,
 )
-from kdlab.errors import UserError, did_you_mean
+from kdlab.errors import UserError, did_you_mean, shown
 from kdlab.losses import loss_spec
 from kdlab.teacher import FOREIGN_PREFIX, with_teacher_data
 
@@ -222,8 +223,8 @@ def parse_recipe(document: dict[str, Any], name: str = "recipe") -> Recipe:
     if not isinstance(runs, list):
         raise UserError(f"{name}: 'runs' must be a list of config entries, e.g. runs: [{{kd.loss: mse}}]")
     seeds = document.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise UserError(f"{name}: seeds={seeds!r} must be a positive integer")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"{name}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS}")
     return Recipe(
         name=name,
         description=str(document.get("description", "")).strip(),
@@ -332,6 +333,9 @@ def _build(
 
 
 MAX_SEEDS = 100  # planning a million seeds would take minutes before training anything
+# The most runs one sweep may plan ((grid points + runs entries) x seeds + teachers): grid-paper with
+# 100 seeds is 5,101. Counted before the grid is expanded, so a grid of 10^6 points costs nothing.
+MAX_PLANNED_RUNS = 10_000
 
 
 def plan_sweep(
@@ -346,6 +350,15 @@ def plan_sweep(
         raise UserError(
             f"--seeds {count} is outside 1..{MAX_SEEDS}: each seed repeats every run of the recipe; "
             "the paper uses a handful"
+        )
+    points = math.prod(len(values) for values in recipe.grid.values()) if recipe.grid else 0
+    planned = (points + len(recipe.runs) or 1) * count + len(recipe.teachers)
+    if planned > MAX_PLANNED_RUNS:
+        axes = " x ".join(f"{len(values)} {key}" for key, values in recipe.grid.items()) or "no grid"
+        raise UserError(
+            f"recipe {recipe.name} plans {planned} runs (grid {axes}, {len(recipe.runs)} runs entries, {count} "
+            f"seed(s), {len(recipe.teachers)} teacher(s)), more than kdlab's limit of {MAX_PLANNED_RUNS}: shorten "
+            "the grid's lists or split the recipe"
         )
     teachers = _plan_teachers(recipe, teachers_dir)
     entries = _grid_points(recipe.grid) + recipe.runs or [{}]

@@ -35,6 +35,7 @@ from typing import Any
 
 from kdlab.config import RunConfig, load_yaml, merge
 from kdlab.errors import UserError, did_you_mean, shown
+from kdlab.experiments.recipes import MAX_SEEDS
 
 SETTING_KEYS = (
     "description", "imports", "data", "seeds", "students", "student", "teachers", "label_noise", "alphas",
@@ -183,8 +184,10 @@ def load_setting(path: str | Path) -> Setting:
         if key in student:
             raise UserError(f"{where}: student sets {key}, which the setting decides: drop it")
     seeds = document.get("seeds", 3)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise UserError(f"{where}: seeds={shown(seeds)} must be a positive integer (3 or more for a verdict)")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(
+            f"{where}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS} (3 or more for a verdict)"
+        )
     alphas = document.get("alphas", DEFAULT_ALPHAS)
     if not isinstance(alphas, list) or len(alphas) < 2:
         raise UserError(f"{where}: alphas must list two or more values in [0, 1], e.g. alphas: [0.1, 1.0]")

@@ -6,6 +6,7 @@ Kept apart from ``__init__`` so the model files can import it without an import 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -13,7 +14,30 @@ from torch import nn
 from kdlab.errors import UserError
 from kdlab.registry import Registry
 
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
 MODELS: Registry[nn.Module] = Registry("model")
+
+# Stated limits on what a model name, a checkpoint or a dataset may ask create_model to build; checked
+# before anything is allocated. 2^31 parameters is 8 GiB of float32 weights, 17x the largest model
+# kdlab ships (wide_resnet101_2, 127M); 100,000 classes is 4.6x ImageNet-21k's.
+MAX_PARAMETERS = 2**31
+MAX_CLASSES = 100_000
+MAX_SAMPLE_VALUES = 2**28  # values of one input sample (C x H x W): a 3 x 4096 x 4096 image is 2^25.6
+
+
+def parameter_count(count: Callable[..., int | None]) -> Callable[[F], F]:
+    """Declare a registered factory's parameter count as a closed form of its name's fields and data
+    keywords (``count(**fields, num_classes=..., in_channels=..., ...)``; None when the fields are
+    invalid, which the factory then reports). :func:`kdlab.models.create_model` evaluates it before
+    calling the factory, so ``wrn-10000-1000`` is refused without allocating; ``tests/test_bounds.py``
+    checks each form against the built model's ``count_parameters``."""
+
+    def decorator(factory: F) -> F:
+        factory.parameter_count = count  # type: ignore[attr-defined]
+        return factory
+
+    return decorator
 
 
 class Classifier(nn.Module):

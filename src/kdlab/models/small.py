@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kdlab.errors import UserError
-from kdlab.models.base import MODELS, Classifier, he_init, require_positive
+from kdlab.models.base import MODELS, Classifier, he_init, parameter_count, require_positive
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -76,13 +76,27 @@ class MLP(Classifier):
         return self.features(x)
 
 
+def convnet_parameters(width: int, num_classes: int, in_channels: int = 1, **_: object) -> int:
+    """Convs ``9 C w + 9 (w)(2w) + 9 (2w)(4w)``, BatchNorms ``2 (w + 2w + 4w)``, linear ``4w K + K``."""
+    return 9 * in_channels * width + 90 * width**2 + 14 * width + 4 * width * num_classes + num_classes
+
+
+def mlp_parameters(
+    hidden: int, num_classes: int, in_channels: int = 1, image_size: int = 28, **_: object
+) -> int:
+    """Linear layers ``C S^2 -> h -> h -> K``, each with a bias."""
+    return (in_channels * image_size**2 + 1) * hidden + (hidden + 1) * hidden + (hidden + 1) * num_classes
+
+
 @MODELS.register(
     "convnet-{width}", examples=["convnet-4", "convnet-8", "convnet-16", "convnet-32", "convnet-64"]
 )
+@parameter_count(convnet_parameters)
 def convnet(width: int, num_classes: int, in_channels: int = 1) -> ConvNet:
     return ConvNet(width, num_classes, in_channels)
 
 
 @MODELS.register("mlp-{hidden}", examples=["mlp-64", "mlp-256"])
+@parameter_count(mlp_parameters)
 def mlp(hidden: int, num_classes: int, in_channels: int = 1, image_size: int = 28) -> MLP:
     return MLP(hidden, num_classes, in_channels, image_size)

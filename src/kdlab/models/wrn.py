@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.errors import UserError
-from kdlab.models.base import MODELS, Classifier, he_init, require_positive, stack_groups
+from kdlab.models.base import MODELS, Classifier, he_init, parameter_count, require_positive, stack_groups
 
 
 class PreActBlock(nn.Module):
@@ -65,9 +65,31 @@ class WideResNet(Classifier):
         return torch.flatten(self.pool(out), 1)
 
 
+def wrn_parameters(depth: int, width: int, num_classes: int, in_channels: int = 3, **_: object) -> int | None:
+    """Stem ``9 C 16``; per block from ``i`` to ``o`` channels two BatchNorms ``2 i + 2 o``, two convs
+    ``9 i o + 9 o^2`` and, when ``i != o``, the 1x1 shortcut ``i o``; final BatchNorm ``2 (64w)``,
+    linear ``64w K + K``. None for a depth or width the factory refuses."""
+    if depth < 10 or (depth - 4) % 6 or width < 1:
+        return None
+    blocks = (depth - 4) // 6
+    channels = [16, 16 * width, 32 * width, 64 * width]
+    total = 9 * in_channels * 16
+    for inner, outer in zip(channels[:3], channels[1:], strict=True):
+        first = (
+            2 * inner
+            + 2 * outer
+            + 9 * inner * outer
+            + 9 * outer**2
+            + (inner * outer if inner != outer else 0)
+        )
+        total += first + (blocks - 1) * (4 * outer + 18 * outer**2)
+    return total + 2 * channels[3] + (channels[3] + 1) * num_classes
+
+
 @MODELS.register(
     "wrn-{depth}-{width}",
     examples=["wrn-16-2", "wrn-16-4", "wrn-16-6", "wrn-28-2", "wrn-28-4", "wrn-40-2", "wrn-40-4", "wrn-10-1"],
 )
+@parameter_count(wrn_parameters)
 def wrn(depth: int, width: int, num_classes: int, in_channels: int = 3) -> WideResNet:
     return WideResNet(depth, width, num_classes, in_channels)
