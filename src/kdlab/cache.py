@@ -20,7 +20,9 @@ derived from everything the logits depend on: the teacher's weights and architec
 images' bytes (so dataset, subset and data folder), normalisation, ``pad``/``flip``, precision,
 memory format, compilation, device type and torch version. The build prints the size first and
 refuses above ``kd.cache_limit_gb``; it writes to a temporary file renamed into place, so an
-interrupted build leaves nothing behind.
+interrupted build leaves nothing behind. Beside it, ``NAME.json`` records what it was built from (the
+key above) and the sha256 of its bytes; every open checks both (:func:`check_cache_record`), so a
+file of the right shape but other content is refused, never read.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from kdlab.data import AugParams, apply_augmentation, cache_dir
 from kdlab.data.loader import TensorLoader
 from kdlab.device import uses_bf16
 from kdlab.errors import UserError
-from kdlab.runs import atomic_write_json
+from kdlab.identity import hash_tensors, short
+from kdlab.runs import atomic_write_json, file_sha256
 
 CACHE_FORMAT = "kdlab-teacher-logits-v1"
 STORAGE_DTYPE = np.float16
@@ -100,18 +103,11 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
-def _sha256_tensors(digest: Any, tensors: dict[str, Tensor]) -> None:
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
 def module_fingerprint(module: nn.Module) -> str:
     """sha256 of a module's architecture (its repr) and every tensor of its state_dict."""
     module = getattr(module, "_orig_mod", module)  # a torch.compile wrapper: hash what it wraps
     digest = hashlib.sha256(repr(module).encode())
-    _sha256_tensors(digest, module.state_dict())
+    hash_tensors(digest, module.state_dict())
     return digest.hexdigest()
 
 
@@ -120,6 +116,7 @@ class TeacherLogitCache:
 
     def __init__(self, table: Tensor, grid: ViewGrid, path: Path, device: torch.device) -> None:
         self.table, self.grid, self.path, self.device = table, grid, path, device
+        self.identity: dict[str, Any] | None = None  # file, key, sha256: recorded by the runs that read it
         self.flat = table.reshape(-1, table.shape[-1])  # row i * V + v
 
     def lookup(self, indices: Tensor, aug: AugParams | None) -> Tensor:
@@ -259,8 +256,10 @@ def open_logit_cache(
         if loader.mean is not None
         else f"{len(images)} samples (no views: not images) x {num_classes} classes x 2 B = {_megabytes(size)}"
     )
+    record_path = path.with_suffix(".json")
     if path.is_file():
         print(f"teacher-logit cache: reusing {path} ({describe})")
+        digest = check_cache_record(path, record_path, key)
     else:
         print(f"teacher-logit cache: {describe} -> {path}")
         if size > limit_gb * 1e9:
@@ -279,12 +278,14 @@ def open_logit_cache(
         if device.type != "cpu":
             batch_size = max(batch_size, GPU_BUILD_BATCH)
         _build(path, images, grid, num_classes, teacher_fn, loader, batch_size, config.progress)
+        digest = file_sha256(path)  # of the bytes as built: checked at every later open
         atomic_write_json(
-            path.with_suffix(".json"),
+            record_path,
             {
                 **key,
                 "shape": [len(images), grid.num_views, num_classes],
                 "build_time_s": time.perf_counter() - start,
+                "sha256": digest,
             },
         )
     array = np.load(path, mmap_mode="c", allow_pickle=False)  # copy-on-write: the file is never modified
@@ -296,4 +297,35 @@ def open_logit_cache(
     table = torch.from_numpy(array)
     if device.type != "cpu":  # a GPU gathers from its own memory; the CPU reads the map directly
         table = table.to(device)
-    return TeacherLogitCache(table, grid, path, device)
+    cache = TeacherLogitCache(table, grid, path, device)
+    cache.identity = {"file": str(path.resolve()), "key": name, "sha256": digest}
+    return cache
+
+
+def check_cache_record(path: Path, record_path: Path, key: dict[str, Any]) -> str:
+    """The sha256 of the cache file ``path``, checked against its build record ``record_path`` (the
+    ``.json`` beside it): built from ``key`` (what the logits depend on) and unchanged since. A
+    UserError naming the file and the fix (delete it: the next run builds it again) otherwise."""
+    try:
+        record = json.loads(record_path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise UserError(
+            f"{path} has no checksum in {record_path.name} (missing, damaged, or written by a kdlab before cache "
+            "checksums), so kdlab cannot tell that it holds this teacher's logits: delete it (the next run "
+            "builds it again)"
+        )
+    changed = next((field for field, value in key.items() if record.get(field) != value), None)
+    if changed is not None:
+        raise UserError(
+            f"{path} was built from other inputs than its name says ({changed} {record.get(changed)!r:.40} in "
+            f"{record_path.name}, {key[changed]!r:.40} now): delete it (the next run builds it again)"
+        )
+    digest = file_sha256(path)
+    if digest != record["sha256"]:
+        raise UserError(
+            f"{path} changed after it was built (sha256 {short(record['sha256'])} at its build, {short(digest)} "
+            "now): delete it (the next run builds it again)"
+        )
+    return digest

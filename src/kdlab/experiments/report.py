@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
-from kdlab.analysis.records import RunRecord, find_runs, read_run
+from kdlab.analysis.records import RunRecord, find_runs, read_run, run_identity, without_copies
 from kdlab.analysis.stats import Stat
 from kdlab.config import LossParam, format_value, identity, loss_label, loss_params
 from kdlab.experiments.regime import CE_LOSS, GATES_TEXT, Gate, check_gates, gates_table, scope_text
@@ -414,7 +414,7 @@ def write_report(
     """Write report.md, results.csv and plots for the runs under ``folder`` (into ``out``, default ``folder``)."""
     folder = Path(folder)
     out = Path(out) if out else folder
-    records = find_runs(folder)
+    records, copies = without_copies(find_runs(folder))  # a backup of a run is not a second seed
     if not records:
         from kdlab.errors import UserError
 
@@ -429,12 +429,15 @@ def write_report(
         f"# kdlab report: {folder}\n",
         gates_section(checks, missing),
         "## Results\n",
-        f"{len(records)} finished runs in {len(groups)} groups (mean ± standard deviation over seeds; "
+        f"{len(records)} finished runs{f' ({len(copies)} copies of them not counted: see below)' if copies else ''} "
+        f"in {len(groups)} groups (mean ± standard deviation over seeds; "
         "last = final-epoch test accuracy, at best val = at the epoch of best validation accuracy, best-on-test = "
         "best epoch chosen on the test set, shown for comparison with papers that report it). Logit distance: mean "
         "`||z_s - z_t||_2` on the clean training set.\n",
         results_table(groups, columns) + "\n",
     ]
+    if copies:
+        sections.append(copies_section(copies, folder))
     plots = []
     by_context = contexts(groups)
     found = [(members, grid) for members in by_context.values() for grid in grids(members)]
@@ -484,8 +487,33 @@ def write_report(
         log(f"gates ({check.gates[0].scope}): " + "; ".join(gate.text() for gate in check.gates))
     for line in missing:
         log(line)
+    for copy, original in copies:
+        log(f"report: {copy.path} is a copy of {original.path} (one run): counted once")
     log(f"report: wrote {out / 'report.md'}, {out / 'results.csv'} and {out / 'gates.json'}")
-    return {"runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates}
+    return {
+        "runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates,
+        "copies": [str(copy.path) for copy, _ in copies],
+    }  # fmt: skip
+
+
+def copies_section(copies: list[tuple[RunRecord, RunRecord]], root: Path) -> str:
+    """Markdown: the folders left out as copies of another run (same run id and settings)."""
+    lines = [
+        "## Copies, counted once\n",
+        f"{len(copies)} folder(s) hold a run already counted (the same run id and settings, e.g. a backup made "
+        "with `cp -r`); each run counts once, as one seed:\n",
+    ]
+    for copy, original in copies:
+        lines.append(f"- `{_relative(copy.path, root)}` is a copy of `{_relative(original.path, root)}` "
+                     f"(run {run_identity(original)[:12]})")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _wrap(text: str, width: int = 70) -> str:
