@@ -70,6 +70,7 @@ def test_two_process_ddp_through_the_cli_matches_one_process_up_to_batchnorm_sta
         "checkpoints/best.pt",
         "checkpoints/last.pt",
         "config.yaml",
+        "inputs.json",
         "kdlab-run.json",
         "metrics.jsonl",
         "summary.json",
