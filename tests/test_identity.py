@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import kdlab.data.select
 from kdlab.cli import main
@@ -234,6 +235,21 @@ def test_resume_refuses_a_plugin_changed_since_the_run_started(tmp_path, capsys,
         "restore it, or start this run again (--overwrite; in a sweep or chain, delete its folder)"
     )
     assert snapshot(out) == before
+
+
+def test_a_run_of_a_kdlab_before_records_resumes_on_its_settings_alone(pair, teachers, capsys):
+    """Nothing recorded, nothing compared but the settings (teachers by folder name): old runs resume."""
+    teacher, student = pair
+    checkpoint = torch.load(last_pt(student), weights_only=True)
+    del checkpoint["inputs"]
+    torch.save(checkpoint, last_pt(student))
+    (student / "inputs.json").unlink()
+    retrain_in_place(teacher, teachers["b"])  # cannot be told apart without a record
+    run(capsys, "distill", "--teacher", teacher, *STUDENT, "--epochs", "2", "--out", student, "--resume")
+    record = json.loads((student / "inputs.json").read_text())  # recorded from now on
+    assert summary(student)["epochs"] == 2 and record["teachers"][0]["sha256"] == file_sha256(
+        last_pt(teachers["b"])
+    )
 
 
 # --- the selection -------------------------------------------------------------------------------
