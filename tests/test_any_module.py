@@ -331,8 +331,12 @@ def test_tensor_images_are_normalised_by_their_own_statistics_in_npz_and_pt(root
 def test_subsets_validation_noise_selection_and_the_cache_work_on_tensors(
     runs: dict[str, Path], blob_dir: Path, tmp_path
 ):
+    # The teacher holds out the student's 30 validation samples too: one that trained on them is refused
+    # (kdlab.identity.check_teacher_data).
+    teacher = tmp_path / "teacher"
+    run_cli("train", *tensors_args(blob_dir, "test-mlp-teacher", teacher), "--subset", 300, "--val-split", 30)
     out = tmp_path / "kl-everything"
-    run_cli("distill", "--teacher", runs["teacher"], "--loss", "kl",
+    run_cli("distill", "--teacher", teacher, "--loss", "kl",
             *tensors_args(blob_dir, "test-mlp-student", out, epochs=2), "--subset", 300, "--val-split", 30,
             "--label-noise", "symmetric:0.2", "--set", "data.select=samples:random:0-0.8:overall",
             "--set", "kd.cache=true", "--set", f"kd.cache_dir={tmp_path / 'cache'}")  # fmt: skip
@@ -525,7 +529,14 @@ HOSTILE: list[tuple[str, Callable[[Path], None], list[object], str]] = [
     ("change", "extra", "message"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE]
 )
 def test_hostile_tensor_files_are_one_line_exit_2_and_write_nothing(
-    root: Path, runs: dict[str, Path], capsys, request, change, extra: list[object], message: str
+    root: Path,
+    runs: dict[str, Path],
+    blob_dir: Path,
+    capsys,
+    request,
+    change,
+    extra: list[object],
+    message: str,
 ) -> None:
     case = request.node.callspec.id
     data_dir = hostile(root / "hostile" / case, change)
@@ -537,6 +548,9 @@ def test_hostile_tensor_files_are_one_line_exit_2_and_write_nothing(
     if "--teacher-run" in extra:
         extra = [item for item in extra if item != "--teacher-run"]
         command = ["distill", "--teacher", runs["teacher"], "--loss", "kl"]
+        data_dir = (
+            blob_dir  # the teacher's own data: a teacher of other files is refused first (kdlab.identity)
+        )
     out = root / "hostile-out" / case
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("the user's own notes\n")

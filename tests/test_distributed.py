@@ -70,6 +70,7 @@ def test_two_process_ddp_through_the_cli_matches_one_process_up_to_batchnorm_sta
         "checkpoints/best.pt",
         "checkpoints/last.pt",
         "config.yaml",
+        "inputs.json",
         "kdlab-run.json",
         "metrics.jsonl",
         "summary.json",
@@ -155,7 +156,9 @@ def test_two_process_ddp_without_batchnorm_matches_one_process_to_rounding_and_o
     )
     assert not (tmp_path / "rank1.log").exists()
     written = {Path(line).name for line in (tmp_path / "rank0.log").read_text().splitlines()}
-    assert written == {"kdlab-run.json", "config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt"}
+    assert written == {
+        "kdlab-run.json", "config.yaml", "inputs.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"
+    }  # fmt: skip
 
     single = one_process_run("mlp-64", tmp_path / "single")
     ours, theirs = last_row(ddp), last_row(single)

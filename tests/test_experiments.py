@@ -480,12 +480,9 @@ def test_report_groups_seeds_and_draws_the_grid(tmp_path):
     (tmp_path / "unfinished" / "config.yaml").write_text("model: convnet-4\n")
     result = write_report(tmp_path, log=log_nothing)
     assert result == {
-        "runs": 12,
-        "groups": 6,
-        "plots": ["heatmap.png", "tau_curves.png"],
-        "gates": [],
-        "diverged": [],
-    }
+        "runs": 12, "groups": 6, "plots": ["heatmap.png", "tau_curves.png"], "gates": [], "diverged": [],
+        "copies": [],
+    }  # fmt: skip
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     by_label = {(row["kd.loss"], row["kd.alpha"], row["kd.tau"]): row for row in rows}
     kl = by_label[("kl", "1", "inf")]

@@ -153,7 +153,8 @@ def test_a_forged_marker_lets_overwrite_remove_only_kdlabs_own_file_names(
     after = snapshot(folder)
     assert {name: after.get(name) for name in kept} == kept  # the user's files, byte for byte
     assert sorted(set(after) - set(kept)) == [
-        "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", MARKER_NAME, "metrics.jsonl", "summary.json",
+        "checkpoints/best.pt", "checkpoints/last.pt", "config.yaml", "inputs.json", MARKER_NAME, "metrics.jsonl",
+        "summary.json",
     ]  # fmt: skip
     assert RunFolder(folder).is_marked()
 
@@ -362,7 +363,7 @@ def test_files_get_the_mode_open_would_give_them(
         str(path.relative_to(tmp_path)): path.stat().st_mode & 0o777 for path in (tmp_path / "run").rglob("*")
     }
     files = {name: mode for name, mode in modes.items() if name.endswith((".pt", ".json", ".jsonl", ".yaml"))}
-    assert len(files) == 6
+    assert len(files) == 7  # config, marker, inputs, metrics, summary, last.pt, best.pt
     assert set(files.values()) == {0o666 & ~umask}
     assert modes["run/checkpoints"] == 0o777 & ~umask
 

@@ -24,6 +24,9 @@ interrupted build leaves nothing behind: SIGTERM or Ctrl-C during the build remo
 file and stops with :class:`~kdlab.errors.RunInterrupted`; the temporary file of a build killed
 outright (``kill -9``) is removed by the next open of the cache folder. A build holds an ``flock``
 on its temporary file, so that only files no process is building are ever removed.
+interrupted build leaves nothing behind. Beside it, ``NAME.json`` records what it was built from (the
+key above) and the sha256 of its bytes; every open checks both (:func:`check_cache_record`), so a
+file of the right shape but other content is refused, never read.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from kdlab.data import AugParams, apply_augmentation, cache_dir
 from kdlab.data.loader import TensorLoader
 from kdlab.device import uses_bf16
 from kdlab.errors import RunInterrupted, UserError
-from kdlab.runs import OutputFolder, check_regular
+from kdlab.identity import hash_tensors, short
+from kdlab.runs import OutputFolder, check_regular, file_sha256, read_regular
 
 try:
     import fcntl
@@ -114,18 +118,11 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
-def _sha256_tensors(digest: Any, tensors: dict[str, Tensor]) -> None:
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
 def module_fingerprint(module: nn.Module) -> str:
     """sha256 of a module's architecture (its repr) and every tensor of its state_dict."""
     module = getattr(module, "_orig_mod", module)  # a torch.compile wrapper: hash what it wraps
     digest = hashlib.sha256(repr(module).encode())
-    _sha256_tensors(digest, module.state_dict())
+    hash_tensors(digest, module.state_dict())
     return digest.hexdigest()
 
 
@@ -134,6 +131,7 @@ class TeacherLogitCache:
 
     def __init__(self, table: Tensor, grid: ViewGrid, path: Path, device: torch.device) -> None:
         self.table, self.grid, self.path, self.device = table, grid, path, device
+        self.identity: dict[str, Any] | None = None  # file, key, sha256: recorded by the runs that read it
         self.flat = table.reshape(-1, table.shape[-1])  # row i * V + v
 
     def lookup(self, indices: Tensor, aug: AugParams | None) -> Tensor:
@@ -348,8 +346,10 @@ def open_logit_cache(
     )
     for stale in remove_stale_temporaries(folder):
         print(f"teacher-logit cache: removed {stale.name}, left by a build that was killed")
-    if path.exists():
+    record_path = path.with_suffix(".json")
+    if path.exists():  # a FIFO or folder under the name is refused below, never replaced
         print(f"teacher-logit cache: reusing {path} ({describe})")
+        digest = check_cache_record(path, record_path, key)
     else:
         # The .json sidecar is written through the folder's manifest (kdlab.runs.OutputFolder; shared by
         # every build, so its lock is waited for): checked before the build, never over a file of yours.
@@ -372,12 +372,14 @@ def open_logit_cache(
         if device.type != "cpu":
             batch_size = max(batch_size, GPU_BUILD_BATCH)
         _build(path, images, grid, num_classes, teacher_fn, loader, batch_size, config.progress)
+        digest = file_sha256(path)  # of the bytes as built: checked at every later open
         sidecar.write_json(
-            path.with_suffix(".json").name,
+            record_path.name,
             {
                 **key,
                 "shape": [len(images), grid.num_views, num_classes],
                 "build_time_s": time.perf_counter() - start,
+                "sha256": digest,
             },
         )
     check_regular(
@@ -392,4 +394,35 @@ def open_logit_cache(
     table = torch.from_numpy(array)
     if device.type != "cpu":  # a GPU gathers from its own memory; the CPU reads the map directly
         table = table.to(device)
-    return TeacherLogitCache(table, grid, path, device)
+    cache = TeacherLogitCache(table, grid, path, device)
+    cache.identity = {"file": str(path.resolve()), "key": name, "sha256": digest}
+    return cache
+
+
+def check_cache_record(path: Path, record_path: Path, key: dict[str, Any]) -> str:
+    """The sha256 of the cache file ``path``, checked against its build record ``record_path`` (the
+    ``.json`` beside it): built from ``key`` (what the logits depend on) and unchanged since. A
+    UserError naming the file and the fix (delete it: the next run builds it again) otherwise."""
+    try:
+        record = json.loads(read_regular(record_path, limit=1 << 20))
+    except (OSError, ValueError, RecursionError):  # a FIFO or folder there: NotARegularFile, one line
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise UserError(
+            f"{path} has no checksum in {record_path.name} (missing, damaged, or written by a kdlab before cache "
+            "checksums), so kdlab cannot tell that it holds this teacher's logits: delete it (the next run "
+            "builds it again)"
+        )
+    changed = next((field for field, value in key.items() if record.get(field) != value), None)
+    if changed is not None:
+        raise UserError(
+            f"{path} was built from other inputs than its name says ({changed} {record.get(changed)!r:.40} in "
+            f"{record_path.name}, {key[changed]!r:.40} now): delete it (the next run builds it again)"
+        )
+    digest = file_sha256(path)
+    if digest != record["sha256"]:
+        raise UserError(
+            f"{path} changed after it was built (sha256 {short(record['sha256'])} at its build, {short(digest)} "
+            "now): delete it (the next run builds it again)"
+        )
+    return digest

@@ -5,6 +5,7 @@ RUN/kdlab-run.json       the marker: kdlab created this folder (format version, 
 RUN/config.yaml          resolved configuration, plus versions and git commit
 RUN/metrics.jsonl        one JSON object per finished epoch
 RUN/summary.json         written last: its presence marks a finished run
+RUN/inputs.json          the run's id and the identity of every input it reads (kdlab.identity)
 RUN/checkpoints/last.pt  plain dicts, loadable with torch.load(weights_only=True)
 RUN/checkpoints/best.pt
 RUN/.kdlab-run.lock      while a process writes the folder: its pid (removed when it is done)
@@ -92,6 +93,7 @@ OWN_FILES = (
     "summary.json",
     "label_noise.json",
     "selection.json",
+    "inputs.json",
     "checkpoints/last.pt",
     "checkpoints/best.pt",
 )

@@ -229,6 +229,16 @@ def load_teacher(
     return teacher.to(device).eval().requires_grad_(False)
 
 
+def member_file(spec: str | Path) -> Path:
+    """The file one teacher spec reads: a run folder's ``checkpoints/last.pt``, a checkpoint file, or
+    torchvision weights (the path after '=', else the cached ``NAME-*.pth``)."""
+    text = str(spec)
+    if text.startswith(FOREIGN_PREFIX):
+        model_name, _, path = text.removeprefix(FOREIGN_PREFIX).partition("=")
+        return Path(path).expanduser() if path else torch_hub_weights(model_name)
+    return resolve_checkpoint(text)
+
+
 def teacher_files(value: str | Path | Sequence[str | Path] | None) -> list[str]:
     """The files or run folders a teacher setting reads (torchvision weights: the path after '=')."""
     files = []

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import RunConfig, loss_label
+from kdlab.config import RunConfig, identity, loss_label
 from kdlab.errors import UserError
+from kdlab.identity import summary_sha256
 from kdlab.runs import DIVERGED, FINISHED, RunFolder
 
 
@@ -76,6 +77,31 @@ def find_runs(folder: str | Path) -> list[RunRecord]:
 def split_diverged(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
     """``(results, diverged)``: the runs that finished as asked, and those that diverged."""
     return [r for r in records if not r.diverged], [r for r in records if r.diverged]
+
+
+def run_identity(record: RunRecord) -> str:
+    """What tells a run from a copy of its folder: the run id drawn when it started (its summary's
+    ``inputs``, kdlab.identity) or, for a run of a kdlab before run ids, the sha256 of its summary (a
+    copy's is the same; two trainings' differ, if only in their wall time)."""
+    inputs = record.summary.get("inputs")
+    run_id = inputs.get("run_id") if isinstance(inputs, dict) else None
+    return str(run_id) if run_id else f"summary:{summary_sha256(record.summary)}"
+
+
+def without_copies(records: list[RunRecord]) -> tuple[list[RunRecord], list[tuple[RunRecord, RunRecord]]]:
+    """``(records, copies)``: the records with every copy of a run left out, and ``(copy, original)``
+    pairs. A copy is a folder holding the same run (:func:`run_identity`) with the same settings
+    (:func:`kdlab.config.identity`; a copy resumed with more epochs is another run) as a folder
+    earlier in path order: a backup (``cp -r``) is one run, not a second seed."""
+    kept: dict[tuple[str, str], RunRecord] = {}
+    copies = []
+    for record in sorted(records, key=lambda r: str(r.path)):
+        key = (run_identity(record), repr(sorted(identity(record.config).items())))
+        if key in kept:
+            copies.append((record, kept[key]))
+        else:
+            kept[key] = record
+    return [record for record in records if all(record is not copy for copy, _ in copies)], copies
 
 
 def run_label(config: RunConfig, with_model: bool = False) -> str:

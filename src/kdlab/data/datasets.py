@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from kdlab.errors import UserError
+from kdlab.identity import data_identity, source_splits
 from kdlab.registry import Registry
 from kdlab.runs import open_regular
 
@@ -94,6 +95,7 @@ class DatasetSplits:
     flip: bool = False  # random horizontal flip used by augmentation
     class_names: list[str] = field(default_factory=list)
     val: TensorData | None = None  # held out of the training split by ``val_split`` (never trained on)
+    identity: dict | None = None  # load_dataset(fingerprint=True): kdlab.identity.data_identity
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -141,6 +143,7 @@ def load_dataset(
     download: bool = False,
     image_size: int | None = None,
     val_split: int | None = None,
+    fingerprint: bool = False,
 ) -> DatasetSplits:
     """Load dataset ``name`` (see ``DATASETS.names()``), optionally reduced to class-balanced subsets.
 
@@ -148,7 +151,9 @@ def load_dataset(
     (the remainder to the first classes), chosen with ``subset_seed``. ``val_split`` then moves that
     many of the kept training samples (class-balanced, seeded by ``subset_seed`` too) into
     ``splits.val``: see :func:`carve_validation`. ``image_size`` only applies to imagefolder/imagenet
-    (default 224); the other datasets have a fixed size.
+    (default 224); the other datasets have a fixed size. ``fingerprint=True`` records the data's
+    identity in ``splits.identity`` (:func:`kdlab.identity.data_identity`: the splits as the files gave
+    them and as loaded).
     """
     factory = DATASETS.get(name)
     root = Path(data_dir).expanduser() if data_dir is not None else None
@@ -170,6 +175,7 @@ def load_dataset(
                 f"the {split} split of {name} holds no images: its files are incomplete; fetch them again "
                 "(or point --data-dir at complete ones)"
             )
+    source = source_splits(splits) if fingerprint else None
     splits.train = _take_subset(splits.train, subset, subset_seed, splits.num_classes, "subset")
     splits.test = _take_subset(splits.test, test_subset, subset_seed, splits.num_classes, "test_subset")
     if val_split is not None:
@@ -179,6 +185,8 @@ def load_dataset(
                 "asks for another: drop val_split, or the val file"
             )
         splits.train, splits.val = carve_validation(splits, val_split, subset_seed)
+    if source is not None:
+        splits.identity = data_identity(splits, source)
     return splits
 
 

@@ -16,7 +16,8 @@
 come from one teacher pass over the clean training images (``data.select_pass: clean``) or over
 crop + flip augmented ones (``augmented``, as the official ``generator.py``); random draws use
 ``data.select_seed``, so every run of a sweep trains on the same samples. The kept indices are
-recorded in the run folder (``selection.json``).
+recorded in the run folder (``selection.json``, their sha256 also in ``inputs.json`` and the
+checkpoints); ``--resume`` trains on them again, without a new teacher pass (kdlab.identity).
 """
 
 from __future__ import annotations
@@ -195,10 +196,18 @@ def score_training_set(
 
 
 def select_training_set(
-    data: Any, splits: Any, teacher: Callable[[Tensor], Tensor] | None, device: torch.device
+    data: Any,
+    splits: Any,
+    teacher: Callable[[Tensor], Tensor] | None,
+    device: torch.device,
+    recorded: Tensor | None = None,
 ) -> dict[str, Any] | None:
     """Apply ``data.select`` (a DataConfig) to ``splits.train`` in place; the record for the run folder
-    (None without a selection)."""
+    (None without a selection), with the sha256 of the kept indices. ``recorded``: the indices a run
+    being resumed started with (:func:`kdlab.identity.recorded_selection`), kept as they are, with no
+    teacher pass."""
+    from kdlab.identity import indices_sha256
+
     from .datasets import LabelledSubset, TensorData, split_labels
 
     if not data.select:
@@ -206,7 +215,8 @@ def select_training_set(
     rules = parse_selection(data.select)
     labels = split_labels(splits.train)
     scores = None
-    if any(rule.by != "random" for rule in rules):
+    ranked = any(rule.by != "random" for rule in rules)
+    if ranked and recorded is None:
         if teacher is None:
             raise UserError(f"data.select={data.select} ranks by a teacher score: pass --teacher RUN")
         if data.select_pass == "augmented" and not splits.image_inputs:
@@ -217,7 +227,7 @@ def select_training_set(
         scores = teacher_scores(
             score_training_set(teacher, splits, device, data.select_pass, data.select_seed), labels
         )
-    indices = select_indices(labels, rules, data.select_seed, scores)
+    indices = select_indices(labels, rules, data.select_seed, scores) if recorded is None else recorded
     if isinstance(splits.train, TensorData):
         splits.train = TensorData(
             splits.train.images[indices.to(splits.train.images.device)],
@@ -227,10 +237,11 @@ def select_training_set(
         splits.train = LabelledSubset(splits.train, indices.tolist())
     return {
         "select": data.select,
-        "select_pass": data.select_pass if scores is not None else None,
+        "select_pass": data.select_pass if ranked else None,
         "select_seed": data.select_seed,
         "kept": len(indices),
         "of": len(labels),
         "classes_kept": torch.unique(labels[indices]).tolist(),
+        "sha256": indices_sha256(indices),
         "indices": indices.tolist(),
     }

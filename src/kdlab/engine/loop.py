@@ -59,6 +59,15 @@ from kdlab.engine.student import (
     tensorboard_writer,
 )
 from kdlab.errors import UserError
+from kdlab.identity import (
+    INPUTS_FORMAT,
+    check_teacher_data,
+    checkpoint_inputs,
+    new_run_id,
+    recorded_selection,
+    teacher_identity,
+    write_inputs,
+)
 from kdlab.losses import loss_spec, needs_teacher
 from kdlab.models import batch_needs, count_parameters, create_model
 from kdlab.models.features import check_features, set_feature_layer
@@ -80,8 +89,9 @@ def _json_float(value: float) -> float | str:
 
 
 def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | None, dict[str, Any] | None]:
-    """The dataset (validation images held out, then label noise applied to the training images);
-    returns (splits, clean training labels, noise record)."""
+    """The dataset (validation images held out, then label noise applied to the training images), with
+    its identity in ``splits.identity`` (kdlab.identity); returns (splits, clean training labels, noise
+    record)."""
     data = config.data
     splits = load_dataset(
         data.name,
@@ -92,6 +102,7 @@ def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | 
         download=data.download and world.is_main,
         image_size=data.image_size,
         val_split=data.val_split,
+        fingerprint=True,
     )
     if not data.label_noise:
         return splits, None, None
@@ -114,9 +125,11 @@ def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | 
 
 
 class Trainer:
-    """Shared state of one lockstep group: device, data, loaders and the teacher."""
+    """Shared state of one lockstep group: device, data, loaders, the teacher and the identity of
+    what the group reads (``inputs``, kdlab.identity). ``resume``: the runs are to be continued, so a
+    data.select run trains on the selection it recorded."""
 
-    def __init__(self, configs: list[RunConfig]) -> None:
+    def __init__(self, configs: list[RunConfig], resume: bool = False) -> None:
         self.configs = configs
         lead = configs[0]
         # Under torchrun this joins the process group and takes this process's GPU (cuda:LOCAL_RANK).
@@ -148,11 +161,13 @@ class Trainer:
         )
         if self.teacher is not None:
             check_teacher(self.teacher, lead.kd.teacher, self.sample_inputs, lead.data.name, num_classes)
+            check_teacher_data(lead, self.splits.identity)  # other files, or validation images it fitted
             if lead.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         # A teacher-chosen fraction of the training set (data.select), before any loader is built.
         teacher_fn = self.live_teacher_logits if self.teacher is not None else None
-        self.selection = select_training_set(lead.data, self.splits, teacher_fn, self.device)
+        recorded = recorded_selection(configs, len(self.splits.train)) if resume else None
+        self.selection = select_training_set(lead.data, self.splits, teacher_fn, self.device, recorded)
         check_train_batches(  # every batch, the epoch's last one too, as large as the losses need
             len(self.splits.train), lead.optim.batch_size, self.world.size,
             [(loss_spec(c.kd.loss).min_batch, loss_spec(c.kd.loss).batch_need) for c in configs],
@@ -187,6 +202,15 @@ class Trainer:
                 lead, self.train_loader, self.teacher, self.live_teacher_logits, self.splits.num_classes,
                 self.device, world_size=self.world.size, batch_size=eval_batch,
             )  # fmt: skip
+        selection = None
+        if self.selection is not None:  # its indices are in selection.json; the record holds their hash
+            selection = {key: self.selection[key] for key in ("select", "kept", "of", "sha256")}
+        self.inputs = {  # what every student of the group reads; each adds its run id and plugins
+            "teachers": teacher_identity(lead.kd.teacher),
+            "data": self.splits.identity,
+            "selection": selection,
+            "cache": self.logit_cache.identity if self.logit_cache is not None else None,
+        }
 
     # -- teacher -----------------------------------------------------------------------------
 
@@ -254,9 +278,15 @@ class Trainer:
             "mean": list(splits.mean or ()),
             "std": list(splits.std or ()),
         }
+        inputs = {
+            "format": INPUTS_FORMAT,
+            "run_id": new_run_id(),
+            **self.inputs,
+            "imports": plugin_hashes(config.imports),
+        }
         student = Student(
             config, run, model, make_optimizer(model, config), module=model, data_info=data_info,
-            resume=resume, overwrite=overwrite,
+            resume=resume, overwrite=overwrite, inputs=inputs,
         )  # fmt: skip
         if can_resume:
             student.restore(self.device)
@@ -348,6 +378,7 @@ class Trainer:
             run_info["imports"] = plugin_hashes(config.imports)
         run_info["global_batch_size"] = config.optim.batch_size * self.world.size
         run.write_config(config, run_info)
+        write_inputs(run, student.inputs)
         if self.noise_record is not None:
             atomic_write_json(run.path / "label_noise.json", self.noise_record)
         if self.selection is not None:
@@ -651,6 +682,7 @@ class Trainer:
                 "num_params": count_parameters(student.model),
                 "train_images": len(self.splits.train),
                 "world_size": self.world.size,
+                "inputs": student.inputs,  # its run id (a report counts a copied folder once) and inputs
             }
             if self.splits.val is not None:
                 summary |= {"val_images": len(self.splits.val), **best_on_val(student.metrics)}
@@ -707,23 +739,41 @@ def train_lockstep(
         raise UserError(f"two runs of one group write --out {outs[0]}: give each run its own folder")
     pending = []
     summaries: dict[int, dict[str, Any]] = {}
+    data: dict[str, dict[str, Any]] = {}  # data identities by data settings: loaded once per group
     for index, config in enumerate(configs):
         run = RunFolder(config.out or "")
         summary = run.summary() if resume and config.out and run.is_finished() and not overwrite else None
-        if summary is not None and run.last_checkpoint.is_file():  # finished, but as asked now?
-            check_resume(load_checkpoint(run.last_checkpoint, resume=True), config, run)
+        if summary is not None and run.last_checkpoint.is_file():  # finished, but as asked now? and read now?
+            checkpoint = load_checkpoint(run.last_checkpoint, resume=True)
+            inputs = finished_inputs(config, data) if checkpoint_inputs(checkpoint) else None
+            check_resume(checkpoint, config, run, inputs)
         if summary is not None and summary.get("epochs") == config.optim.epochs:
             summaries[index] = summary  # finished as asked (more --epochs: continued below)
         else:
             pending.append(index)
     if pending:
-        trainer = Trainer([configs[i] for i in pending])
+        trainer = Trainer([configs[i] for i in pending], resume=resume and not overwrite)
         students = [trainer.build_student(configs[i], resume, overwrite) for i in pending]
         with trainer.started(students):  # every input checked: now the run folders are taken and written
             results = trainer.fit(students, record_diverged)
         for index, summary in zip(pending, results, strict=True):
             summaries[index] = summary
     return [summaries[index] for index in range(len(configs))]
+
+
+def finished_inputs(config: RunConfig, data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a finished run would read now, to compare with its record before it is reused: its
+    teachers, plugins and data (loaded once per data setting into ``data``). Not its selection,
+    which needs a teacher pass: with the same teachers, data and settings it is the same."""
+    key = repr(config.data)
+    if key not in data:
+        data[key] = load_data(config, current_world())[0].identity
+    return {
+        "format": INPUTS_FORMAT,
+        "teachers": teacher_identity(config.kd.teacher),
+        "data": data[key],
+        "imports": plugin_hashes(config.imports),
+    }
 
 
 def train(

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from kdlab.config import RunConfig, first_difference, from_dict
 from kdlab.errors import UserError, first_line, shown
+from kdlab.identity import checkpoint_inputs, compare_inputs, compares_teachers
 from kdlab.models import check_logits
 from kdlab.runs import CHECKPOINT_FORMAT, RunFolder, load_checkpoint, load_model_state
 
@@ -170,6 +171,7 @@ class Student:
     overwrite: bool = False
     resumed: bool = False  # restored from last.pt
     lr: float | None = None  # the learning rate of the current epoch, as the host knows it
+    inputs: dict[str, Any] = field(default_factory=dict)  # its run id and inputs' identity (kdlab.identity)
 
     def checkpoint(self, epoch: int, progress: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``last.pt``/``best.pt`` hold after ``epoch`` finished epochs (plus ``progress`` when mid-epoch)."""
@@ -192,17 +194,23 @@ class Student:
             # when writing metrics.jsonl failed (the rows are written first, the checkpoint last).
             "config": self.config.to_dict(),
             "metrics": list(self.metrics),
+            "inputs": self.inputs,  # what --resume compares the inputs it reads then with
         }
 
     def restore(self, device: torch.device) -> None:
         """Continue from ``last.pt``: weights, optimiser, epoch, best so far, metrics, CPU generator.
 
         A UserError (nothing written) when the checkpoint is incomplete, its weights do not fit, or
-        the run now asks for settings that change what it computes (:func:`check_resume`).
+        the run now asks for settings, or reads inputs, that change what it computes
+        (:func:`check_resume`, comparing ``self.inputs``). The run keeps the id it started with.
         """
         path = self.run.last_checkpoint
         checkpoint = load_checkpoint(path, device, resume=True)
-        check_resume(checkpoint, self.config, self.run)
+        check_resume(checkpoint, self.config, self.run, self.inputs)
+        self.inputs = {
+            **self.inputs,
+            "run_id": checkpoint_inputs(checkpoint).get("run_id", self.inputs.get("run_id")),
+        }
         what = f"{self.config.model} with {checkpoint['num_classes']} classes"
         load_model_state(self.model, checkpoint["model"], path, what)
         try:
@@ -222,18 +230,26 @@ class Student:
         self.resumed = True
 
 
-def check_resume(checkpoint: dict[str, Any], config: RunConfig, run: RunFolder) -> None:
+def check_resume(
+    checkpoint: dict[str, Any], config: RunConfig, run: RunFolder, inputs: dict[str, Any] | None = None
+) -> None:
     """Refuse to continue a checkpoint with settings that change what the run computes (another
-    dataset, batch size, loss, ...). Runtime settings (device, data path, ...) may change, and so may
-    ``--epochs``, to extend (or shorten) the run, as long as it keeps the epochs already trained.
-    Checkpoints written before kdlab stored the config in them: model and dataset are compared."""
+    dataset, batch size, loss, ...), or with ``inputs`` (the identity of what the run reads now:
+    teachers, data, selection, plugins; :mod:`kdlab.identity`) other than those it recorded when it
+    started. Runtime settings (device, data path, ...) may change, and so may ``--epochs``, to extend
+    (or shorten) the run, as long as it keeps the epochs already trained. Teachers are compared by
+    content where both records name it (a moved teacher folder matches), else by folder name.
+    Checkpoints written before kdlab stored the config in them: model and dataset are compared; before
+    it stored the inputs' identity: the settings only."""
     if checkpoint["model_name"] != config.model:
         raise UserError(
             f"{run.last_checkpoint} holds a {checkpoint['model_name']}, not a {config.model}: "
             "resume with the same --model or choose another --out"
         )
+    recorded, current = checkpoint_inputs(checkpoint), inputs or {}
+    ignore = ("optim.epochs", "kd.teacher") if compares_teachers(recorded, current) else ("optim.epochs",)
     try:
-        difference = first_difference(from_dict(checkpoint.get("config")), config, ignore=("optim.epochs",))
+        difference = first_difference(from_dict(checkpoint.get("config")), config, ignore=ignore)
     except UserError:  # no config (an older checkpoint), or one this kdlab cannot read
         old_name = checkpoint.get("dataset")
         difference = ("data.name", old_name, config.data.name) if old_name != config.data.name else None
@@ -243,6 +259,7 @@ def check_resume(checkpoint: dict[str, Any], config: RunConfig, run: RunFolder) 
             f"{run.path} was trained with {key}={shown(before)}, not {shown(after)}: --resume continues a run as "
             "it was started; drop the change, or choose another --out"
         )
+    compare_inputs(recorded, current, run.path)
     done = checkpoint["epoch"] + (checkpoint.get("epoch_progress") is not None)
     if config.optim.epochs < done:
         raise UserError(

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from kdlab.analysis.plots import plot_heatmap, plot_tau_curves, tau_label
-from kdlab.analysis.records import RunRecord, find_runs, read_run, run_label, split_diverged
+from kdlab.analysis.records import (
+    RunRecord,
+    find_runs,
+    read_run,
+    run_identity,
+    run_label,
+    split_diverged,
+    without_copies,
+)
 from kdlab.analysis.stats import Stat
 from kdlab.config import LossParam, format_value, identity, loss_label, loss_params
 from kdlab.errors import UserError
@@ -424,7 +432,8 @@ def write_report(
     out = Path(out) if out else folder
     outputs = OutputFolder(out, "report")
     outputs.check()  # the folder, before reading the runs: --out a file, read-only, a dangling link
-    records, diverged = split_diverged(find_runs(folder))  # a diverged run is named, never averaged
+    records, copies = without_copies(find_runs(folder))  # a backup of a run is not a second seed
+    records, diverged = split_diverged(records)  # a diverged run is named, never averaged
     if not records and not diverged:
         raise UserError(f"{folder} holds no finished runs (no summary.json found): run a sweep into it first")
     groups = group_runs(records, folder)
@@ -439,7 +448,8 @@ def write_report(
         f"# kdlab report: {folder}\n",
         gates_section(checks, missing),
         "## Results\n",
-        f"{len(records)} finished runs in {len(groups)} groups"
+        f"{len(records)} finished runs{f' ({len(copies)} copies of them not counted: see below)' if copies else ''} "
+        f"in {len(groups)} groups"
         + (f" and {len(diverged)} diverged (below, in no mean)" if diverged else "")
         + " (mean ± standard deviation over seeds; "
         "last = final-epoch test accuracy, at best val = at the epoch of best validation accuracy, best-on-test = "
@@ -447,6 +457,8 @@ def write_report(
         "`||z_s - z_t||_2` on the clean training set.\n",
         results_table(groups, columns) + "\n",
     ]
+    if copies:
+        sections.append(copies_section(copies, folder))
     plots = []
     by_context = contexts(groups)
     found = [(members, grid) for members in by_context.values() for grid in grids(members)]
@@ -501,10 +513,12 @@ def write_report(
         log(line)
     for record in diverged:
         log(f"diverged: {record.path}: {record.diverged_text()}")
+    for copy, original in copies:
+        log(f"report: {copy.path} is a copy of {original.path} (one run): counted once")
     log(f"report: wrote {out / 'report.md'}, {out / 'results.csv'} and {out / 'gates.json'}")
     return {
         "runs": len(records), "groups": len(groups), "plots": [name for _, name in plots], "gates": gates,
-        "diverged": [str(record.path) for record in diverged],
+        "diverged": [str(record.path) for record in diverged], "copies": [str(copy.path) for copy, _ in copies],
     }  # fmt: skip
 
 
@@ -513,12 +527,8 @@ def diverged_table(records: list[RunRecord], root: Path) -> str:
     where and why it stopped."""
     lines = ["| run | model | loss | seed | what happened |", "|---|---|---|---|---|"]
     for record in records:
-        try:
-            name = str(record.path.resolve().relative_to(root.resolve()))
-        except ValueError:
-            name = str(record.path)
         cells = [
-            name,
+            _relative(record.path, root),
             record.config.model,
             run_label(record.config),
             str(record.config.seed),
@@ -526,6 +536,26 @@ def diverged_table(records: list[RunRecord], root: Path) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def copies_section(copies: list[tuple[RunRecord, RunRecord]], root: Path) -> str:
+    """Markdown: the folders left out as copies of another run (same run id and settings)."""
+    lines = [
+        "## Copies, counted once\n",
+        f"{len(copies)} folder(s) hold a run already counted (the same run id and settings, e.g. a backup made "
+        "with `cp -r`); each run counts once, as one seed:\n",
+    ]
+    for copy, original in copies:
+        lines.append(f"- `{_relative(copy.path, root)}` is a copy of `{_relative(original.path, root)}` "
+                     f"(run {run_identity(original)[:12]})")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _wrap(text: str, width: int = 70) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, first_difference
+from kdlab.config import RunConfig, first_difference, teacher_specs
 from kdlab.errors import RunInterrupted, UserError, shown
 from kdlab.experiments.recipes import (
     PlannedRun,
@@ -39,7 +39,9 @@ from kdlab.experiments.recipes import (
     plan_sweep,
     select_shard,
 )
+from kdlab.identity import compare_inputs, compares_teachers, read_inputs, teacher_identity
 from kdlab.runs import DIVERGED, OutputFolder, RunFolder, load_checkpoint
+from kdlab.teacher import member_file
 
 
 def lockstep_key(config: RunConfig) -> tuple[Any, ...]:
@@ -77,10 +79,14 @@ def split_for_jobs(groups: list[list[PlannedRun]], jobs: int) -> list[list[Plann
 
 
 def check_existing(planned: PlannedRun) -> None:
-    """Refuse to resume a folder that holds a run with other settings (a changed recipe or --set).
+    """Refuse to resume a folder that holds a run with other settings (a changed recipe or --set), or
+    that read other teachers than those the sweep now names.
 
     Compared: what the run computes (``kdlab.config.first_difference``: runtime settings such as the
-    device may change, teachers are compared by folder name since the sweep folder may have moved).
+    device may change) and, where the run recorded them (``inputs.json``) and they exist already, its
+    teachers by content (kdlab.identity: a moved sweep folder matches, a retrained teacher does not);
+    else by folder name. The rest of its inputs is compared when the run is resumed or reused
+    (``kdlab.engine.train_lockstep``), after this sweep's teachers are trained.
     """
     run = RunFolder(planned.config.out or "")
     run.check_files()  # a FIFO or a link under one of kdlab's names: refused before anything is written
@@ -92,13 +98,30 @@ def check_existing(planned: PlannedRun) -> None:
         raise UserError(
             f"{run.config_path} cannot be read as a kdlab config: delete {run.path} or choose another --out"
         ) from None
-    difference = first_difference(old, planned.config)
+    recorded = read_inputs(run)
+    current = {}
+    if recorded.get("teachers") and all(
+        _teacher_exists(spec) for spec in teacher_specs(planned.config.kd.teacher)
+    ):
+        current = {"teachers": teacher_identity(planned.config.kd.teacher)}
+    by_content = ("kd.teacher",) if compares_teachers(recorded, current) else ()
+    difference = first_difference(old, planned.config, ignore=by_content)
     if difference is not None:
         key, before, after = difference
         raise UserError(
             f"{run.path} holds a run with {key}={shown(before)}, but the sweep now asks for {shown(after)}: "
             "use another --out, or delete that folder to retrain it"
         )
+    compare_inputs({"teachers": recorded.get("teachers")}, current, run.path)
+
+
+def _teacher_exists(spec: str) -> bool:
+    """Whether a teacher spec's file can be read now (a sweep's teacher may not be trained yet)."""
+    try:
+        member_file(spec)
+    except UserError:
+        return False
+    return True
 
 
 def _resume_point(config: RunConfig) -> tuple[int, int]:
