@@ -124,7 +124,7 @@ def test_a_setting_that_leaves_parts_out_says_what_it_cannot_judge(example: Path
         ({"student": {"model": "tab-large"}}, "student sets model, which the setting decides"),
         ({"data": {"data_dir": "data"}}, "data.name is missing"),
         ({"label_noise": "symmetric:1.5"}, "symmetric:1.5"),
-        ({"seeds": 0}, "seeds=0 must be a positive integer"),
+        ({"seeds": 0}, "seeds=0 must be a whole number in 1..100"),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line(
