@@ -389,8 +389,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return work, env
 
 
+@pytest.mark.slow  # about 3 minutes of CPU: the README's 31 commands at tiny size
 def test_every_readme_command_runs_as_written_in_order(
-    workspace: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str], one_torch_thread: None
+    workspace: tuple[Path, dict[str, str]],
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    one_torch_thread: None,
 ) -> None:
     work, env = workspace
     for command in filter(None, map(as_run, readme_lines())):
@@ -398,10 +402,11 @@ def test_every_readme_command_runs_as_written_in_order(
         flags = tiny_flags(program_words(shlex.join(words)), work)
         started, cpu = time.perf_counter(), cpu_seconds()
         code, out, err = run_words([*words, *flags], work, {**env, **command.env}, capsys)
-        with capsys.disabled():
-            print(
-                f"{time.perf_counter() - started:6.1f} s wall {cpu_seconds() - cpu:6.1f} s CPU  {command.line}"
-            )
+        if request.config.getoption("capture") == "no":  # -s: each command's cost, for the file's budget
+            with capsys.disabled():
+                print(
+                    f"{time.perf_counter() - started:6.1f} s wall {cpu_seconds() - cpu:6.1f} s CPU  {command.line}"
+                )
         if command.line in KNOWN_BUGS:
             assert code == 2 and KNOWN_BUGS[command.line] in err, (
                 f"`{command.line}` no longer fails as KNOWN_BUGS says (fixed?): remove it from KNOWN_BUGS\n{err}"
