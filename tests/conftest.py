@@ -57,19 +57,7 @@ def digits_teacher(tmp_path_factory, one_torch_thread) -> str:
 def restore_registries() -> Iterator[None]:
     """Undo what a test module's plugins registered (models, datasets, losses, hyperparameters, the
     plugin files imported), so that later modules see kdlab's own registries only."""
-    import kdlab.config
-    import kdlab.plugins
-    from kdlab.data import DATASETS
-    from kdlab.losses import LOSSES
-    from kdlab.models import MODELS
+    from fixtures_engine import registries_restored
 
-    registries = (MODELS, DATASETS, LOSSES)
-    before = [(dict(r._exact), list(r._patterns)) for r in registries]
-    declared, imported = dict(kdlab.config._DECLARED), dict(kdlab.plugins._IMPORTED)
-    yield
-    for registry, (exact, patterns) in zip(registries, before, strict=True):
-        registry._exact, registry._patterns = exact, patterns
-    kdlab.config._DECLARED.clear()
-    kdlab.config._DECLARED.update(declared)
-    kdlab.plugins._IMPORTED.clear()
-    kdlab.plugins._IMPORTED.update(imported)
+    with registries_restored():
+        yield

@@ -1,9 +1,12 @@
 """What the engine's exactness tests share: a fast CPU run config, a random teacher, and readers of
-a run folder's weights and losses (the trained ``digits_teacher`` fixture is in conftest.py)."""
+a run folder's weights and losses (the trained ``digits_teacher`` fixture is in conftest.py); and
+``registries_restored``, for tests that import plugins."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,3 +67,27 @@ def assert_same_weights(run_a: Path, run_b: Path) -> None:
     assert weights_a.keys() == weights_b.keys()
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
+
+
+@contextmanager
+def registries_restored() -> Iterator[None]:
+    """Undo, on exit, what plugins registered inside (models, datasets, losses, hyperparameters, the
+    plugin files imported): the registries are as they were on entry."""
+    import kdlab.config
+    import kdlab.plugins
+    from kdlab.data import DATASETS
+    from kdlab.losses import LOSSES
+    from kdlab.models import MODELS
+
+    registries = (MODELS, DATASETS, LOSSES)
+    before = [(dict(r._exact), list(r._patterns)) for r in registries]
+    declared, imported = dict(kdlab.config._DECLARED), dict(kdlab.plugins._IMPORTED)
+    try:
+        yield
+    finally:
+        for registry, (exact, patterns) in zip(registries, before, strict=True):
+            registry._exact, registry._patterns = exact, patterns
+        kdlab.config._DECLARED.clear()
+        kdlab.config._DECLARED.update(declared)
+        kdlab.plugins._IMPORTED.clear()
+        kdlab.plugins._IMPORTED.update(imported)
