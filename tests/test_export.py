@@ -455,12 +455,13 @@ def test_a_checkpoint_without_an_input_size_exports_weights_only(
 ) -> None:
     checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     checkpoint["image_size"] = None  # a convnet needs no size; tracing needs an example input
+    checkpoint.pop("input_shape", None)  # as checkpoints written before input_shape was recorded
     atomic_torch_save(checkpoint, tmp_path / "sizeless.pt")
     line = kdlab_error(
         capsys, ["export", tmp_path / "sizeless.pt", "--format", "pt2", "--out", tmp_path / "s.pt2"]
     )
     assert line.endswith(
-        "sizeless.pt does not record its input size (image_size), which a pt2 export needs to run the model "
+        "sizeless.pt does not record its input size (input_shape), which a pt2 export needs to run the model "
         "once: export --format safetensors instead"
     )
     kdlab_ok(capsys, ["export", tmp_path / "sizeless.pt", "--out", tmp_path / "s.safetensors"])

@@ -196,13 +196,17 @@ def _from_checkpoint(checkpoint: dict[str, Any], path: Path) -> NormalizedModel:
     mean, std = _normalization(checkpoint, path, config)
     image_size = checkpoint.get("image_size")
     image_size = image_size if isinstance(image_size, int) and not isinstance(image_size, bool) else None
-    in_channels = checkpoint["in_channels"]
+    in_channels = checkpoint.get("in_channels")
+    shape = checkpoint.get("input_shape")  # recorded since any-tensor data: [C, H, W], [20], [12], ...
+    if shape is None and image_size and in_channels:
+        shape = [in_channels, image_size, image_size]
     info = {
         "model_name": checkpoint["model_name"],
         "num_classes": checkpoint["num_classes"],
         "in_channels": in_channels,
         "image_size": image_size,
-        "input_shape": [in_channels, image_size, image_size] if image_size else None,
+        "input_shape": list(shape) if shape is not None else None,
+        "input_dtype": "int64" if checkpoint.get("input_dtype") == "int64" else "float32",
         "dataset": checkpoint.get("dataset") if isinstance(checkpoint.get("dataset"), str) else None,
         "imports": config["imports"] if isinstance(config.get("imports"), list) else [],
         "mean": mean,
@@ -284,7 +288,10 @@ def _from_safetensors(path: Path) -> NormalizedModel:
     from kdlab.models import create_model
 
     try:
-        model = create_model(info["model_name"], info["num_classes"], info["in_channels"], info["image_size"])
+        shape = tuple(info["input_shape"]) if info["input_shape"] else None
+        model = create_model(
+            info["model_name"], info["num_classes"], info["in_channels"], info["image_size"], shape
+        )
     except UserError as error:
         raise UserError(f"{path} names a model kdlab cannot build: {error}") from None
     student = NormalizedModel(model, info["mean"], info["std"], info)
@@ -295,7 +302,9 @@ def _from_safetensors(path: Path) -> NormalizedModel:
 
 # The metadata (safetensors metadata is a str -> str mapping): format, model_name, kdlab_version,
 # source_checkpoint, source_sha256 and input as text, these as JSON (checked when read back):
-_JSON_KEYS = ("num_classes", "in_channels", "image_size", "input_shape", "mean", "std", "dataset", "imports")
+_JSON_KEYS = (
+    "num_classes", "in_channels", "image_size", "input_shape", "input_dtype", "mean", "std", "dataset", "imports",
+)  # fmt: skip
 
 
 def _metadata(student: NormalizedModel, source: Path, source_sha256: str) -> dict[str, str]:
@@ -316,7 +325,10 @@ def _metadata(student: NormalizedModel, source: Path, source_sha256: str) -> dic
 def _read_metadata(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {}
     try:
-        info = {key: json.loads(metadata[key]) for key in _JSON_KEYS}
+        info = {key: json.loads(metadata[key]) for key in _JSON_KEYS if key != "input_dtype"}
+        info["input_dtype"] = (
+            "int64" if json.loads(metadata.get("input_dtype", '"float32"')) == "int64" else "float32"
+        )
         info["model_name"] = metadata["model_name"]
     except (KeyError, ValueError) as error:
         raise UserError(
@@ -329,7 +341,7 @@ def _read_metadata(metadata: dict[str, str], path: Path) -> dict[str, Any]:
     shape, image_size = info["input_shape"], info["image_size"]
     if not (
         positive(info["num_classes"])
-        and positive(info["in_channels"])
+        and (info["in_channels"] is None or positive(info["in_channels"]))
         and (image_size is None or positive(image_size))
         and (shape is None or (isinstance(shape, list) and shape and all(map(positive, shape))))
     ):
@@ -529,9 +541,11 @@ def _example_input(student: NormalizedModel, source: Path, format: str) -> Tenso
     shape = student.info.get("input_shape")
     if not shape:
         raise UserError(
-            f"{source} does not record its input size (image_size), which a {format} export needs to run "
+            f"{source} does not record its input size (input_shape), which a {format} export needs to run "
             "the model once: export --format safetensors instead"
         )
+    if student.info.get("input_dtype") == "int64":  # token ids: any valid index will do
+        return torch.zeros(2, *shape, dtype=torch.int64)
     return torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
 
 

@@ -274,6 +274,9 @@ class Trainer:
             "in_channels": splits.in_channels,
             "image_size": splits.image_size,
             "input_shape": list(splits.input_shape),
+            # What a sample is made of, as the model receives it: float32 (images after normalisation,
+            # float features) or int64 (token ids); so that an exporter can build an example input.
+            "input_dtype": "int64" if self.sample_inputs.dtype == torch.int64 else "float32",
             # The input normalisation, so that kdlab.export.load_student needs no dataset files.
             "mean": list(splits.mean or ()),
             "std": list(splits.std or ()),

@@ -177,7 +177,11 @@ def run_experiment(
     name, document = recipe_document(f"{experiment}-{preset.scale}")
     document = preset.adjust(experiment, copy.deepcopy(document))
     for text in [*preset.overrides, *overrides]:
-        document = merge(document, parse_override(text))
+        edit = parse_override(text)
+        named = edit.get("teachers")
+        if isinstance(named, dict) and set(named) - set(document.get("teachers") or {}):
+            continue  # --set teachers.NAME... edits the recipes that define NAME, not the others
+        document = merge(document, edit)
     recipe = parse_recipe(document, name)
     log(f"reproduce: {name} ({', '.join(recipe.claims)})")
     plan, summaries = run_sweep(
