@@ -207,6 +207,8 @@ RUN_FOLDER_CASES = [
         ["distill", *DIGITS, "--teacher", "{run}", "--loss", "kl", "--out", "{tmp}/student"],
         FIFO_READ.replace("{fix}", "pass a run folder or a .pt file written by kdlab"),
     ),
+    # --resume of a finished run reuses it without training: its marker must still be a file
+    ("marker-resume", "kdlab-run.json", ["train", *DIGITS, "--out", "{run}", "--resume"], FIFO_NOT_OURS),
 ]
 
 

@@ -745,6 +745,8 @@ def train_lockstep(
     data: dict[str, dict[str, Any]] = {}  # data identities by data settings: loaded once per group
     for index, config in enumerate(configs):
         run = RunFolder(config.out or "")
+        if resume and config.out and not overwrite:
+            run.check_files()  # a finished run is reused as it is: its files must still be kdlab's kind
         summary = run.summary() if resume and config.out and run.is_finished() and not overwrite else None
         if summary is not None and run.last_checkpoint.is_file():  # finished, but as asked now? and read now?
             checkpoint = load_checkpoint(run.last_checkpoint, resume=True)
