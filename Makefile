@@ -34,7 +34,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 test: setup data lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto  # one worker per core; each test runs on one torch thread (conftest)
 
 format: setup
 	$(VENV)/bin/ruff format src tests benchmarks examples
