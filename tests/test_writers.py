@@ -147,7 +147,7 @@ WRITERS = [
     Writer(
         "publish",
         lambda env, out: ["reproduce", "--claims", "C3", "--out", env.c3, "--publish", out],
-        "figures/extra.png",
+        "REPORT.md",
         flag="--publish",
     ),
     Writer(
@@ -223,8 +223,8 @@ def test_a_previous_output_of_kdlab_is_overwritten(writer, env, tmp_path, capsys
     assert manifest["format"] == "kdlab-outputs-v1"
     assert manifest["files"][writer.target]["sha256"] == hashlib.sha256(data).hexdigest()
     if writer.name == "publish":  # the copy is byte for byte the source
-        assert data == (env.c3 / "figures" / "extra.png").read_bytes()
-        assert (out / "REPORT.md").read_bytes() == (env.c3 / "REPORT.md").read_bytes()
+        assert data == (env.c3 / "REPORT.md").read_bytes()
+        assert (out / "claims.json").read_bytes() == (env.c3 / "claims.json").read_bytes()
 
 
 def test_a_fifo_at_an_output_name_is_refused_without_opening_it(env, tmp_path, capsys):
@@ -447,6 +447,23 @@ def test_publish_into_a_link_readme_target_is_refused_and_the_target_kept(env, t
     code, message = kdlab(capsys, "reproduce", "--claims", "C1", "--out", tmp_path / "out", "--publish", dest)
     assert code == 2 and expected in message
     assert tree(tmp_path) == before  # refused before any training: no --out either
+
+
+def test_publish_copies_only_kdlabs_figures_and_checks_their_names_before_judging(env, tmp_path, capsys):
+    # env.c3/figures/extra.png is a file of the user's in reproduce's OUT: never copied. A link at a
+    # figure name kdlab may publish is refused before the claims are judged again (OUT as it was).
+    dest = tmp_path / "dest"
+    (dest / "figures").mkdir(parents=True)
+    (dest / "figures" / "extra.png").symlink_to(tmp_path / "elsewhere.png")
+    code, message = kdlab(capsys, "reproduce", "--claims", "C3", "--out", env.c3, "--publish", dest)
+    assert code == 0, message
+    assert (dest / "figures" / "extra.png").is_symlink() and not (tmp_path / "elsewhere.png").exists()
+    assert sorted(json.loads((dest / OUTPUTS_MANIFEST).read_text())["files"]) == ["REPORT.md", "claims.json"]
+    (dest / "figures" / "heatmap.png").symlink_to(tmp_path / "elsewhere.png")
+    before = tree(env.c3)
+    code, message = kdlab(capsys, "reproduce", "--claims", "C3", "--out", env.c3, "--publish", dest)
+    assert code == 2 and f"{dest / 'figures' / 'heatmap.png'} is a symbolic link" in message
+    assert tree(env.c3) == before and not (tmp_path / "elsewhere.png").exists()
 
 
 def test_reproduce_checks_every_report_it_will_write_before_training(tmp_path, capsys):

@@ -865,6 +865,10 @@ class OutputFolder:
                 f"and kdlab does not overwrite your edits: {fix}"
             )
 
+    def listed(self) -> dict[str, Any]:
+        """The files kdlab wrote here, ``{relative name: {"sha256", "kind"}}`` (the manifest)."""
+        return self._manifest()
+
     def _manifest(self) -> dict[str, Any]:
         """``{relative name: {"sha256", "kind"}}`` from the manifest; empty when there is none."""
         path = self.manifest_path

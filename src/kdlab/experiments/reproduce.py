@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import subprocess
@@ -239,15 +240,18 @@ def reproduce(
         torch.set_num_threads(threads)
 
 
+# Every figure reproduce may write (into OUT/figures/, then copied by --publish).
+FIGURES = tuple(f"figures/{name}" for name in ("heatmap.png", "tau_curves.png", *C6_FIGURES))
+
+
 def check_outputs(out: Path, preset: Preset, claim_list: list[str]) -> None:
     """Before any training: OUT and the files reproduce writes there (REPORT.md, claims.json,
     figures/, each sweep folder's report, the C6 analyses) may be written (``OutputFolder.check``)."""
     experiments = {checks.CLAIMS[claim].recipe for claim in claim_list} - {None}
     folders = sorted({FOLDERS.get(name, name) for name in experiments if name})
-    figures = [f"figures/{name}" for name in ("heatmap.png", "tau_curves.png", *C6_FIGURES)]
     # The folders reproduce makes inside OUT are real folders, never links that lead elsewhere.
     made = ["figures/", "teachers/", "analysis/", *(f"{folder}/" for folder in folders)]
-    OutputFolder(out, "reproduce").check(["REPORT.md", "claims.json", *figures, *made])
+    OutputFolder(out, "reproduce").check(["REPORT.md", "claims.json", *FIGURES, *made])
     for folder in folders:
         OutputFolder(out / folder, "report").check(REPORT_FILES)
     if "C6" in claim_list:
@@ -554,7 +558,9 @@ def update_readme(readme: str | Path, table: str) -> None:
 def check_publish(dest: str | Path, readme: str | Path | None = None) -> None:
     """Before any training: ``--publish DEST`` may receive REPORT.md, claims.json and figures/, and
     ``--readme`` may be rewritten. Writes nothing."""
-    OutputFolder(dest, "published", flag="--publish").check(["REPORT.md", "claims.json", "figures/"])
+    OutputFolder(dest, "published", flag="--publish").check(
+        ["REPORT.md", "claims.json", "figures/", *FIGURES]
+    )
     if readme is not None:
         check_readme(readme)
 
@@ -571,9 +577,16 @@ def publish(
         if not (out / name).is_file():
             raise UserError(f"{out / name} does not exist: run kdlab reproduce --out {out} first")
     files = {name: read_regular_file(out / name) for name in ("REPORT.md", "claims.json")}
-    if (out / "figures").is_dir():
-        for figure in sorted((out / "figures").glob("*.png")):
-            files[f"figures/{figure.name}"] = read_regular_file(figure)
+    # Only the figures kdlab made in OUT (its manifest), as it made them: a file of yours there is not copied.
+    listed = OutputFolder(out, "reproduce").listed()
+    for name in sorted(name for name in listed if name in FIGURES and (out / name).is_file()):
+        data = read_regular_file(out / name)
+        if hashlib.sha256(data).hexdigest() != listed[name]["sha256"]:
+            raise UserError(
+                f"{out / name} was changed since kdlab reproduce wrote it, and --publish copies only kdlab's "
+                f"own figures: run kdlab reproduce --out {out} again to redraw it"
+            )
+        files[name] = data
     target = OutputFolder(dest, "published", flag="--publish")
     target.check(files, files)
     table = None
