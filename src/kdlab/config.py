@@ -55,6 +55,12 @@ class DataConfig:
         "clean"  # the teacher scores clean images, or one crop+flip pass ("augmented", official)
     )
     select_seed: int = 0  # random selections: the same samples for every run
+    # How many of a class's n samples a band keeps: kd_data (the official code's arithmetic: 19 of 187 for
+    # samples:random:0-0.1) or floor (floor(n * upper) - floor(n * lower): 18); kdlab.data.select.
+    select_count: str = "kd_data"
+    # Each epoch, the student's accuracy on the training samples data.select left out (left_out_acc in
+    # metrics.jsonl, as the official code's valid loader): one evaluation pass over them per epoch.
+    eval_left_out: bool = True
     download: bool = False
     num_workers: int = 4  # DataLoader workers (ImageFolder only; in-memory data needs none)
     image_size: int | None = None  # ImageFolder crop size (default 224)
@@ -456,7 +462,7 @@ class RunConfig:
             )
         from kdlab.data.select import check_selection
 
-        check_selection(self.data.select, self.data.select_pass, bool(specs))
+        check_selection(self.data.select, self.data.select_pass, bool(specs), self.data.select_count)
         if self.stack not in ("auto", "on", "off"):
             raise UserError(f"stack={self.stack!r} is invalid: choose auto, on or off")
         if self.data.label_noise:
@@ -632,6 +638,21 @@ def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> 
         else:
             values[key] = _coerce(value, annotation, prefix + key)
     return cls(**values)
+
+
+def from_record(stored: Any) -> RunConfig:
+    """A run's recorded settings (its config.yaml, or the config a checkpoint holds) as a RunConfig.
+
+    A setting that kdlab added later is absent from the records of older runs, which ran as kdlab did
+    before it; where that differs from the new default, the record is read with the old behaviour, so
+    that comparing it with a new config (``--resume``, a sweep's reuse, a report's groups) sees the
+    difference: a ``data.select`` run recorded without ``data.select_count`` selected with ``floor``.
+    """
+    if isinstance(stored, dict) and isinstance(stored.get("data"), dict):
+        data = stored["data"]
+        if data.get("select") and "select_count" not in data:
+            stored = {**stored, "data": {**data, "select_count": "floor"}}
+    return from_dict(stored)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -830,7 +851,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 RUNTIME_KEYS = (
     "out", "imports", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
     "stack", "cuda_graph",
-    "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
+    "data.data_dir", "data.download", "data.num_workers", "data.eval_left_out", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
 )  # fmt: skip
 
 
