@@ -223,7 +223,9 @@ CASES: list[tuple[str, Args, str]] = [
     ("noise-seed-huge", _train("--set", "data.noise_seed=4294967296"), "data.noise_seed=4294967296 is outside"),
     ("select-band-inverted", _train("--set", "data.select=samples:random:0.5-0.2"),
      "data.select band '0.5-0.2' must be LOWER-UPPER with 0 <= lower < upper <= 1, e.g. 0-0.1"),
-    ("select-band-empties-classes", _train("--set", "data.select=samples:random:0-0.005"),
+    # floor(142 * 0.005) = 0 per class; the official counts keep 142 - int(141.29) = 1 of each class.
+    ("select-band-empties-classes",
+     _train("--set", "data.select=samples:random:0-0.005", "--set", "data.select_count=floor"),
      "data.select band 0-0.005 of samples keeps no sample of 10 class(es): 0 (142 samples), 1 (146 samples)"),
     ("config-file-lr", lambda f, out: ["train", *DIGITS, "--config", _text(f, "lr.yaml", "optim: {lr: 1.0e+308}\n"),
                                        "--out", out], "optim.lr=1e+308 is invalid: it must be at most 10"),
@@ -445,16 +447,27 @@ def test_dist_declares_its_minimum_batch_and_the_config_checks_it() -> None:
 
 def test_a_per_class_band_that_empties_a_class_is_refused_an_overall_one_records_it() -> None:
     labels = torch.tensor([0] * 20 + [1] * 5 + [2] * 30)
+    # The official counts keep n - int(round(n * 0.9, 2)) of each class: 20 - 18, 5 - int(4.5), 30 - 27.
+    kept = select_indices(labels, parse_selection("samples:random:0-0.1"))
+    assert torch.bincount(labels[kept]).tolist() == [2, 1, 3]
+    # Ranked, they keep positions int(n * 0) to int(n * 0.1): none of the 5 of class 1.
+    scores = {"entropy": torch.arange(len(labels), dtype=torch.float64)}
+    with pytest.raises(UserError, match=r"keeps no sample of 1 class\(es\): 1 \(5 samples\)"):
+        select_indices(labels, parse_selection("samples:entropy:0-0.1"), scores=scores)
     with pytest.raises(UserError) as error:
-        select_indices(labels, parse_selection("samples:random:0-0.1"))
+        select_indices(labels, parse_selection("samples:random:0-0.1"), count="floor")
     assert str(error.value) == (
         "data.select band 0-0.1 of samples keeps no sample of 1 class(es): 1 (5 samples); widen the band to at "
         "least 1/5 of a class, or rank all samples together with samples:random:0-0.1:overall"
     )
-    kept = select_indices(labels, parse_selection("samples:random:0-0.2"))  # floor(5 * 0.2) = 1 of class 1
+    kept = select_indices(
+        labels, parse_selection("samples:random:0-0.2"), count="floor"
+    )  # floor(5 * 0.2) = 1
     assert torch.bincount(labels[kept]).tolist() == [4, 1, 6]
-    overall = select_indices(labels, parse_selection("samples:random:0-0.1:overall"))
+    overall = select_indices(labels, parse_selection("samples:random:0-0.1:overall"), count="floor")
     assert len(overall) == 5  # floor(55 * 0.1): whichever classes they fall in
+    overall = select_indices(labels, parse_selection("samples:random:0-0.1:overall"))
+    assert len(overall) == 6  # 55 - int(round(55 * 0.9, 2)) = 55 - int(49.5)
 
 
 @pytest.mark.parametrize(

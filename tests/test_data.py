@@ -395,7 +395,7 @@ def test_ddp_ranks_cover_the_truncated_permutation_once(tiny, world_size):
 
 
 def test_loader_rejects_bad_arguments(tiny):
-    with pytest.raises(UserError, match="unknown split 'valid': choose train, val or test"):
+    with pytest.raises(UserError, match="unknown split 'valid': choose train, val, test or left_out"):
         make_loader(tiny, "valid", 8, train=False)
     with pytest.raises(UserError, match="rank 2 is outside 0..1"):
         make_loader(tiny, "train", 8, train=True, rank=2, world_size=2)

@@ -22,6 +22,7 @@ from kdlab.losses import (
 )
 
 B, K = 6, 10
+UNSET = {"ce_weight": None, "kd_weight": None}  # the losses weighted by alpha: no ce_weight/kd_weight given
 
 
 def logits(
@@ -147,13 +148,13 @@ def test_stable_over_tau_range(dtype: torch.dtype, tau: float) -> None:
 
 def test_kd_loss_tau_zero_is_label_matching_and_terms_are_named() -> None:
     s, t, y = logits(7)
-    terms = loss_terms("kl", s, t, y, alpha=0.4, tau=0, standardize=False)
+    terms = loss_terms("kl", s, t, y, alpha=0.4, tau=0, standardize=False, **UNSET)
     assert set(terms) == {"ce", "label"}
     assert kd_loss(s, t, y, 0.4, 0).item() == pytest.approx(
         0.6 * torch.nn.functional.cross_entropy(s, y).item() + 0.4 * label_matching(s, t).item()
     )
-    assert set(loss_terms("kl", s, t, y, alpha=1.0, tau=4.0, standardize=False)) == {"kl"}
-    assert set(loss_terms("mse", s, t, y, alpha=1.0)) == {"mse"}
+    assert set(loss_terms("kl", s, t, y, alpha=1.0, tau=4.0, standardize=False, **UNSET)) == {"kl"}
+    assert set(loss_terms("mse", s, t, y, alpha=1.0, **UNSET)) == {"mse"}
     with pytest.raises(TypeError, match="loss mse needs alpha"):
         loss_terms("mse", s, t, y)
     assert set(loss_terms("ce", s, None, y)) == {"ce"}
@@ -242,17 +243,17 @@ def test_dkd_terms_weights_and_warmup() -> None:
     s, t, y = logits(11)
     tckd, nckd = decoupled_kd(s, t, y, 4.0)
     ce = torch.nn.functional.cross_entropy(s, y)
-    full = loss_terms("dkd", s, t, y, epoch=30, alpha=1.0, beta=8.0, tau=4.0, warmup=20)
+    full = loss_terms("dkd", s, t, y, epoch=30, alpha=1.0, beta=8.0, tau=4.0, warmup=20, standardize=False)
     assert set(full) == {"ce", "tckd", "nckd"}
     assert full["ce"].item() == pytest.approx(ce.item())  # cross-entropy at weight 1, as in the paper
     assert full["tckd"].item() == pytest.approx(tckd.item()) and full["nckd"].item() == pytest.approx(
         8 * nckd.item()
     )
     # mdistiller's linear warm-up min(epoch / warmup, 1), 1-based epochs: epoch 5 of 20 -> 1/4.
-    ramp = loss_terms("dkd", s, t, y, epoch=5, alpha=2.0, beta=8.0, tau=4.0, warmup=20)
+    ramp = loss_terms("dkd", s, t, y, epoch=5, alpha=2.0, beta=8.0, tau=4.0, warmup=20, standardize=False)
     assert ramp["tckd"].item() == pytest.approx(0.25 * 2 * tckd.item())
     assert ramp["nckd"].item() == pytest.approx(0.25 * 8 * nckd.item())
-    no_warmup = loss_terms("dkd", s, t, y, epoch=1, alpha=1.0, beta=0.0, tau=4.0, warmup=0)
+    no_warmup = loss_terms("dkd", s, t, y, epoch=1, alpha=1.0, beta=0.0, tau=4.0, warmup=0, standardize=False)
     assert set(no_warmup) == {"ce", "tckd"} and no_warmup["tckd"].item() == pytest.approx(tckd.item())
     for tau in (0.0, math.inf):  # kd.tau's range holds them (for KL); DKD excludes both
         with pytest.raises(
@@ -302,14 +303,14 @@ def test_logit_standardization_is_kl_of_zscored_logits() -> None:
     z_s = (s.numpy() - s.numpy().mean(1, keepdims=True)) / (s.numpy().std(1, ddof=1, keepdims=True) + 1e-7)
     z_t = (t.numpy() - t.numpy().mean(1, keepdims=True)) / (t.numpy().std(1, ddof=1, keepdims=True) + 1e-7)
     expected = tau**2 * np_kl_rows(np_softmax(z_t / tau), np.exp(np_log_softmax(z_s / tau))).mean()
-    terms = loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=True)
+    terms = loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=True, **UNSET)
     assert set(terms) == {"kl"} and terms["kl"].item() == pytest.approx(expected, rel=1e-9)
     # The point of the method: the student's logit scale and shift no longer matter.
-    moved = loss_terms("kl", 3.0 * s + 5.0, t, y, alpha=1.0, tau=tau, standardize=True)["kl"]
+    moved = loss_terms("kl", 3.0 * s + 5.0, t, y, alpha=1.0, tau=tau, standardize=True, **UNSET)["kl"]
     assert moved.item() == pytest.approx(expected, rel=1e-6)
-    assert loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=False)["kl"].item() != pytest.approx(
-        expected, rel=1e-3
-    )
+    assert loss_terms("kl", s, t, y, alpha=1.0, tau=tau, standardize=False, **UNSET)[
+        "kl"
+    ].item() != pytest.approx(expected, rel=1e-3)
 
 
 def test_smooth_logit_hand_computed() -> None:
@@ -319,8 +320,10 @@ def test_smooth_logit_hand_computed() -> None:
     expected = (0.5 * 0.25 + 1.5 + 0.0 + 2.5) / 4
     assert smooth_l1_logits(s, t).item() == pytest.approx(expected)
     y = torch.tensor([0, 1])
-    assert loss_terms("smooth_logit", s, t, y, alpha=1.0)["smooth_l1"].item() == pytest.approx(expected)
-    half = loss_terms("smooth_logit", s, t, y, alpha=0.5)
+    assert loss_terms("smooth_logit", s, t, y, alpha=1.0, **UNSET)["smooth_l1"].item() == pytest.approx(
+        expected
+    )
+    half = loss_terms("smooth_logit", s, t, y, alpha=0.5, **UNSET)
     assert half["smooth_l1"].item() == pytest.approx(0.5 * expected) and set(half) == {"ce", "smooth_l1"}
 
 
@@ -344,5 +347,8 @@ def test_registrations_give_names_labels_ranges_and_teacher_needs() -> None:
     with pytest.raises(UserError, match=r"kd.dist_gamma=-1.0 is outside \[0, 10000\]"):
         build_config(flags={"kd": {"loss": "dist", "teacher": "t", "dist_gamma": -1.0}})
     # tau is not an MSE hyperparameter: given, it is refused as unread, whatever its value
-    with pytest.raises(UserError, match=r"kd.tau is not read by loss mse, which reads kd.alpha: drop kd.tau"):
+    with pytest.raises(
+        UserError,
+        match=r"kd.tau is not read by loss mse, which reads kd.alpha, kd.ce_weight, kd.kd_weight: drop kd.tau",
+    ):
         build_config(flags={"kd": {"loss": "mse", "teacher": "t", "tau": -1.0}})

@@ -148,7 +148,7 @@ def test_a_plugin_reaches_a_sweep_its_worker_processes_and_its_report(setting: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["distill", "--loss", "mse", "--tau", "3"], "kd.tau is not read by loss mse, which reads kd.alpha: drop kd.tau"),
+        (["distill", "--loss", "mse", "--tau", "3"], "kd.tau is not read by loss mse, which reads kd.alpha, kd.ce_weight, kd.kd_weight: drop kd.tau"),
         (["distill", "--loss", "dkd", "--alpha", "0.3"],
          "kd.alpha is not read by loss dkd, which reads kd.dkd_alpha, kd.dkd_beta, kd.tau, kd.dkd_warmup"),
         (["distill", "--loss", "kl", "--set", "kd.dkd_beta=4"], "kd.dkd_beta is not read by loss kl"),

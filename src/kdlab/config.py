@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from kdlab.errors import UserError, did_you_mean, shown
-from kdlab.losses import loss_spec
+from kdlab.losses import loss_spec, term_weights
 
 ENSEMBLE_REDUCTIONS = ("mean", "sum")
 
@@ -55,6 +55,12 @@ class DataConfig:
         "clean"  # the teacher scores clean images, or one crop+flip pass ("augmented", official)
     )
     select_seed: int = 0  # random selections: the same samples for every run
+    # How many of a class's n samples a band keeps: kd_data (the official code's arithmetic: 19 of 187 for
+    # samples:random:0-0.1) or floor (floor(n * upper) - floor(n * lower): 18); kdlab.data.select.
+    select_count: str = "kd_data"
+    # Each epoch, the student's accuracy on the training samples data.select left out (left_out_acc in
+    # metrics.jsonl, as the official code's valid loader): one evaluation pass over them per epoch.
+    eval_left_out: bool = True
     download: bool = False
     num_workers: int = 4  # DataLoader workers (ImageFolder only; in-memory data needs none)
     image_size: int | None = None  # ImageFolder crop size (default 224)
@@ -84,7 +90,8 @@ class Hyperparameter:
     bare token), the fix an error suggests (``hint``), whether report labels omit it at its default
     (``hide_default``), and for a flag the suffix it adds to its loss's label when true (``label``).
     Declared once: with a ``DistillConfig`` field (:func:`hyperparameter`) or, for a plugin's loss,
-    with :func:`declare_hyperparameter`."""
+    with :func:`declare_hyperparameter`. A field whose default is None is optional: None means not
+    given (no run-name token, no label, not listed in summary.json), a number must fit the range."""
 
     token: str
     low: float = -math.inf
@@ -122,13 +129,24 @@ class DistillConfig:
         hide_default=True,
         hint="alpha weights the KD term, e.g. --alpha 0.9",
     )  # kl, mse, smooth_logit: weight of the KD term; (1 - alpha) weights cross-entropy
+    # kl, mse, smooth_logit: the loss ce_weight * CE + kd_weight * KD instead of alpha's convex pair, as
+    # mdistiller's CE_WEIGHT/KD_WEIGHT (logit standardization's recipe: 0.1 * CE + 9 * KD at tau 2). Both
+    # or neither; given, they replace alpha (kdlab.losses.term_weights). None: not given.
+    ce_weight: float | None = hyperparameter(
+        None, token="ce", low=0.0, high=MAX_LOSS_WEIGHT,
+        hint="the weight of cross-entropy, given with kd.kd_weight (instead of alpha), e.g. 0.1",
+    )  # fmt: skip
+    kd_weight: float | None = hyperparameter(
+        None, token="kd", low=0.0, high=MAX_LOSS_WEIGHT,
+        hint="the weight of the KD term, given with kd.ce_weight (instead of alpha), e.g. 9",
+    )  # fmt: skip
     tau: float = hyperparameter(
         4.0, token="t", low=0.0, high=math.inf,
         hint="use a temperature >= 0, 'inf' (logit matching) or 0 (label matching)",
     )  # kl, dkd, dist: temperature; kl also takes inf (logit matching) and 0 (label matching)  # fmt: skip
     standardize: bool = hyperparameter(
         False, token="ls", label="LS", hint="logit standardization is on (true) or off (false)"
-    )  # kl: z-score both logits per sample first (logit standardization)
+    )  # kl, dkd: z-score both logits per sample first (logit standardization, Sun et al. 2024)
     dkd_alpha: float = hyperparameter(
         1.0, token="a", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
         hint="DKD's weight of TCKD (target class), e.g. 1",
@@ -206,6 +224,8 @@ def declared_hyperparameters() -> dict[str, tuple[Any, Hyperparameter]]:
 
 def _out_of_range(spec: Hyperparameter, value: Any, default: Any) -> str | None:
     """Why ``value`` does not fit ``spec`` (None when it does): the words after ``kd.F=VALUE``."""
+    if default is None and value is None:  # an optional hyperparameter, not given
+        return None
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
@@ -254,12 +274,14 @@ class LossParam:
             )
 
     def token_of(self, value: Any) -> str | None:
+        if value is None:  # an optional hyperparameter not given
+            return None
         if self.is_flag:
             return self.spec.token if value else None
         return f"{self.spec.token}{format_value(value)}"
 
     def label_of(self, value: Any) -> str | None:
-        if self.is_flag or (self.hide_default and value == self.default):
+        if value is None or self.is_flag or (self.hide_default and value == self.default):
             return None
         return f"{self.label}={format_value(value)}"
 
@@ -287,8 +309,10 @@ def loss_values(kd: DistillConfig) -> dict[str, Any]:
 
 
 def loss_settings(kd: DistillConfig) -> dict[str, Any]:
-    """``{field: value}`` of the hyperparameters ``kd.loss`` reads: what summary.json records."""
-    return {param.field: getattr(kd, param.field) for param in loss_params(kd.loss)}
+    """``{field: value}`` of the hyperparameters ``kd.loss`` reads: what summary.json records (an
+    optional one that is not given, such as ``ce_weight`` of a KL run weighted by alpha, is left out)."""
+    values = {param.field: getattr(kd, param.field) for param in loss_params(kd.loss)}
+    return {field: value for field, value in values.items() if value is not None}
 
 
 def loss_tokens(kd: DistillConfig) -> list[str]:
@@ -308,12 +332,30 @@ def loss_label(kd: DistillConfig) -> str:
 
 def check_unread(config: RunConfig, given: Any, where: str = "") -> None:
     """A UserError when a loss hyperparameter in ``given`` (dotted keys that were set explicitly) is one
-    ``config.kd.loss`` does not read: a setting that would change nothing, yet be recorded."""
+    ``config.kd.loss`` does not read: a setting that would change nothing, yet be recorded. That
+    includes ``kd.alpha`` given with ``kd.ce_weight``/``kd.kd_weight``, which replace it."""
     reads = set(loss_spec(config.kd.loss).fields)
     for key in given:
         name = key.removeprefix("kd.")
         if key.startswith("kd.") and name in declared_hyperparameters() and name not in reads:
             raise UserError(f"{where}{unread_message(key, config.kd.loss)}")
+        if key == "kd.alpha" and _weighted(config.kd):
+            raise UserError(f"{where}{alpha_and_weights_message(config.kd)}")
+
+
+def _weighted(kd: DistillConfig) -> bool:
+    """Whether ``kd``'s loss is weighted by ``kd.ce_weight``/``kd.kd_weight`` instead of alpha."""
+    fields = loss_spec(kd.loss).fields
+    return "alpha" in fields and any(
+        name in fields and getattr(kd, name) is not None for name in ("ce_weight", "kd_weight")
+    )
+
+
+def alpha_and_weights_message(kd: DistillConfig) -> str:
+    return (
+        f"kd.alpha={format_value(kd.alpha)} and kd.ce_weight/kd.kd_weight both weight loss {kd.loss}: give alpha "
+        "((1 - alpha) * CE + alpha * KD) or the two weights (ce_weight * CE + kd_weight * KD), not both"
+    )
 
 
 def unread_message(key: str, loss: str) -> str:
@@ -429,6 +471,10 @@ class RunConfig:
         self.kd.loss = spec.name  # as registered, whatever the case it was typed in
         for param in loss_params(spec.name):
             param.check(getattr(self.kd, param.field), spec.name)
+        if _weighted(self.kd):  # the weights replace alpha: both of them, and alpha left at its default
+            term_weights(self.kd.alpha, self.kd.ce_weight, self.kd.kd_weight)
+            if self.kd.alpha != DistillConfig.alpha:
+                raise UserError(alpha_and_weights_message(self.kd))
         specs = teacher_specs(self.kd.teacher)  # one form per meaning: a single teacher is a string
         self.kd.teacher = None if not specs else specs[0] if len(specs) == 1 else specs
         if spec.needs_teacher and not specs:
@@ -456,7 +502,7 @@ class RunConfig:
             )
         from kdlab.data.select import check_selection
 
-        check_selection(self.data.select, self.data.select_pass, bool(specs))
+        check_selection(self.data.select, self.data.select_pass, bool(specs), self.data.select_count)
         if self.stack not in ("auto", "on", "off"):
             raise UserError(f"stack={self.stack!r} is invalid: choose auto, on or off")
         if self.data.label_noise:
@@ -632,6 +678,21 @@ def from_dict(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> 
         else:
             values[key] = _coerce(value, annotation, prefix + key)
     return cls(**values)
+
+
+def from_record(stored: Any) -> RunConfig:
+    """A run's recorded settings (its config.yaml, or the config a checkpoint holds) as a RunConfig.
+
+    A setting that kdlab added later is absent from the records of older runs, which ran as kdlab did
+    before it; where that differs from the new default, the record is read with the old behaviour, so
+    that comparing it with a new config (``--resume``, a sweep's reuse, a report's groups) sees the
+    difference: a ``data.select`` run recorded without ``data.select_count`` selected with ``floor``.
+    """
+    if isinstance(stored, dict) and isinstance(stored.get("data"), dict):
+        data = stored["data"]
+        if data.get("select") and "select_count" not in data:
+            stored = {**stored, "data": {**data, "select_count": "floor"}}
+    return from_dict(stored)
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -830,7 +891,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 RUNTIME_KEYS = (
     "out", "imports", "device", "amp", "compile", "progress", "tensorboard", "channels_last", "deterministic", "sync_bn",
     "stack", "cuda_graph",
-    "data.data_dir", "data.download", "data.num_workers", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
+    "data.data_dir", "data.download", "data.num_workers", "data.eval_left_out", "kd.cache", "kd.cache_dir", "kd.cache_limit_gb",
 )  # fmt: skip
 
 

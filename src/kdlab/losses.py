@@ -105,7 +105,10 @@ def kd_loss(
         raise UserError(f"alpha={alpha} is outside [0, 1]: alpha weights the KD term, e.g. alpha=0.9")
     if not 0 <= tau <= math.inf:
         raise UserError(f"tau={tau} is not a temperature >= 0: use e.g. 4, math.inf (logit matching) or 0")
-    terms = loss_terms("kl", student_logits, teacher_logits, targets, alpha=alpha, tau=tau, standardize=False)
+    terms = loss_terms(
+        "kl", student_logits, teacher_logits, targets,
+        alpha=alpha, ce_weight=None, kd_weight=None, tau=tau, standardize=False,
+    )  # fmt: skip
     return sum(terms.values())
 
 
@@ -323,7 +326,8 @@ def loss_terms(
     ``given``: every hyperparameter by keyword (``alpha=0.9, tau=4``) and the inputs the loss reads
     besides teacher logits (``epoch=``,
     ``student_features=``, ...). 'kl': ``{"ce": (1-alpha) CE, "kl": alpha kl_div}`` (``"label"`` at
-    tau = 0); 'ce': ``{"ce": CE}``. Zero-weight terms are omitted.
+    tau = 0; ``ce_weight``/``kd_weight`` instead of ``1 - alpha``/``alpha`` when given, see
+    :func:`term_weights`); 'ce': ``{"ce": CE}``. Zero-weight terms are omitted.
     """
     return loss_spec(loss)(student_logits, targets, teacher_logits=teacher_logits, **given)
 
@@ -339,13 +343,34 @@ def needs_teacher(loss: str) -> bool:
 LIMIT_TEMPERATURES = {"tau": (0.0, math.inf)}
 
 
+def term_weights(alpha: float, ce_weight: float | None, kd_weight: float | None) -> tuple[float, float]:
+    """``(weight of CE, weight of the KD term)`` of the losses that read ``kd.alpha``: the paper's
+    ``(1 - alpha, alpha)``, or ``(ce_weight, kd_weight)`` when both are given (mdistiller's
+    ``CE_WEIGHT``/``KD_WEIGHT``: logit standardization's recipe is 0.1 * CE + 9 * KD), which then
+    replace alpha. One weight without the other, or two zero weights, is a UserError."""
+    if ce_weight is None and kd_weight is None:
+        return 1.0 - alpha, alpha
+    if ce_weight is None or kd_weight is None:
+        given, missing = ("kd_weight", "ce_weight") if ce_weight is None else ("ce_weight", "kd_weight")
+        raise UserError(
+            f"kd.{given} is given without kd.{missing}: give both (the loss is then ce_weight * CE + kd_weight * KD), "
+            "or neither and kd.alpha ((1 - alpha) * CE + alpha * KD)"
+        )
+    if ce_weight == 0 and kd_weight == 0:
+        raise UserError(
+            "kd.ce_weight=0 and kd.kd_weight=0 leave nothing to learn from: give one a positive weight"
+        )
+    return ce_weight, kd_weight
+
+
 def _with_ce(
-    terms: dict[str, Tensor], student_logits: Tensor, targets: Tensor, alpha: float
+    terms: dict[str, Tensor], student_logits: Tensor, targets: Tensor, ce_weight: float, kd_weight: float
 ) -> dict[str, Tensor]:
-    # Terms with zero weight are left out, so logs show only what trains the student.
-    weighted = {name: alpha * value for name, value in terms.items()} if alpha > 0 else {}
-    if alpha < 1:
-        weighted = {"ce": (1 - alpha) * F.cross_entropy(student_logits, targets), **weighted}
+    """``ce_weight * CE`` and ``kd_weight *`` each of ``terms``. Terms with zero weight are left out, so
+    logs show only what trains the student."""
+    weighted = {name: kd_weight * value for name, value in terms.items()} if kd_weight > 0 else {}
+    if ce_weight > 0:
+        weighted = {"ce": ce_weight * F.cross_entropy(student_logits, targets), **weighted}
     return weighted
 
 
@@ -362,54 +387,73 @@ def _ce_terms(student_logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
     return {"ce": F.cross_entropy(student_logits, targets)}
 
 
-@register_loss("kl", label="KL", params=("standardize", "alpha", "tau"))
+# What weighs a loss's CE and KD terms: alpha, or ce_weight and kd_weight instead (term_weights).
+WEIGHTS = ("alpha", "ce_weight", "kd_weight")
+
+
+@register_loss("kl", label="KL", params=("standardize", "alpha", "tau", "ce_weight", "kd_weight"))
 def _kl_terms(
     student_logits: Tensor,
     targets: Tensor,
     *,
     teacher_logits: Tensor,
     alpha: float,
+    ce_weight: float | None,
+    kd_weight: float | None,
     tau: float,
     standardize: bool,
 ) -> dict[str, Tensor]:
-    """The paper's KD loss; with ``standardize``, of z-scored logits (Sun et al., CVPR 2024)."""
-    if alpha == 0:
-        return _with_ce({}, student_logits, targets, alpha)
+    """``w_ce * CE + w_kd * tau^2 KL`` with ``(w_ce, w_kd)`` from :func:`term_weights`; with
+    ``standardize``, the KL of z-scored logits (Sun et al., CVPR 2024; CE reads the raw logits)."""
+    ce_weight, kd_weight = term_weights(alpha, ce_weight, kd_weight)
+    if kd_weight == 0:
+        return _with_ce({}, student_logits, targets, ce_weight, kd_weight)
     student, teacher = student_logits, teacher_logits
     if standardize:
         student, teacher = standardize_logits(student), standardize_logits(teacher)
     name = "label" if tau == 0 else "kl"
-    return _with_ce({name: soft_target_loss(student, teacher, tau)}, student_logits, targets, alpha)
+    soft = {name: soft_target_loss(student, teacher, tau)}
+    return _with_ce(soft, student_logits, targets, ce_weight, kd_weight)
 
 
-@register_loss("mse", label="MSE", params=("alpha",))
+@register_loss("mse", label="MSE", params=WEIGHTS)
 def _mse_terms(
-    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
-) -> dict[str, Tensor]:
-    soft = {"mse": mse_logits(student_logits, teacher_logits)} if alpha > 0 else {}
-    return _with_ce(soft, student_logits, targets, alpha)
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float,
+    ce_weight: float | None, kd_weight: float | None,
+) -> dict[str, Tensor]:  # fmt: skip
+    ce_weight, kd_weight = term_weights(alpha, ce_weight, kd_weight)
+    soft = {"mse": mse_logits(student_logits, teacher_logits)} if kd_weight > 0 else {}
+    return _with_ce(soft, student_logits, targets, ce_weight, kd_weight)
 
 
-@register_loss("smooth_logit", label="SmoothL1", params=("alpha",))
+@register_loss("smooth_logit", label="SmoothL1", params=WEIGHTS)
 def _smooth_logit_terms(
-    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float
-) -> dict[str, Tensor]:
-    soft = {"smooth_l1": smooth_l1_logits(student_logits, teacher_logits)} if alpha > 0 else {}
-    return _with_ce(soft, student_logits, targets, alpha)
+    student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, alpha: float,
+    ce_weight: float | None, kd_weight: float | None,
+) -> dict[str, Tensor]:  # fmt: skip
+    ce_weight, kd_weight = term_weights(alpha, ce_weight, kd_weight)
+    soft = {"smooth_l1": smooth_l1_logits(student_logits, teacher_logits)} if kd_weight > 0 else {}
+    return _with_ce(soft, student_logits, targets, ce_weight, kd_weight)
 
 
 @register_loss(
     "dkd", label="DKD", reads=("teacher_logits", "epoch"),
-    params={"alpha": "dkd_alpha", "beta": "dkd_beta", "tau": "tau", "warmup": "dkd_warmup"},
+    params={"alpha": "dkd_alpha", "beta": "dkd_beta", "tau": "tau", "warmup": "dkd_warmup",
+            "standardize": "standardize"},
     excludes=LIMIT_TEMPERATURES,
 )  # fmt: skip
 def _dkd_terms(
     student_logits: Tensor, targets: Tensor, *, teacher_logits: Tensor, epoch: int,
-    alpha: float, beta: float, tau: float, warmup: int,
+    alpha: float, beta: float, tau: float, warmup: int, standardize: bool,
 ) -> dict[str, Tensor]:  # fmt: skip
-    """``CE + w * (alpha * TCKD + beta * NCKD)``, ``w = min(epoch / warmup, 1)`` with 1-based epochs (mdistiller)."""
+    """``CE + w * (alpha * TCKD + beta * NCKD)``, ``w = min(epoch / warmup, 1)`` with 1-based epochs
+    (mdistiller); with ``standardize``, TCKD and NCKD of z-scored logits, CE of the raw ones (the
+    logit-standardization code's DKD: its recipe multiplies alpha and beta by 9 at tau 2)."""
     ramp = min(epoch / warmup, 1.0) if warmup > 0 else 1.0
-    tckd, nckd = decoupled_kd(student_logits, teacher_logits, targets, tau)
+    student, teacher = student_logits, teacher_logits
+    if standardize:
+        student, teacher = standardize_logits(student), standardize_logits(teacher)
+    tckd, nckd = decoupled_kd(student, teacher, targets, tau)
     return _weighted(student_logits, targets, {"tckd": (ramp * alpha, tckd), "nckd": (ramp * beta, nckd)})
 
 

@@ -521,14 +521,14 @@ class RunFolder:
     def read_config(self) -> RunConfig:
         """The RunConfig in ``config.yaml`` (its ``run_info`` block dropped); a UserError when the
         file is missing or is not a kdlab config (read with kdlab.config.load_yaml's bounds)."""
-        from kdlab.config import from_dict, load_yaml
+        from kdlab.config import from_record, load_yaml
 
         if not self.config_path.exists():
             raise UserError(f"{self.path} has no config.yaml: pass a kdlab run folder")
         check_regular(self.config_path, fix=_RUN_FILE_FIX)
         stored = load_yaml(self.config_path)
         stored.pop("run_info", None)
-        return from_dict(stored)
+        return from_record(stored)
 
     # -- the marker, the checks before writing, clearing, the lock ---------------------------
 

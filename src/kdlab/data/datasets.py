@@ -95,6 +95,7 @@ class DatasetSplits:
     flip: bool = False  # random horizontal flip used by augmentation
     class_names: list[str] = field(default_factory=list)
     val: TensorData | None = None  # held out of the training split by ``val_split`` (never trained on)
+    left_out: TensorData | None = None  # training samples data.select left out (kdlab.data.select)
     identity: dict | None = None  # load_dataset(fingerprint=True): kdlab.identity.data_identity
 
     @property

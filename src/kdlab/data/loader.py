@@ -387,15 +387,16 @@ def make_loader(
     channels_last: bool = False,
     drop_last: bool = False,
 ) -> TensorLoader | DatasetLoader:
-    """Iterate ``splits.<split>`` (``"train"``, ``"val"`` or ``"test"``) in batches of :class:`Batch`.
+    """Iterate ``splits.<split>`` (``"train"``, ``"val"``, ``"test"`` or ``"left_out"``, the training
+    samples ``data.select`` left out) in batches of :class:`Batch`.
 
     ``train=True`` shuffles and, for in-memory splits, augments as ``augment`` says (a mode of
     ``AUGMENT_MODES``; ``True``/``False`` mean default/none; inputs other than uint8 images take
     default or none, which do nothing); ``train=False`` keeps the order and does not augment. Call ``set_epoch(e)`` before iterating epoch ``e``. ``num_workers`` only matters for
     Dataset splits (imagefolder/imagenet), whose augmentation lives in their transforms.
     """
-    if split not in ("train", "val", "test"):
-        raise UserError(f"unknown split '{split}': choose train, val or test")
+    if split not in ("train", "val", "test", "left_out"):
+        raise UserError(f"unknown split '{split}': choose train, val, test or left_out")
     if getattr(splits, split) is None:
         raise UserError(f"{splits.name} has no {split} split: set data.val_split=N to hold one out")
     if batch_size < 1:

@@ -189,6 +189,11 @@ class Trainer:
             else None
         )
         self.clean_train_loader = make_loader(self.splits, "train", eval_batch, train=False, **loader_args)
+        self.left_out_loader = (  # the training samples data.select left out: the official code's valid loader
+            make_loader(self.splits, "left_out", eval_batch, train=False, **loader_args)
+            if self.splits.left_out is not None and lead.data.eval_left_out
+            else None
+        )
         self.teacher_needed = any(needs_teacher(config.kd.loss) for config in configs)
         self.teacher_features_needed = any("teacher_features" in loss_spec(c.kd.loss).reads for c in configs)
         check_feature_losses(configs, self.teacher, self.world.size, self.sample_inputs)
@@ -475,6 +480,9 @@ class Trainer:
             if self.val_loader is not None:  # held-out training images: choose epochs here, never on test
                 val = self.evaluate(student.module, self.val_loader)
                 row |= {"val_acc": val["acc"], "val_loss": val["loss"]}
+            if self.left_out_loader is not None:  # unaugmented, against the run's training labels
+                left_out = self.evaluate(student.module, self.left_out_loader)
+                row |= {"left_out_acc": left_out["acc"], "left_out_loss": left_out["loss"]}
             row |= {
                 "epoch_time_s": time.perf_counter() - epoch_start,
                 "train_images_per_s": count / train_time,
@@ -689,6 +697,11 @@ class Trainer:
             }
             if self.splits.val is not None:
                 summary |= {"val_images": len(self.splits.val), **best_on_val(student.metrics)}
+            if self.left_out_loader is not None:
+                summary |= {
+                    "left_out_images": len(self.splits.left_out),
+                    "left_out_acc_last": last.get("left_out_acc"),
+                }
             if self.noise_record is not None:
                 summary["label_noise"] = config.data.label_noise
                 summary["label_noise_realised_rate"] = self.noise_record["realised_rate"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.config import RunConfig, first_difference, from_dict
+from kdlab.config import RunConfig, first_difference, from_record
 from kdlab.errors import UserError, first_line, shown
 from kdlab.identity import checkpoint_inputs, compare_inputs, compares_teachers
 from kdlab.models import check_logits
@@ -249,7 +249,7 @@ def check_resume(
     recorded, current = checkpoint_inputs(checkpoint), inputs or {}
     ignore = ("optim.epochs", "kd.teacher") if compares_teachers(recorded, current) else ("optim.epochs",)
     try:
-        difference = first_difference(from_dict(checkpoint.get("config")), config, ignore=ignore)
+        difference = first_difference(from_record(checkpoint.get("config")), config, ignore=ignore)
     except UserError:  # no config (an older checkpoint), or one this kdlab cannot read
         old_name = checkpoint.get("dataset")
         difference = ("data.name", old_name, config.data.name) if old_name != config.data.name else None

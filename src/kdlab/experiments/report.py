@@ -246,10 +246,12 @@ def grids(members: list[Group], metric: str = ACCURACY) -> list[Grid]:
         def value(group: Group, param: LossParam) -> Any:
             return group.key.get(f"kd.{param.field}")
 
-        varying = [
+        varying = [  # an axis holds numbers: an optional weight that some runs leave unset is not one
             param
             for param in groups[0].params
-            if not param.is_flag and len({value(g, param) for g in groups}) > 1
+            if not param.is_flag
+            and len({value(g, param) for g in groups}) > 1
+            and all(value(g, param) is not None for g in groups)
         ]
         if not varying:
             continue
@@ -275,7 +277,7 @@ def grids(members: list[Group], metric: str = ACCURACY) -> list[Grid]:
             fixed = [
                 f"{param.label}={format_value(value(subset[0], param))}"
                 for param in rest
-                if not param.is_flag
+                if not param.is_flag and value(subset[0], param) is not None
             ]
             label = " ".join(["+".join([spec.label, *flags]), *fixed])
             found.append(Grid(spec, rows, columns, row_values, column_values, means, stds, label))
