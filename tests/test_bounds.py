@@ -339,6 +339,18 @@ CASES: list[tuple[str, Args, str]] = [
      "Invalid value for '--jobs'"),
     ("setting-seeds-1e9", lambda f, out: ["reproduce", "--setting", _text(f, "setting.yaml", SETTING), "--out", out],
      "seeds=1000000000 must be a whole number in 1..100 (3 or more for a verdict)"),
+    # paths the file system cannot hold: refused before any folder on the way is made
+    ("out-name-5000", lambda f, out: ["train", *DIGITS, "--out", out / ("a" * 5000)],
+     " characters): File name too long: use a shorter path (at most 255 characters per name)"),
+    ("out-deep-name-300", lambda f, out: ["train", *DIGITS, "--out", out / ("c" * 300) / "run"],
+     "cannot be created: its names are too long for the file system (at most 255 bytes per name); choose a "
+     "shorter --out"),
+    ("report-out-name-300", lambda f, out: ["report", f.teacher, "--out", out / ("b" * 300)],
+     "cannot be created: its names are too long for the file system (at most 255 bytes per name)"),
+    ("config-name-300", lambda f, out: ["train", "--config", f.root / ("c" * 300), "--out", out],
+     " characters): File name too long: use a shorter path (at most 255 characters per name)"),
+    ("teacher-name-5000", lambda f, out: ["distill", "--teacher", "t" * 5000, *DIGITS, "--out", out],
+     "(5000 characters): File name too long: use a shorter path (at most 255 characters per name)"),
 ]  # fmt: skip
 
 

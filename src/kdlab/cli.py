@@ -5,6 +5,7 @@ A mistake in the user's input (``UserError``) is printed as one line on stderr w
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -471,6 +472,30 @@ def _set_cpu_threads() -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
 
 
+# errno -> what the user can do about it; any other OSError is a bug of kdlab's and keeps its traceback.
+OS_ERROR_FIXES = {
+    errno.ENAMETOOLONG: "use a shorter path (at most 255 characters per name)",
+    errno.ENOSPC: "free some space, or choose a folder on another disk",
+    errno.EDQUOT: "free some space, or choose a folder on another disk",
+    errno.EROFS: "choose a folder you can write",
+    errno.EACCES: "choose a path you may read and write, or change its permissions",
+    errno.EPERM: "choose a path you may read and write, or change its permissions",
+    errno.ELOOP: "remove the loop of symbolic links, or choose another path",
+}
+
+
+def os_error_message(error: OSError) -> str | None:
+    """One line for an OSError the user can fix (a path too long, a full or read-only disk, no
+    permission); None for any other."""
+    fix = OS_ERROR_FIXES.get(error.errno or 0)
+    if fix is None:
+        return None
+    name = str(error.filename) if error.filename is not None else "a path"
+    if len(name) > 120:
+        name = f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
+    return f"{name}: {error.strerror or 'refused by the system'}: {fix}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2; a run stopped by
     SIGTERM/SIGINT says where it saved and exits 128 + signal. ``--nproc N`` relaunches the command
@@ -504,6 +529,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
+    except OSError as error:  # what the system refused about a path the user gave: one line, not a traceback
+        message = os_error_message(error)
+        if message is None:
+            raise
+        if not quiet:
+            typer.echo(f"kdlab: error: {message}", err=True)
+        sys.exit(2)
     except typer.TyperException as error:  # a flag of the wrong type, a missing option, a typo'd command
         message = " ".join(error.format_message().split()) if hasattr(error, "format_message") else str(error)
         if message and not quiet:  # no message: the help was printed (`kdlab` alone)

@@ -1011,6 +1011,17 @@ def _check_creatable(path: Path, flag: str = "--out") -> None:
         raise UserError(
             f"{flag} {path} cannot be created: {parent} is not writable; choose a folder you can write"
         )
+    # Names the file system cannot hold, refused before any of the missing folders is made.
+    longest = max(path.absolute().relative_to(parent).parts, key=len, default="")
+    name_max = os.pathconf(parent, "PC_NAME_MAX")
+    if len(os.fsencode(longest)) > name_max or len(os.fsencode(path.absolute())) >= os.pathconf(
+        parent, "PC_PATH_MAX"
+    ):
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-40:]}"
+        raise UserError(
+            f"{flag} {shown} cannot be created: its names are too long for the file system (at most "
+            f"{name_max} bytes per name); choose a shorter {flag}"
+        )
 
 
 def _check_clearable(path: Path, protected: Sequence[str | Path]) -> None:
