@@ -242,21 +242,30 @@ def die_with_parent(parent: int) -> None:
     after the signal if it is still running. A parent that died before this ran (this process was
     re-parented already) ends this process at once. Used by sweep workers and by the ranks of
     ``--nproc N`` (``kdlab.distributed``), whose run then saves a checkpoint and stops."""
+    signalled = False  # whether the kernel sends the SIGTERM: then the watchdog must not send a second
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            signalled = (
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+            )
     if os.getppid() != parent:  # checked after prctl: a death before it sends no signal
         _exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), name="kdlab-parent-watchdog", daemon=True).start()
+    threading.Thread(
+        target=_watch_parent, args=(parent, not signalled), name="kdlab-parent-watchdog", daemon=True
+    ).start()
     # Orphaned, a process that stopped by itself skips the interpreter's finalisation too (see _exit):
     # nobody waits for its exit code, and during finalisation the watchdog thread can no longer run.
     atexit.register(lambda: os.getppid() != parent and _exit(1))
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, send: bool) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
-    os.kill(os.getpid(), signal.SIGTERM)  # the run saves a checkpoint at its next step and stops
+    # The run saves a checkpoint at its next step and stops. Only one SIGTERM: a second one, after the
+    # run stopped listening (its checkpoint saved, its handlers restored), would kill the process
+    # before it says where it saved (seen with --nproc 2 under load: the rank's stop line missing).
+    if send:
+        os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(STOP_GRACE_S)
     _exit(1)
 
