@@ -42,8 +42,8 @@ from kdlab.engine.step import (
     StepTeacher,
     TrainStep,
     Unit,
-    capture_possible,
     check_feature_losses,
+    graph_backend,
     live_teacher_logits,
     set_units_lr,
 )
@@ -347,7 +347,7 @@ class Trainer:
             units = self.make_units(students)
             self.step = TrainStep(
                 units, EpochState(len(students), self.device), self.step_teacher(), autocast,
-                lead.optim.batch_size, capture_possible(self.device, self.world.size, lead.cuda_graph),
+                lead.optim.batch_size, graph_backend(self.device, self.world.size, lead.cuda_graph),
             )  # fmt: skip
         return self.step
 
