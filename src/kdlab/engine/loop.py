@@ -197,6 +197,7 @@ class Trainer:
         self.logit_cache: TeacherLogitCache | None = None
         self.step: TrainStep | None = None  # made by the first epoch (train_step_for)
         self.step_students: list[int] = []
+        self.stack_reasons: set[tuple[str, str]] = set()  # said once each (make_units)
         if self.teacher is not None and self.teacher_needed and lead.kd.cache:
             self.logit_cache = open_logit_cache(
                 lead, self.train_loader, self.teacher, self.live_teacher_logits, self.splits.num_classes,
@@ -322,9 +323,12 @@ class Trainer:
             if stacked is not None:
                 units.append(StackedStudents(members, slots, stacked))
                 continue
-            if reason is not None and lead.progress and self.world.is_main:
-                tqdm.write(
-                    f"kdlab: {members[0].config.model} students not stacked ({reason}): lockstep instead"
+            said = (members[0].config.model, reason)
+            if reason is not None and self.world.is_main and said not in self.stack_reasons:
+                self.stack_reasons.add(said)  # once: the units are made again when a student diverges
+                print(
+                    f"kdlab: {members[0].config.model} students not stacked ({reason}): lockstep instead",
+                    file=sys.stderr,
                 )
             units += [OneStudent(student, slot) for slot, student in zip(slots, members, strict=True)]
         return units
