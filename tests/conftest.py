@@ -15,6 +15,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_kdlab_cache(tmp_path_factory) -> Iterator[None]:
+    """Teacher-logit caches (kd.cache: auto builds one when a run would reuse it) and downloads go to
+    a folder of the test session, never the user's ~/.cache/kdlab; a test may point it elsewhere."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("KDLAB_CACHE_DIR", str(tmp_path_factory.mktemp("kdlab-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _restore_determinism() -> Iterator[None]:
     """Runs with ``deterministic: true`` switch torch's global flag on; give each test a clean one."""
