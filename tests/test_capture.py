@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_engine import make_config, state
+from fixtures_engine import make_config, random_teacher, state
 
 import kdlab.engine.loop
 from kdlab.engine import Trainer
@@ -94,21 +94,27 @@ def assert_bitwise(run_a: Path, run_b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def eager_runs(tmp_path_factory, digits_teacher) -> Path:
+def teacher(tmp_path_factory) -> str:
+    """A random convnet-4 teacher of digits: what the step computes does not need a trained one."""
+    return str(random_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", in_channels=1))
+
+
+@pytest.fixture(scope="module")
+def eager_runs(tmp_path_factory, teacher) -> Path:
     """The eager runs the fakes are compared with: kl + mse in lockstep, dkd alone (2 epochs), kl
     alone (1 epoch)."""
     root = tmp_path_factory.mktemp("eager")
-    run(root / "pair", digits_teacher, ["kl", "mse"], None)
-    run(root / "dkd", digits_teacher, ["dkd"], None)
-    run(root / "one", digits_teacher, ["kl"], None, epochs=1)
+    run(root / "pair", teacher, ["kl", "mse"], None)
+    run(root / "dkd", teacher, ["dkd"], None)
+    run(root / "one", teacher, ["kl"], None, epochs=1)
     return root
 
 
 def test_a_captured_group_warms_up_captures_once_and_replays_every_full_batch(
-    tmp_path, digits_teacher, eager_runs, monkeypatch
+    tmp_path, teacher, eager_runs, monkeypatch
 ):
     fake = FakeGraphs()
-    step = run(tmp_path, digits_teacher, ["kl", "mse"], fake, monkeypatch=monkeypatch)
+    step = run(tmp_path, teacher, ["kl", "mse"], fake, monkeypatch=monkeypatch)
     assert (fake.warm_ups, step.warmed, fake.captures, step.captures) == (WARMUP_STEPS, WARMUP_STEPS, 1, 1)
     assert step.replays == 2 * FULL - WARMUP_STEPS  # the capture's own replay and every later full batch
     assert fake.selections == 2 * FULL  # the partial last batch of each epoch ran eagerly
@@ -118,13 +124,13 @@ def test_a_captured_group_warms_up_captures_once_and_replays_every_full_batch(
 
 
 def test_a_loss_that_reads_the_epoch_is_captured_again_in_each_epoch(
-    tmp_path, digits_teacher, eager_runs, monkeypatch
+    tmp_path, teacher, eager_runs, monkeypatch
 ):
     """DKD's warm-up ramp reads the epoch: the graph holds it as a number, so a graph kept from the
     first epoch would train the second with the first's ramp; bitwise the eager run only with a
     capture per epoch."""
     fake = FakeGraphs()
-    step = run(tmp_path, digits_teacher, ["dkd"], fake, monkeypatch=monkeypatch)
+    step = run(tmp_path, teacher, ["dkd"], fake, monkeypatch=monkeypatch)
     assert (fake.warm_ups, fake.captures) == (WARMUP_STEPS, 2)
     assert step.replays == 2 * FULL - WARMUP_STEPS and fake.selections == 2 * FULL
     assert_bitwise(tmp_path / "dkd", eager_runs / "dkd" / "dkd")
@@ -145,12 +151,12 @@ def test_a_loss_that_reads_the_epoch_is_captured_again_in_each_epoch(
     ],
 )
 def test_a_capture_that_fails_or_replays_nothing_goes_eager_with_one_line(
-    tmp_path, digits_teacher, eager_runs, monkeypatch, capsys, mode, reason
+    tmp_path, teacher, eager_runs, monkeypatch, capsys, mode, reason
 ):
     """Whatever went wrong, the run says why in one line and trains on eagerly, bitwise as the eager
     run: the failed batch trained exactly once."""
     fake = FakeGraphs(mode)
-    step = run(tmp_path, digits_teacher, ["kl"], fake, epochs=1, monkeypatch=monkeypatch)
+    step = run(tmp_path, teacher, ["kl"], fake, epochs=1, monkeypatch=monkeypatch)
     assert step.fallback is not None and step.fallback.startswith(reason)
     lines = [line for line in capsys.readouterr().err.splitlines() if "captur" in line]
     assert lines == [
@@ -280,11 +286,11 @@ def cuda_runs(root: Path, teacher: str, case: str, device: str) -> dict[bool, ob
 
 @CUDA
 @pytest.mark.parametrize("case", list(CASES))
-def test_captured_cuda_runs_equal_eager_ones(tmp_path, digits_teacher, case):
+def test_captured_cuda_runs_equal_eager_ones(tmp_path, teacher, case):
     """One student, lockstep, stacked, the teacher-logit cache and DKD (captured in each epoch): the
     graph runs the same kernels on the same addresses as the eager step, so with deterministic
     kernels the runs agree to the rounding of kernels cuDNN may pick differently between runs."""
-    steps = cuda_runs(tmp_path, digits_teacher, case, "cuda")
+    steps = cuda_runs(tmp_path, teacher, case, "cuda")
     captured = steps[True]
     assert captured.fallback is None and captured.graph is not None
     assert captured.captures == (2 if case == "dkd" else 1) and captured.replays == 2 * FULL - WARMUP_STEPS
@@ -295,12 +301,12 @@ def test_captured_cuda_runs_equal_eager_ones(tmp_path, digits_teacher, case):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
-def test_a_capture_on_the_last_gpu_records_the_step(tmp_path, digits_teacher):
+def test_a_capture_on_the_last_gpu_records_the_step(tmp_path, teacher):
     """--device cuda:N, N != 0, in one process: the stream, capture and pool are device N's, so the
     graph records the step and its replays train (before, it recorded nothing and training stopped
     after the warm-up steps, silently)."""
     last = f"cuda:{torch.cuda.device_count() - 1}"
-    steps = cuda_runs(tmp_path, digits_teacher, "one student", last)
+    steps = cuda_runs(tmp_path, teacher, "one student", last)
     assert steps[True].fallback is None and steps[True].replays == 2 * FULL - WARMUP_STEPS
     a, b = state(tmp_path / "graph-True" / "kl"), state(tmp_path / "graph-False" / "kl")
     assert all(torch.allclose(a[n].float(), b[n].float(), rtol=0, atol=1e-4) for n in a)

@@ -364,9 +364,7 @@ def decide_cache(
     setting = config.kd.cache
     if not teacher_read:
         return None
-    if setting is not True and setting is not False and setting != "auto":
-        raise UserError(f"kd.cache={setting!r} is invalid: choose auto, true or false")
-    if setting != "auto":
+    if setting != "auto":  # true or false (RunConfig.validate accepts nothing else)
         return CacheDecision(bool(setting), f"kd.cache: {'true' if setting else 'false'}")
     off = None
     if features_read:

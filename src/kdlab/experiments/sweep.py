@@ -135,12 +135,14 @@ def _resume_point(config: RunConfig) -> tuple[int, int]:
     return int(checkpoint.get("epoch", 0)), int((checkpoint.get("epoch_progress") or {}).get("step", 0))
 
 
-def teacher_passes(students: list[PlannedRun], lockstep: bool = True) -> dict[tuple[str, ...], int]:
+def teacher_passes(students: list[PlannedRun]) -> dict[tuple[str, ...], int]:
     """How many times each teacher goes over its training images in the whole plan (every shard, seed
     and group: ``kd.cache: auto`` weighs them against the views its cache holds), by
-    :func:`cache_share_key`: each lockstep group's epochs (each student's, without lockstep)."""
+    :func:`cache_share_key`: each lockstep group's epochs. Counted in lockstep groups even under
+    ``--no-lockstep`` (which runs the teacher once per student): the decision, and so the results,
+    are the same either way."""
     passes: dict[tuple[str, ...], int] = {}
-    for group in lockstep_groups(students, lockstep):
+    for group in lockstep_groups(students):
         key = cache_share_key(group[0].config)
         passes[key] = passes.get(key, 0) + group[0].config.optim.epochs
     return passes
@@ -337,7 +339,7 @@ def run_plan(
             + (f", {jobs} processes" if jobs > 1 else "")
         )
         names = [[run.name for run in group] for group in groups]
-        passes = teacher_passes(list(plan.students), lockstep)  # the whole plan's, shards and seeds included
+        passes = teacher_passes(list(plan.students))  # the whole plan's, shards and seeds included
         tasks = [
             ([run.config for run in group], lockstep, passes[cache_share_key(group[0].config)])
             for group in groups
