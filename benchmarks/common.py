@@ -60,15 +60,16 @@ def synthetic_splits(
 
 
 def register_dataset(
-    data: str, images: int, test_images: int, seed: int = 0, name: str | None = None
+    data: str, images: int, test_images: int, seed: int = 0, name: str | None = None, size: int = 32
 ) -> tuple[str, DatasetSplits]:
     """Register the benchmark's dataset in kdlab's registry as ``name``; returns ``(name, splits)``.
 
     ``data``: ``synthetic`` (CIFAR-100-shaped) or ``fashion-mnist`` (a class-balanced subset of the
-    real files, 28x28x1, pad 2 + flips). ``name`` defaults to ``bench-{data}``.
+    real files, 28x28x1, pad 2 + flips). ``name`` defaults to ``bench-{data}``; ``size``: the synthetic
+    images' side (32, as CIFAR's).
     """
     if data == "synthetic":
-        splits = synthetic_splits(images, test_images, seed=seed)
+        splits = synthetic_splits(images, test_images, seed=seed, size=size)
     elif data == "fashion-mnist":
         splits = load_dataset("fashion-mnist", subset=images, test_subset=test_images, subset_seed=seed)
     else:

@@ -26,7 +26,17 @@ the runs ratio adds what a whole run also does (setup, the cache build, a final 
 training set with the teacher). Each is given in wall and in CPU seconds (CPU time barely moves
 when other processes share the cores); 'reached' is the CPU ratio over the ceiling.
 
+At kdlab's defaults (``--arms defaults``, or with the others): the 8 students as one lockstep group
+with nothing set (``amp: auto`` = fp32, ``stack: auto`` = off on the CPU, ``kd.cache: auto``, which
+decides for the grid's plan of ``--plan-epochs`` epochs: one teacher pass per epoch against the
+cache's V views per image) against 8 runs of the official structure (``official.py``: one measured
+epoch, times 8: the 8 runs differ only in alpha and tau, which cost nothing). The cache is built by a
+stand-in teacher (its lookups cost the same whatever built it) and the real teacher's build is
+projected from its measured fp32 inference rate and spread over the plan's epochs. Beside the ratio,
+its ceilings: the two loops' FLOPs per epoch, and the same at the measured per-image costs.
+
     .venv/bin/python benchmarks/grid.py --images 256 --threads 1
+    .venv/bin/python benchmarks/grid.py --images 256 --threads 1 --arms defaults
 """
 
 from __future__ import annotations
@@ -39,8 +49,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from common import (
     Seconds,
+    best,
     flops_per_image,
     lockstep_ceiling,
     machine,
@@ -51,6 +63,7 @@ from common import (
     set_threads,
     timed,
 )
+from official import OfficialLoop
 
 from kdlab.cache import ViewGrid
 from kdlab.config import RunConfig
@@ -72,6 +85,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amp", default="bf16", help="bf16 (kdlab's fast CPU path) or auto (fp32 on CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument("--arms", default="all", choices=["all", "defaults"], help="defaults: only kdlab at its "
+                        "defaults against 8 official-structure runs")  # fmt: skip
+    parser.add_argument("--plan-epochs", type=int, default=200, help="the epochs of the grid kdlab at its defaults "
+                        "plans for (kd.cache: auto decides from them; the paper's 200)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=4, help="the official loop's DataLoader workers")
+    parser.add_argument(
+        "--cache-stand-in", default="mlp-64", help="teacher that builds the defaults arm's cache"
+    )
     return parser.parse_args()
 
 
@@ -139,10 +160,121 @@ def measure(arm: str, configs: list[RunConfig]) -> dict[str, Seconds]:
     return {"run": run, "epochs": clock.total}
 
 
+def defaults_arm(dataset: str, splits: Any, folder: Path, args: argparse.Namespace) -> None:
+    """kdlab at its defaults (8 students, one lockstep group) against 8 official-structure runs, with
+    the FLOP and measured-time ceilings of that ratio (module docstring)."""
+    students = len(ALPHAS) * len(TAUS)
+    views = ViewGrid(splits.pad, splits.flip).num_views
+    cache_on = (
+        args.plan_epochs > views
+    )  # what kd.cache: auto decides for one group (kdlab.cache.decide_cache)
+    teacher = save_random_teacher(folder / "teacher-defaults.pt", args.teacher, splits)
+    builder = (
+        save_random_teacher(folder / "stand-in.pt", args.cache_stand_in, splits) if cache_on else teacher
+    )
+    configs = [
+        run_config(
+            dataset,
+            args.student,
+            folder / "defaults" / f"alpha{alpha}-tau{tau}",
+            device=args.device,
+            kd={
+                "teacher": str(builder),
+                "loss": "kl",
+                "alpha": alpha,
+                "tau": tau,
+                "cache_dir": str(folder / "cache-d"),
+            },
+            optim={"batch_size": args.batch_size, "epochs": args.epochs},
+        )  # fmt: skip
+        for alpha, tau in itertools.product(ALPHAS, TAUS)
+    ]
+    assert all(
+        (c.amp, c.stack, c.kd.cache, c.channels_last) == ("auto", "auto", "auto", False) for c in configs
+    )
+    with EpochClock() as clock:
+        run, _ = timed(lambda: train_lockstep(configs, teacher_passes=args.plan_epochs))
+    record = yaml.safe_load((Path(configs[0].out) / "config.yaml").read_text())["run_info"]["kd_cache"]
+    assert record["used"] is cache_on, record
+    official = OfficialLoop(splits, teacher, args.student, args.batch_size, args.workers)
+    official_epochs = [official.epoch() for _ in range(args.epochs)]
+    official_epoch = best([sum(parts.values(), Seconds(0.0, 0.0)) for parts in official_epochs])
+    # Per image, fp32 (the defaults' precision): teacher forward, student step, student forward.
+    teacher_s = seconds_per_image(args.teacher, splits, train=False, batch=2 * args.batch_size, amp=False)
+    student_s = seconds_per_image(args.student, splits, train=True, batch=args.batch_size, amp=False)
+    eval_s = seconds_per_image(args.student, splits, train=False, batch=2 * args.batch_size, amp=False)
+    teacher_f = flops_per_image(args.teacher, splits, train=False)
+    student_f = flops_per_image(args.student, splits, train=True)
+    eval_f = flops_per_image(args.student, splits, train=False)
+    images, tests, plan = args.images, args.test_images, args.plan_epochs
+    build_s = views * images * teacher_s if cache_on else 0.0  # the real teacher's build, projected
+
+    def epoch_costs(teacher: float, step: float, forward: float) -> tuple[float, float]:
+        """(8 official runs, kdlab at its defaults) per epoch, at per-image costs T, S, E."""
+        official_cost = students * (
+            images * (teacher + step) + images * (teacher + forward) + tests * (teacher + forward)
+        )
+        shared = (
+            views * images * teacher / plan if cache_on else images * teacher
+        )  # the build spread over the plan
+        return official_cost, shared + students * (images * step + tests * forward)
+
+    ceilings = {
+        "FLOPs": epoch_costs(teacher_f, student_f, eval_f),
+        "time": epoch_costs(teacher_s, student_s, eval_s),
+    }
+    kdlab_epoch = clock.total.wall / args.epochs + build_s / plan
+    kdlab_cpu = clock.total.cpu / args.epochs + build_s / plan
+    eight = Seconds(students * official_epoch.wall, students * official_epoch.cpu)
+    print(
+        f"\nkdlab at its defaults (amp auto = fp32, stack auto = off on the CPU, channels_last off, kd.cache auto: "
+        f"{'on' if cache_on else 'off'} for {plan} planned epochs of one group: {record['reason']}) against "
+        f"{students} official-structure runs (one measured epoch x {students})"
+    )
+    print(
+        f"  official: {official_epoch.wall:.1f} s wall, {official_epoch.cpu:.1f} s CPU per run-epoch; x {students} = "
+        f"{eight.wall:.1f} s wall, {eight.cpu:.1f} s CPU"
+    )
+    print(
+        f"  kdlab: {clock.total.wall / args.epochs:.1f} s wall, {clock.total.cpu / args.epochs:.1f} s CPU per epoch of the group"
+        + (
+            f" + the {args.teacher} cache build ({views} views x {images} images x {1e3 * teacher_s:.1f} ms = "
+            f"{build_s:.0f} s, projected) / {plan} epochs = {build_s / plan:.2f} s"
+            if cache_on
+            else ""
+        )
+    )
+    print(
+        f"  {'':<30} {'speed-up':>9} {'FLOP ceiling':>13} {'reached':>8} {'time ceiling':>13} {'reached':>8}"
+    )
+    for clock_name, official_s, kdlab_s in (("wall", eight.wall, kdlab_epoch), ("CPU", eight.cpu, kdlab_cpu)):
+        speedup = official_s / kdlab_s
+        line = f"  {'epoch, ' + clock_name:<30} {speedup:>8.2f}x"
+        for kind in ("FLOPs", "time"):
+            official_cost, kdlab_cost = ceilings[kind]
+            ceiling = official_cost / kdlab_cost
+            line += f" {ceiling:>12.2f}x {100 * speedup / ceiling:>7.0f}%"
+        print(line)
+    print(
+        f"  per image: teacher forward {1e3 * teacher_s:.1f} ms, student step {1e3 * student_s:.1f} ms, student "
+        f"forward {1e3 * eval_s:.1f} ms (fp32); whole runs ({args.epochs} epoch(s), setup and the stand-in's cache "
+        f"build included): {run.wall:.1f} s wall"
+    )
+
+
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
     dataset, splits = register_dataset(args.data, args.images, args.test_images)
+    if args.arms == "defaults":
+        print(f"machine: {machine()}")
+        print(
+            f"grid: {len(ALPHAS) * len(TAUS)} KL students, {args.student} on {args.teacher}; {args.data} {args.images} "
+            f"training / {args.test_images} test images, {args.epochs} epoch(s), batch {args.batch_size}"
+        )
+        with tempfile.TemporaryDirectory() as temporary:
+            defaults_arm(dataset, splits, Path(temporary), args)
+        return
     teacher_flops = flops_per_image(args.teacher, splits, train=False)
     student_flops = flops_per_image(args.student, splits, train=True)
     students = len(ALPHAS) * len(TAUS)
@@ -199,6 +331,7 @@ def main() -> None:
             for name, (sub, seed, cache, stack) in arms.items()
         }
         (record,) = [json.loads(path.read_text()) for path in (folder / "cache").glob("*.json")]
+        defaults_arm(dataset, splits, folder, args)
     base = results["sequential"]
     print(
         f"\nmeasured per image: teacher forward {1e3 * teacher_seconds:.1f} ms, student step "

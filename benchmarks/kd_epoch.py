@@ -40,11 +40,11 @@ from kdlab.engine import Trainer
 from kdlab.models import create_model
 from kdlab.teacher import load_teacher
 
-KDLAB_MODES = {  # name -> config overrides
-    "kdlab fp32 (CPU default)": {"amp": "auto"},
-    "kdlab fp32 + channels_last": {"amp": "auto", "channels_last": True},
+KDLAB_MODES = {  # name -> config overrides (kd.cache set: auto would decide from the run's epochs)
+    "kdlab fp32 (CPU default)": {"amp": "auto", "kd": {"cache": False}},
+    "kdlab fp32 + channels_last": {"amp": "auto", "channels_last": True, "kd": {"cache": False}},
     "kdlab fp32 + teacher-logit cache": {"amp": "auto", "kd": {"cache": True}},
-    "kdlab bf16 (amp: bf16)": {"amp": "bf16"},
+    "kdlab bf16 (amp: bf16)": {"amp": "bf16", "kd": {"cache": False}},
     "kdlab bf16 + teacher-logit cache": {"amp": "bf16", "kd": {"cache": True}},
 }
 

@@ -5,7 +5,10 @@ machine two threads per process were measured to make steps 10-100x slower. Sett
 OMP_NUM_THREADS also reaches the kdlab processes the tests start (kdlab.cli honours it).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +16,13 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# Teacher-logit caches (kd.cache: auto builds one when a run would reuse it) and downloads go to a
+# folder of this test session, never the user's ~/.cache/kdlab. Set here, before the test modules
+# are imported: some build their subprocesses' environment from os.environ at import. A test may
+# still point it elsewhere (monkeypatch.setenv).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="kdlab-test-cache-")
+os.environ["KDLAB_CACHE_DIR"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

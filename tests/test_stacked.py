@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -27,10 +28,17 @@ import torch.nn.functional as F
 from fixtures_engine import checkpoint, make_config, train_losses
 from torch import nn
 
+import kdlab.engine.loop
 import kdlab.engine.step
 from kdlab.data import load_dataset
 from kdlab.engine import Trainer, train, train_lockstep
-from kdlab.engine.stacked import StackedStudents, stack_models
+from kdlab.engine.stacked import (
+    PROBE_TOLERANCE,
+    PROBE_TOLERANCE_FP32,
+    StackedStudents,
+    probe_difference,
+    stack_models,
+)
 from kdlab.errors import RunInterrupted
 from kdlab.losses import LOSSES, register_loss
 from kdlab.models import create_model
@@ -181,27 +189,85 @@ class WithLayerNorm(ChannelShuffle):
 
 @pytest.mark.parametrize("model", ["convnet-4", "mlp-16", "wrn-10-1", "resnet20"])
 def test_kdlab_models_stack_exactly_in_the_forward(model):
-    """The probe accepts kdlab's models; their stacked forward is each student's (NCHW, fp32)."""
+    """The probe accepts kdlab's models (in float64 they differ by rounding only: measured at most
+    2e-16 of the largest logit); their stacked forward is each student's (NCHW, fp32)."""
     torch.manual_seed(0)
     size, channels = (8, 1) if model in ("convnet-4", "mlp-16") else (16, 3)
     models = [create_model(model, 10, channels, size) for _ in range(3)]
     inputs = torch.randn(5, channels, size, size)
     stacked, reason = stack_models(models, inputs[:2])
     assert reason is None
+    difference, precision, tolerance = probe_difference(stacked, models, inputs[:2])
+    assert (precision, tolerance) == ("float64", PROBE_TOLERANCE) and difference <= 1e-15
     with torch.no_grad():
         together = stacked.eval()(inputs)
         for index, single in enumerate(models):
             assert torch.allclose(together[:, index], single.eval()(inputs), rtol=1e-5, atol=1e-6)
 
 
+def tf32_like(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """A float32 convolution's output with 10 mantissa bits, as TF32 gives on a GPU (float64 as is)."""
+    if output.dtype != torch.float32:
+        return output
+    return (output.view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def test_float32_rounding_such_as_tf32_does_not_stop_stacking():
+    """The students' convolutions round as TF32 does (the stacked ones do not): in float32 their
+    forwards differ by far more than the old float32 probe's 1e-4, yet the float64 probe stacks them."""
+    torch.manual_seed(0)
+    models = [create_model("wrn-10-1", 10, 3, 16) for _ in range(8)]
+    stacked, reason = stack_models(models, torch.randn(2, 3, 16, 16))  # stacked before the hooks
+    assert reason is None
+    for model in models:
+        for layer in model.modules():
+            if isinstance(layer, nn.Conv2d):
+                layer.register_forward_hook(tf32_like)
+    probe = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        alone = torch.stack([model.eval()(probe) for model in models], dim=1)
+        float32_difference = ((stacked.eval()(probe) - alone).abs().max() / alone.abs().max()).item()
+    assert float32_difference > 1e-4  # what the float32 probe refused
+    assert probe_difference(stacked, models, probe)[0] <= 1e-15
+
+
+class Float32Inside(ChannelShuffle):
+    """A model whose forward casts to float32 itself: it does not run in float64."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.float()).mean(dim=(2, 3))
+
+
 def test_models_that_mix_channels_or_hold_other_parameters_do_not_stack():
     shuffled, reason = stack_models([ChannelShuffle(), ChannelShuffle()], torch.randn(2, 1, 6, 6))
-    assert (
-        shuffled is None
-        and reason == "its forward mixes channels (the stacked forward differs from the students')"
+    found = re.fullmatch(
+        r"its forward mixes channels: the stacked forward differs from the students' by (\S+) of their "
+        r"largest logit in float64, above the 1e-09 that rounding allows",
+        reason,
     )
+    assert shuffled is None and found and float(found[1]) > 1e-2  # O(1), 1e7 above the tolerance
     normed, reason = stack_models([WithLayerNorm(), WithLayerNorm()], torch.randn(2, 1, 6, 6))
     assert normed is None and reason == "its layer norm (LayerNorm) has parameters kdlab cannot stack"
+    models = [Float32Inside(), Float32Inside()]
+    stacked, reason = stack_models(models, torch.randn(2, 1, 6, 6))
+    assert reason is None
+    difference, precision, tolerance = probe_difference(stacked, models, torch.randn(2, 1, 6, 6))
+    assert (precision, tolerance) == ("float32 (TF32 off)", PROBE_TOLERANCE_FP32) and difference <= 1e-6
+
+
+def test_why_students_do_not_stack_is_said_once_without_progress(
+    tmp_path, digits_teacher, monkeypatch, capsys
+):
+    made = configs(tmp_path, digits_teacher, "on")  # progress: false
+    trainer = Trainer(made)
+    students = [trainer.build_student(config, False, False) for config in made]
+    monkeypatch.setattr(kdlab.engine.loop, "stack_models", lambda *args: (None, "a reason of the probe"))
+    for _ in range(2):  # the units are made again when a student diverges
+        units = trainer.make_units(students)
+    assert [type(unit).__name__ for unit in units] == ["OneStudent"] * 3
+    assert capsys.readouterr().err.splitlines() == [
+        "kdlab: convnet-4 students not stacked (a reason of the probe): lockstep instead"
+    ]
 
 
 def test_mixed_architectures_fall_back_to_lockstep(tmp_path, digits_teacher):

@@ -91,11 +91,17 @@ class ViewGrid:
         """``V = (2p + 1)^2 * F``."""
         return self.side * self.side * self.flips
 
-    def view_index(self, aug: AugParams | None, batch_size: int) -> Tensor:
-        """int64 ``[B]``: ``(dy * (2p + 1) + dx) * F + flip``; no augmentation is the centre crop unflipped."""
+    def view_index(
+        self, aug: AugParams | None, batch_size: int, device: torch.device | None = None
+    ) -> Tensor:
+        """int64 ``[B]``: ``(dy * (2p + 1) + dx) * F + flip``, where ``aug`` is; no augmentation is the
+        centre crop unflipped (on ``device``, default the CPU)."""
         if aug is None:
             return torch.full(
-                (batch_size,), (self.pad * self.side + self.pad) * self.flips, dtype=torch.int64
+                (batch_size,),
+                (self.pad * self.side + self.pad) * self.flips,
+                dtype=torch.int64,
+                device=device,
             )
         return (aug.dy * self.side + aug.dx) * self.flips + aug.flip.long()
 
@@ -145,13 +151,20 @@ class TeacherLogitCache:
     def rows(self, indices: Tensor, aug: AugParams | None) -> Tensor:
         """int64 ``[B]``: the table rows ``index * V + view`` of a batch, where the table is.
 
-        Computed on the CPU, where the draws are, and copied from pinned memory without waiting, so
-        the step never waits on the device; the training step receives them as an input (a captured
+        A training batch of an in-memory split has its indices and draws on the device already
+        (``Batch.device_indices``, ``Batch.aug``: uploaded once per epoch), so its rows are computed
+        there, with no copy; other callers' CPU indices are computed on the CPU and copied from
+        pinned memory without waiting. The training step receives the rows as an input (a captured
         CUDA graph then gathers whatever rows its static buffer holds).
         """
+        device = self.flat.device
+        if indices.device == device and (aug is None or aug.dy.device == device):
+            return indices * self.grid.num_views + self.grid.view_index(aug, len(indices), device)
+        if aug is not None:
+            aug = AugParams(aug.dy.cpu(), aug.dx.cpu(), aug.flip.cpu())
         rows = indices.cpu() * self.grid.num_views + self.grid.view_index(aug, len(indices))
         if self.flat.is_cuda:
-            rows = rows.pin_memory().to(self.flat.device, non_blocking=True)
+            rows = rows.pin_memory().to(device, non_blocking=True)
         return rows
 
     def gather(self, rows: Tensor) -> Tensor:
@@ -286,6 +299,112 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def view_grid(loader: TensorLoader) -> ViewGrid:
+    """The views of a training loader's images: its crops and flips (one view when not augmented)."""
+    return ViewGrid(loader.pad, loader.flip) if loader.augment else ViewGrid(0, False)
+
+
+def cache_folder(config: Any) -> Path:
+    """``kd.cache_dir``, or ``$KDLAB_CACHE_DIR/teacher-logits``."""
+    return Path(config.kd.cache_dir).expanduser() if config.kd.cache_dir else cache_dir() / "teacher-logits"
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    """Whether a group reads its teacher's logits from the cache, and why (``kd.cache: auto``).
+
+    ``views_needed``: the teacher forwards of images a live teacher would compute, ``passes x N``
+    (a pass: one epoch of one group that shares the teacher); ``views_cached``: what the cache
+    holds and costs to build, ``V x N``. None where the decision did not get that far.
+    """
+
+    use: bool
+    reason: str
+    views_needed: int | None = None
+    views_cached: int | None = None
+
+    def record(self, setting: Any) -> dict[str, Any]:
+        """What the run's record keeps of it (``config.yaml``'s ``run_info.kd_cache``)."""
+        return {
+            "setting": setting,
+            "used": self.use,
+            "views_needed": self.views_needed,
+            "views_cached": self.views_cached,
+            "reason": self.reason,
+        }
+
+
+def decide_cache(
+    config: Any,
+    loader: Any,
+    num_classes: int,
+    teacher_read: bool,
+    features_read: bool,
+    world_size: int,
+    passes: int,
+) -> CacheDecision | None:
+    """Whether the group of ``config`` (the lead) uses the teacher-logit cache; None when no student
+    of it reads the teacher's logits (nothing to decide).
+
+    ``kd.cache: true`` / ``false``: as set (a cache that cannot be built is then a UserError, when
+    it is opened). ``auto``: on exactly when a live teacher would compute more views than the cache
+    holds, ``passes x N > V x N``, i.e. ``passes > V``: ``passes`` is how many times the teacher
+    would go over the N training images (each epoch of each group that reads this teacher and
+    these images: a single run's epochs; a sweep's total over its lockstep groups and seeds), ``V``
+    the views per image (``(2p + 1)^2 x F`` crops and flips; 1 without augmentation). Every epoch
+    draws new random views, so a live teacher never reuses one; the cache computes each view once,
+    as ``V`` teacher passes of inference. ``auto`` is off, whatever the counts, where the cache
+    cannot serve: a loss that reads the teacher's features, a dataset not held in memory (random
+    resized crops have no finite set of views), AutoAugment, several processes, a cache above
+    ``kd.cache_limit_gb`` or above the free space of ``kd.cache_dir``.
+
+    The decision depends on the plan only, never on whether the cache file already exists: the
+    same command makes the same decision, and so trains on the same teacher logits.
+    """
+    setting = config.kd.cache
+    if not teacher_read:
+        return None
+    if setting != "auto":  # true or false (RunConfig.validate accepts nothing else)
+        return CacheDecision(bool(setting), f"kd.cache: {'true' if setting else 'false'}")
+    off = None
+    if features_read:
+        off = "a loss reads the teacher's features, which the cache does not hold"
+    elif not isinstance(loader, TensorLoader):
+        off = (
+            f"{config.data.name} is not held in memory (its random resized crops have no finite set of views)"
+        )
+    elif loader.autoaugment:
+        off = "AutoAugment's views are not a finite set"
+    elif world_size > 1:
+        off = "the cache runs in one process"
+    if off is not None:
+        return CacheDecision(False, off)
+    grid, images = view_grid(loader), len(loader.data)
+    needed, cached = passes * images, grid.num_views * images
+    counts = (
+        f"the live teacher would compute {passes} pass(es) x {images} images = {needed} views, the cache "
+        f"holds {grid.num_views} view(s) x {images} images = {cached}"
+    )
+    if needed <= cached:
+        return CacheDecision(False, f"{counts}: no fewer", needed, cached)
+    size = cache_size_bytes(images, grid, num_classes)
+    if size > config.kd.cache_limit_gb * 1e9:
+        return CacheDecision(
+            False, f"{counts}, but it would take {_megabytes(size)}, above kd.cache_limit_gb", needed, cached
+        )
+    folder = cache_folder(config)
+    existing = next((path for path in (folder, *folder.parents) if path.is_dir()), None)
+    free = shutil.disk_usage(existing).free if existing is not None else 0
+    if free < size:
+        return CacheDecision(
+            False,
+            f"{counts}, but it needs {_megabytes(size)} and {folder} has {_megabytes(free)} free",
+            needed,
+            cached,
+        )
+    return CacheDecision(True, counts, needed, cached)
+
+
 def open_logit_cache(
     config: Any,
     loader: Any,
@@ -312,7 +431,7 @@ def open_logit_cache(
     limit_gb = config.kd.cache_limit_gb
     if not limit_gb > 0:
         raise UserError(f"kd.cache_limit_gb={limit_gb} must be positive, e.g. 8")
-    grid = ViewGrid(loader.pad, loader.flip) if loader.augment else ViewGrid(0, False)
+    grid = view_grid(loader)
     images = loader.data.images
     key = {
         "format": CACHE_FORMAT,
@@ -335,7 +454,7 @@ def open_logit_cache(
         "storage": np.dtype(STORAGE_DTYPE).name,
     }
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(config.kd.cache_dir).expanduser() if config.kd.cache_dir else cache_dir() / "teacher-logits"
+    folder = cache_folder(config)
     path = folder / f"{config.data.name}-{name}.npy"
     size = cache_size_bytes(len(images), grid, num_classes)
     describe = (

@@ -167,7 +167,10 @@ class DistillConfig:
         2.0, token="g", low=0.0, high=MAX_LOSS_WEIGHT, hide_default=True,
         hint="DIST's weight of the intra-class relation, e.g. 2",
     )  # fmt: skip
-    cache: bool = False  # look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache)
+    # Look teacher logits up in an exact per-(image, crop, flip) cache (kdlab.cache): true, false, or
+    # auto: on when the teacher would otherwise compute more views than the cache holds
+    # (kdlab.cache.decide_cache). One of CACHE_SETTINGS.
+    cache: bool | str = "auto"
     cache_dir: str | None = None  # default $KDLAB_CACHE_DIR/teacher-logits
     cache_limit_gb: float = 8.0  # refuse to build a cache larger than this
     # Hyperparameters that plugins declared (declare_hyperparameter), by field name; read and written
@@ -179,6 +182,9 @@ class DistillConfig:
         if declared is None or name.startswith("__"):
             raise AttributeError(f"DistillConfig has no field {name!r}")
         return self.__dict__.get("extra", {}).get(name, declared[0])
+
+
+CACHE_SETTINGS = ("auto", True, False)  # kd.cache's values (YAML's on/off/yes/no read as true/false)
 
 
 _DECLARED: dict[
@@ -495,7 +501,9 @@ class RunConfig:
         self._validate_ranges()
         if self.amp not in ("auto", "bf16", "off"):
             raise UserError(f"amp={self.amp!r} is invalid: choose auto, bf16 or off")
-        if self.kd.cache and self.data.augment == "autoaugment":
+        if not (isinstance(self.kd.cache, bool) or self.kd.cache in CACHE_SETTINGS):
+            raise UserError(f"kd.cache={shown(self.kd.cache)} is invalid: choose auto, true or false")
+        if self.kd.cache is True and self.data.augment == "autoaugment":
             raise UserError(
                 "kd.cache keeps one teacher logit per crop/flip view, and AutoAugment's views are not a "
                 "finite set: drop kd.cache or choose another data.augment"

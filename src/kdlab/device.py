@@ -33,15 +33,27 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; any other name is checked against this machine."""
     check_device(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(
             f"--device {name} was asked for but CUDA is not available here: use --device cpu or auto"
         )
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        # Always with its index: streams, graphs and memory pools are made on the device selected
+        # with it (kdlab.engine.step.CudaGraphs), never on whichever device happens to be current.
+        count = torch.cuda.device_count()
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= count:
+            raise UserError(
+                f"--device {name} names GPU {index}, but this machine has {count} (cuda:0 to cuda:{count - 1}): "
+                "choose one of them"
+            )
+        device = torch.device("cuda", index)
+    return device
 
 
 # What ``amp: auto`` means on each kind of device, chosen from measurements (docs/benchmarks.md):

@@ -38,13 +38,18 @@ from .datasets import DatasetSplits, TensorData
 @dataclass
 class Batch:
     """One batch: ``inputs`` float32 ``[B, C, H, W]`` normalised on the device (or, for non-image
-    tensors, the stored float32/int64 ``[B, ...]``), ``targets`` int64 ``[B]`` on the device, ``indices`` int64 ``[B]`` (CPU) positions in the split, ``aug`` the crop/flip applied
-    (None when not augmented, and for imagefolder whose augmentation lives in its transforms)."""
+    tensors, the stored float32/int64 ``[B, ...]``), ``targets`` int64 ``[B]`` on the device,
+    ``indices`` int64 ``[B]`` (CPU) positions in the split, ``aug`` the crop/flip applied, on the
+    device for in-memory splits (None when not augmented, and for imagefolder whose augmentation
+    lives in its transforms)."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
     indices: torch.Tensor
     aug: AugParams | None
+    # The same indices on the device (in-memory splits; None otherwise): what the teacher-logit
+    # cache's rows are computed from on the device, with ``aug`` (there too), without a copy.
+    device_indices: torch.Tensor | None = None
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -189,6 +194,9 @@ class TensorLoader:
             if self.augment
             else None
         )
+        # Drawn on the CPU (the same draws on every device), uploaded once for the epoch: each batch
+        # then takes a slice on the device instead of copying its three small tensors from the host.
+        aug_on_device = _to_device(aug, self.data.images.device) if aug is not None else None
         # Drawn after the crops/flips, over the whole global order, so that ranks agree (module docstring).
         auto_seeds = (
             torch.randint(0, 2**62, (len(order),), generator=generator)[positions]
@@ -199,15 +207,22 @@ class TensorLoader:
         local_on_device = local.to(self.data.images.device)
         for batch in range(len(self)):
             window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-            images = self.data.images[local_on_device[window]]
-            batch_aug = aug[window] if aug is not None else None
+            batch_indices = local_on_device[window]
+            images = self.data.images[batch_indices]
+            batch_aug = aug_on_device[window] if aug_on_device is not None else None
             if batch_aug is not None:
                 images = apply_augmentation(images, batch_aug, self.pad)
             if auto_seeds is not None:
                 images = apply_autoaugment(images, auto_seeds[window])
             yield Batch(
-                self.prepare(images), self.data.labels[local_on_device[window]], local[window], batch_aug
+                self.prepare(images), self.data.labels[batch_indices], local[window], batch_aug, batch_indices
             )
+
+
+def _to_device(aug: AugParams, device: torch.device) -> AugParams:
+    """``aug`` on ``device`` in one host-to-device copy (dy, dx and flip packed into one tensor)."""
+    packed = torch.stack([aug.dy, aug.dx, aug.flip.long()]).to(device)
+    return AugParams(packed[0], packed[1], packed[2].bool())
 
 
 class _IndexedDataset(Dataset):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdlab import distributed
-from kdlab.cache import TeacherLogitCache, open_logit_cache
+from kdlab.cache import TeacherLogitCache, decide_cache, open_logit_cache
 from kdlab.config import RunConfig, loss_settings
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
 from kdlab.data.loader import check_train_batches
@@ -42,8 +42,8 @@ from kdlab.engine.step import (
     StepTeacher,
     TrainStep,
     Unit,
-    capture_possible,
     check_feature_losses,
+    graph_backend,
     live_teacher_logits,
     set_units_lr,
 )
@@ -127,9 +127,13 @@ def load_data(config: RunConfig, world: World) -> tuple[DatasetSplits, Tensor | 
 class Trainer:
     """Shared state of one lockstep group: device, data, loaders, the teacher and the identity of
     what the group reads (``inputs``, kdlab.identity). ``resume``: the runs are to be continued, so a
-    data.select run trains on the selection it recorded."""
+    data.select run trains on the selection it recorded. ``teacher_passes``: how many times the
+    teacher would go over the training images in the work this group belongs to (``kd.cache:
+    auto``; default this group's epochs)."""
 
-    def __init__(self, configs: list[RunConfig], resume: bool = False) -> None:
+    def __init__(
+        self, configs: list[RunConfig], resume: bool = False, teacher_passes: int | None = None
+    ) -> None:
         self.configs = configs
         lead = configs[0]
         # Under torchrun this joins the process group and takes this process's GPU (cuda:LOCAL_RANK).
@@ -202,7 +206,19 @@ class Trainer:
         self.logit_cache: TeacherLogitCache | None = None
         self.step: TrainStep | None = None  # made by the first epoch (train_step_for)
         self.step_students: list[int] = []
-        if self.teacher is not None and self.teacher_needed and lead.kd.cache:
+        self.stack_reasons: set[tuple[str, str]] = set()  # said once each (make_units)
+        # kd.cache: auto decides from the teacher passes planned (a sweep gives its total) against
+        # the views the cache holds (kdlab.cache.decide_cache); printed once, recorded in config.yaml.
+        self.cache_decision = decide_cache(
+            lead, self.train_loader, self.splits.num_classes, self.teacher is not None and self.teacher_needed,
+            self.teacher_features_needed, self.world.size, teacher_passes or lead.optim.epochs,
+        )  # fmt: skip
+        if self.cache_decision is not None and lead.kd.cache == "auto" and self.world.is_main:
+            print(
+                f"teacher-logit cache (kd.cache: auto): {'on' if self.cache_decision.use else 'off'}: "
+                f"{self.cache_decision.reason}"
+            )
+        if self.cache_decision is not None and self.cache_decision.use:
             self.logit_cache = open_logit_cache(
                 lead, self.train_loader, self.teacher, self.live_teacher_logits, self.splits.num_classes,
                 self.device, world_size=self.world.size, batch_size=eval_batch,
@@ -243,7 +259,8 @@ class Trainer:
         """The cache rows of a training batch, on the cache's device (None without a cache)."""
         if self.logit_cache is None or not self.teacher_needed or self.teacher_features_needed:
             return None
-        return self.logit_cache.rows(batch.indices, batch.aug)
+        indices = batch.device_indices if batch.device_indices is not None else batch.indices
+        return self.logit_cache.rows(indices, batch.aug)
 
     def live_teacher_logits(self, inputs: Tensor) -> Tensor:
         """The frozen teacher's float32 logits; cloned out of inference mode so autograd may read them."""
@@ -327,9 +344,12 @@ class Trainer:
             if stacked is not None:
                 units.append(StackedStudents(members, slots, stacked))
                 continue
-            if reason is not None and lead.progress and self.world.is_main:
-                tqdm.write(
-                    f"kdlab: {members[0].config.model} students not stacked ({reason}): lockstep instead"
+            said = (members[0].config.model, reason)
+            if reason is not None and self.world.is_main and said not in self.stack_reasons:
+                self.stack_reasons.add(said)  # once: the units are made again when a student diverges
+                print(
+                    f"kdlab: {members[0].config.model} students not stacked ({reason}): lockstep instead",
+                    file=sys.stderr,
                 )
             units += [OneStudent(student, slot) for slot, student in zip(slots, members, strict=True)]
         return units
@@ -352,7 +372,7 @@ class Trainer:
             units = self.make_units(students)
             self.step = TrainStep(
                 units, EpochState(len(students), self.device), self.step_teacher(), autocast,
-                lead.optim.batch_size, capture_possible(self.device, self.world.size, lead.cuda_graph),
+                lead.optim.batch_size, graph_backend(self.device, self.world.size, lead.cuda_graph),
             )  # fmt: skip
         return self.step
 
@@ -385,6 +405,8 @@ class Trainer:
         if config.imports:  # the plugins' code is an input of the run too
             run_info["imports"] = plugin_hashes(config.imports)
         run_info["global_batch_size"] = config.optim.batch_size * self.world.size
+        if self.cache_decision is not None:
+            run_info["kd_cache"] = self.cache_decision.record(config.kd.cache)
         run.write_config(config, run_info)
         write_inputs(run, student.inputs)
         if self.noise_record is not None:
@@ -739,14 +761,19 @@ def best_on_val(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_lockstep(
-    configs: list[RunConfig], resume: bool = False, overwrite: bool = False, record_diverged: bool = True
+    configs: list[RunConfig],
+    resume: bool = False,
+    overwrite: bool = False,
+    record_diverged: bool = True,
+    teacher_passes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train several students on one data order and one teacher pass per batch; a summary each.
 
     Finished runs (with ``resume``) are returned from their summary.json without training; so are
     runs that diverged (``"status": "diverged"``). ``record_diverged``: a student whose loss becomes
     NaN or inf is recorded as diverged and the others finish (False: it stops the group with a
-    :class:`~kdlab.engine.stop.NonFiniteLoss`, as a single run does).
+    :class:`~kdlab.engine.stop.NonFiniteLoss`, as a single run does). ``teacher_passes``: see
+    :class:`Trainer` (a sweep passes the total of the groups that share the teacher).
     """
     import_plugins([spec for config in configs for spec in config.imports])  # e.g. in a sweep's worker
     check_group(configs)
@@ -770,7 +797,9 @@ def train_lockstep(
         else:
             pending.append(index)
     if pending:
-        trainer = Trainer([configs[i] for i in pending], resume=resume and not overwrite)
+        trainer = Trainer(
+            [configs[i] for i in pending], resume=resume and not overwrite, teacher_passes=teacher_passes
+        )
         students = [trainer.build_student(configs[i], resume, overwrite) for i in pending]
         with trainer.started(students):  # every input checked: now the run folders are taken and written
             results = trainer.fit(students, record_diverged)

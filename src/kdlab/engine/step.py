@@ -25,7 +25,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -202,8 +202,133 @@ def check_feature_losses(
         )
 
 
+class CudaCalls:
+    """The CUDA runtime calls a capture makes besides the graph's own, in one place: a test replaces
+    them (and the graph) with fakes to check, on a machine without CUDA, what a failed capture leaves."""
+
+    def current_stream(self, device: torch.device) -> Any:
+        return torch.cuda.current_stream(device)
+
+    def set_stream(self, stream: Any) -> None:
+        torch.cuda.set_stream(stream)
+
+    def synchronize(self, device: torch.device) -> None:
+        torch.cuda.synchronize(device)
+
+    def end_pool(self, device: torch.device, pool: Any) -> None:
+        """Stop routing allocations to the capture's private pool (what ``capture_end`` does after
+        ``cudaStreamEndCapture`` succeeds, and skips when it fails)."""
+        torch._C._cuda_endAllocateToPool(device.index, pool)
+
+    def release_pool(self, device: torch.device, pool: Any) -> None:
+        """Give back the capture's hold on its private pool (a graph that never finished its capture
+        does not release it when it is destroyed)."""
+        torch._C._cuda_releasePool(device.index, pool)
+
+
+def capture_graph(
+    graph: Any, function: Callable[[], None], device: torch.device, stream: Any, pool: Any, calls: CudaCalls
+) -> None:
+    """Record ``function()`` into ``graph`` on ``stream`` (a stream of ``device``, whose allocations
+    go to the private ``pool``), with the current stream restored afterwards whatever happens.
+
+    What ``torch.cuda.graph``'s context manager leaves behind when a capture fails, and this does
+    not: when ``capture_end`` raises (a capture invalidated by an operation that cannot be
+    captured: ``cudaStreamEndCapture`` returns an error, which also ends the capture), it skips
+    restoring the current stream, so the rest of the run would execute on the capture stream, and
+    it skips ending the allocator's routing to the capture's pool. Here, on any exception (raised by
+    ``function`` or by ``capture_end``): the capture is ended (``capture_end``; its own error, if
+    any, dropped in favour of the first one), the allocator's routing ended and the pool's hold
+    released when ``capture_end`` did not do it, the partial graph reset, the previous stream made
+    current again, and the first exception raised.
+    """
+    previous = calls.current_stream(device)
+    calls.synchronize(device)  # the capture reads what the previous stream wrote (the static inputs)
+    calls.set_stream(stream)
+    try:
+        graph.capture_begin(pool, capture_error_mode="thread_local")
+        ended = False
+        try:
+            function()
+            ended = True  # capture_end is called once, just below: a failure there is cleaned up too
+            graph.capture_end()
+        except BaseException:
+            if not ended:
+                try:
+                    calls.set_stream(stream)  # capture_end must run on the stream the capture began on
+                    graph.capture_end()
+                except Exception:
+                    _end_pool(calls, device, pool)
+                else:
+                    with contextlib.suppress(Exception):
+                        graph.reset()  # an ended capture of half a step: never replayed
+            else:
+                _end_pool(calls, device, pool)
+            raise
+    finally:
+        calls.set_stream(previous)
+
+
+def _end_pool(calls: CudaCalls, device: torch.device, pool: Any) -> None:
+    """End the allocator's routing to a failed capture's pool and release it (each at most once, and
+    quietly when ``capture_end`` got as far as doing it)."""
+    with contextlib.suppress(Exception):
+        calls.end_pool(device, pool)
+    with contextlib.suppress(Exception):
+        calls.release_pool(device, pool)
+
+
+class CudaGraphs:
+    """What capturing the step needs from CUDA, on one device (``cuda:N`` for any N).
+
+    Every stream, capture and memory pool is made and used with the run's device selected
+    (``torch.cuda.device``): a stream, the capture's stream and pool, and PyTorch's default capture
+    stream otherwise belong to the *current* device (0 unless selected), while the step's kernels
+    run on the device of its tensors; a capture on device 0 of kernels launched on device N records
+    an empty graph (those kernels run at once instead), and every replay then does nothing.
+    """
+
+    def __init__(self, device: torch.device, calls: CudaCalls | None = None) -> None:
+        self.device = device
+        self.calls = calls or CudaCalls()
+        with self.selected():
+            self.stream = torch.cuda.Stream(device)  # the warm-up steps' and the captures' stream
+
+    def selected(self) -> contextlib.AbstractContextManager:
+        """The run's device made current for the block."""
+        return torch.cuda.device(self.device)
+
+    def warm_up(self, function: Callable[[], None]) -> None:
+        """``function()`` on the side stream, which first waits for the current stream and is then
+        waited for (what capture requires of the steps before it)."""
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            function()
+        current.wait_stream(self.stream)
+
+    def capture(self, function: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """A graph of ``function()``, in a private pool of this device (:func:`capture_graph`)."""
+        graph = torch.cuda.CUDAGraph()
+        capture_graph(graph, function, self.device, self.stream, torch.cuda.graph_pool_handle(), self.calls)
+        return graph
+
+
+def graph_backend(device: torch.device, world_size: int, wanted: bool) -> CudaGraphs | None:
+    """How the step is captured: on CUDA with one process when ``cuda_graph: true`` (DDP's
+    all-reduce is not captured); None (eager) otherwise."""
+    if wanted and device.type == "cuda" and world_size == 1:
+        return CudaGraphs(device)
+    return None
+
+
 class TrainStep:
-    """The group's step: :func:`train_step` eagerly, or replayed from one captured CUDA graph."""
+    """The group's step: :func:`train_step` eagerly, or replayed from one captured CUDA graph.
+
+    ``graphs`` (:class:`CudaGraphs`, or a test's fake with the same methods) captures the step; None:
+    eager. Counters for the benchmarks and tests: ``warmed`` (eager warm-up steps), ``captures``,
+    ``replays`` (the capture's own first replay included); ``fallback``: why the run went eager.
+    """
 
     def __init__(
         self,
@@ -212,75 +337,94 @@ class TrainStep:
         teacher: StepTeacher,
         autocast: Autocast,
         batch_size: int,
-        capture: bool,
+        graphs: CudaGraphs | None,
     ) -> None:
         self.units, self.state, self.teacher, self.autocast = units, state, teacher, autocast
-        self.batch_size, self.capture = batch_size, capture
+        self.batch_size, self.graphs = batch_size, graphs
         # A loss that reads the epoch (a warm-up ramp) is a Python number in the graph: capture again
         # in each epoch.
         self.per_epoch = any(
             "epoch" in loss_spec(student.config.kd.loss).reads for unit in units for student in unit.students
         )
         self.epoch = 0  # the epoch being trained (what the captured graph holds when per_epoch)
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: Any = None
         self.static: tuple[Tensor, Tensor, Tensor | None] | None = None
-        self.side: torch.cuda.Stream | None = None  # the warm-up steps' stream
         self.warmed = 0
-        self.replays = 0  # replays of the graph (the capture's own included)
+        self.captures = 0
+        self.replays = 0
+        self.fallback: str | None = None
 
-    def eager(self, inputs: Tensor, targets: Tensor, rows: Tensor | None) -> None:
+    @property
+    def capture(self) -> bool:
+        """Whether full batches are (to be) captured and replayed."""
+        return self.graphs is not None
+
+    def eager(self, inputs: Tensor, targets: Tensor, rows: Tensor | None, epoch: int | None = None) -> None:
+        """One step now, of ``epoch`` (default: the epoch being trained)."""
         teacher = self.teacher(inputs, rows)
-        train_step(self.units, inputs, targets, teacher, self.state, self.autocast, self.epoch)
+        epoch = self.epoch if epoch is None else epoch
+        train_step(self.units, inputs, targets, teacher, self.state, self.autocast, epoch)
 
     def __call__(self, inputs: Tensor, targets: Tensor, rows: Tensor | None, epoch: int) -> None:
         if epoch != self.epoch and self.per_epoch:
             self.graph = None  # captured again below, with this epoch's number
         self.epoch = epoch
-        if not self.capture or len(targets) != self.batch_size:
-            self.eager(inputs, targets, rows)
-        elif self.graph is not None:
-            for static, batch in zip(self.static, (inputs, targets, rows), strict=True):
-                if static is not None:
-                    static.copy_(batch, non_blocking=True)
-            self.graph.replay()
-            self.replays += 1
-        elif self.warmed < WARMUP_STEPS:
-            self._warm_up(inputs, targets, rows)
-        else:
-            self._capture(inputs, targets, rows)
-
-    def _warm_up(self, inputs: Tensor, targets: Tensor, rows: Tensor | None) -> None:
-        """A real training step, eagerly on a side stream (what capture requires of the steps before it)."""
-        side = self.side = self.side or torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.eager(inputs, targets, rows)
-        torch.cuda.current_stream().wait_stream(side)
-        self.warmed += 1
-
-    def _capture(self, inputs: Tensor, targets: Tensor, rows: Tensor | None) -> None:
-        """Capture the step on static copies of this batch, then replay it: this batch's step."""
-        self.static = (inputs.clone(), targets.clone(), None if rows is None else rows.clone())
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: a DataLoader's pin-memory thread may allocate while this thread captures
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.eager(*self.static)
-        except RuntimeError as error:  # an op that cannot be captured: train this run eagerly
-            torch.cuda.synchronize()
-            self.capture, self.static = False, None
-            print(
-                f"kdlab: the training step could not be captured as a CUDA graph ({first_line(error)}); "
-                "training eagerly (set cuda_graph: false to skip the attempt)",
-                file=sys.stderr,
-            )
+        if self.graphs is None or len(targets) != self.batch_size:
             self.eager(inputs, targets, rows)
             return
-        self.graph = graph
+        with self.graphs.selected():
+            if self.graph is not None:
+                for static, batch in zip(self.static, (inputs, targets, rows), strict=True):
+                    if static is not None:
+                        static.copy_(batch, non_blocking=True)
+                self.graph.replay()
+                self.replays += 1
+            elif self.warmed < WARMUP_STEPS:
+                self.graphs.warm_up(lambda: self.eager(inputs, targets, rows))
+                self.warmed += 1
+            else:
+                self._capture(inputs, targets, rows)
+
+    def _capture(self, inputs: Tensor, targets: Tensor, rows: Tensor | None) -> None:
+        """Capture the step on static copies of this batch, then replay it: this batch's step.
+
+        Checked once per capture, at its first replay: the replay must advance the step counter
+        (``EpochState.step``) by one, and the capture itself must not (a capture runs nothing). Any
+        failure, of the capture (any exception) or of the check, makes the rest of the run eager,
+        with one line naming the reason; this batch is then trained eagerly unless the capture
+        already ran it.
+        """
+        self.static = (inputs.clone(), targets.clone(), None if rows is None else rows.clone())
+        before = int(self.state.step)  # host reads: once per capture
+        try:
+            # The epoch as a number, as the graph holds it: a graph replayed in a later epoch would
+            # still train with this one's (why a loss that reads it is captured again each epoch).
+            static, epoch = self.static, self.epoch
+            graph = self.graphs.capture(lambda: self.eager(*static, epoch))
+        except Exception as error:  # any: an op that cannot be captured, a loss that breaks under capture
+            self._go_eager(f"the training step could not be captured as a CUDA graph ({first_line(error)})")
+            if int(self.state.step) == before:  # (a step that ran during the capture advanced it)
+                self.eager(inputs, targets, rows)
+            return
+        self.captures += 1
+        captured_at = int(self.state.step)
         graph.replay()
         self.replays += 1
+        after = int(self.state.step)
+        if captured_at == before and after == before + 1:
+            self.graph = graph
+            return
+        if captured_at != before:
+            reason = "its kernels ran during the capture instead of being recorded"
+        else:
+            reason = "its first replay did not advance the step counter (an empty graph)"
+        self._go_eager(f"the captured training step is not usable: {reason}")
+        if captured_at == before and after == before:
+            self.eager(inputs, targets, rows)  # nothing ran this batch's step yet
 
-
-def capture_possible(device: torch.device, world_size: int, wanted: bool) -> bool:
-    """Capture on CUDA with one process when ``cuda_graph: true`` (DDP's all-reduce is not captured)."""
-    return wanted and device.type == "cuda" and world_size == 1
+    def _go_eager(self, reason: str) -> None:
+        self.graphs, self.graph, self.static, self.fallback = None, None, None, reason
+        print(
+            f"kdlab: {reason}; training eagerly from here (set cuda_graph: false to skip the attempt)",
+            file=sys.stderr,
+        )

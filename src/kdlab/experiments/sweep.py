@@ -135,12 +135,40 @@ def _resume_point(config: RunConfig) -> tuple[int, int]:
     return int(checkpoint.get("epoch", 0)), int((checkpoint.get("epoch_progress") or {}).get("step", 0))
 
 
-def train_group(configs: list[RunConfig], lockstep: bool = True) -> list[dict[str, Any]]:
-    """Train ``configs`` (resuming); lockstep students at different epochs are resumed as subgroups."""
-    from kdlab.engine import train, train_lockstep
+def teacher_passes(students: list[PlannedRun]) -> dict[tuple[str, ...], int]:
+    """How many times each teacher goes over its training images in the whole plan (every shard, seed
+    and group: ``kd.cache: auto`` weighs them against the views its cache holds), by
+    :func:`cache_share_key`: each lockstep group's epochs. Counted in lockstep groups even under
+    ``--no-lockstep`` (which runs the teacher once per student): the decision, and so the results,
+    are the same either way."""
+    passes: dict[tuple[str, ...], int] = {}
+    for group in lockstep_groups(students):
+        key = cache_share_key(group[0].config)
+        passes[key] = passes.get(key, 0) + group[0].config.optim.epochs
+    return passes
+
+
+def cache_share_key(config: RunConfig) -> tuple[str, ...]:
+    """Runs with equal keys read one teacher-logit cache: the teacher, the data (the seed of a run is
+    not part of it) and what the logits' bits depend on (kdlab.cache.open_logit_cache's key)."""
+    return (
+        str(config.kd.teacher), repr(config.data), config.amp, str(config.channels_last), str(config.compile),
+        config.device,
+    )  # fmt: skip
+
+
+def train_group(
+    configs: list[RunConfig], lockstep: bool = True, passes: int | None = None
+) -> list[dict[str, Any]]:
+    """Train ``configs`` (resuming); lockstep students at different epochs are resumed as subgroups.
+    ``passes``: the teacher's passes in the whole sweep (:func:`teacher_passes`)."""
+    from kdlab.engine import train_lockstep
 
     if not lockstep:  # a student that diverges is recorded as such (its summary), like one of a group
-        return [train(config, resume=True, record_diverged=True) for config in configs]
+        return [
+            train_lockstep([config], resume=True, record_diverged=True, teacher_passes=passes)[0]
+            for config in configs
+        ]
     # An interruption between two students' checkpoints leaves them at different points.
     by_point: dict[tuple[int, int], list[int]] = {}
     for index, config in enumerate(configs):
@@ -148,7 +176,9 @@ def train_group(configs: list[RunConfig], lockstep: bool = True) -> list[dict[st
     summaries: dict[int, dict[str, Any]] = {}
     for indices in by_point.values():
         for index, summary in zip(
-            indices, train_lockstep([configs[i] for i in indices], resume=True), strict=True
+            indices,
+            train_lockstep([configs[i] for i in indices], resume=True, teacher_passes=passes),
+            strict=True,
         ):
             summaries[index] = summary
     return [summaries[index] for index in range(len(configs))]
@@ -309,7 +339,11 @@ def run_plan(
             + (f", {jobs} processes" if jobs > 1 else "")
         )
         names = [[run.name for run in group] for group in groups]
-        tasks = [([run.config for run in group], lockstep) for group in groups]
+        passes = teacher_passes(list(plan.students))  # the whole plan's, shards and seeds included
+        tasks = [
+            ([run.config for run in group], lockstep, passes[cache_share_key(group[0].config)])
+            for group in groups
+        ]
         results = _map(train_group, tasks, jobs, names, lost, log)
         for group, group_summaries in zip(groups, results, strict=True):
             if group_summaries is not None:
