@@ -39,7 +39,7 @@ from kdlab.runs import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_registries")
 
-TIMING = ("epoch_time_s", "train_images_per_s", "wall_time_s")  # measured, not computed
+TIMING = ("epoch_time_s", "train_images_per_s", "wall_time_s", "finished_at")  # measured, not computed
 STEPS_PER_EPOCH = math.ceil(len(load_dataset("digits").train) / 64)
 
 PLUGIN = '''

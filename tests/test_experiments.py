@@ -292,7 +292,7 @@ def summaries_of(folder: Path) -> dict[str, dict]:
 
 
 def comparable(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key != "wall_time_s"}
+    return {key: value for key, value in summary.items() if key not in ("wall_time_s", "finished_at")}
 
 
 def test_interrupted_sweep_resumes_to_every_run_exactly_once(tmp_path, monkeypatch):
