@@ -521,13 +521,18 @@ def judged_outputs(
     judging = {
         "commit": judge_env.get("git_commit"), "dirty": judge_env.get("git_dirty"), "torch": judge_env.get("torch"),
         "wall_time_s": wall_time, "rejudged_from": rejudged,
+        # What this invocation's preset (and --seeds) declared: a rejudge does not know a --seeds of the run.
+        "declared": {"teacher_seeds": preset.teacher_seeds, "student_seeds": preset.seeds},
         "rule_changes_since_protocol": [] if protocol is None else provenance.deviations(
             root, protocol["commit"], [judge_env.get("git_commit")], provenance.RULE_PATHS),
     }  # fmt: skip
     family = [test for result in results for test in result.primary if test.holm_p is not None]
     document = {
         "format": CLAIMS_FORMAT, "protocol_version": checks.PROTOCOL_VERSION, "preset": preset.name,
-        "declared": {"teacher_seeds": preset.teacher_seeds, "student_seeds": preset.seeds},
+        "observed": {
+            "teacher_seeds": len({row.teacher_seed for row in rows if row.role == "teacher"}),
+            "student_seeds": len({row.seed for row in rows if row.role == "student"}),
+        },
         "protocol": protocol, "runs": runs, "holm_family": len(family),
         "regime": regime_list(results), "teachers": teacher_rows(rows),
         "setting": None if preset.setting is None else
@@ -615,7 +620,8 @@ def provenance_lines(document: dict[str, Any]) -> list[str]:
         f"to the last finish ({runs['last_finish'] or 'unknown'}), across invocations; each run's own wall time "
         f"summed: {_minutes(runs['summed_run_wall_time_s'])} (students trained in lockstep each count their group's "
         "time).",
-        f"- This judging: code `{judged_by}` ({state}), torch {judging['torch']}, "
+        f"- This invocation ({'judging only' if judging['rejudged_from'] else 'training what was missing, then judging'}): "
+        f"code `{judged_by}` ({state}), torch {judging['torch']}, "
         f"{judging['wall_time_s']:.1f} s"
         + (
             f", rejudged from `{judging['rejudged_from']}` (no run folder read)"
@@ -667,11 +673,12 @@ def format_report(
             "",
         ]
     lines += [preset.description, ""]
-    declared = document["declared"]
+    declared, observed = document["invocation"]["declared"], document["observed"]
     lines += [
-        f"Judged under protocol v{checks.PROTOCOL_VERSION} (`kdlab.experiments.claims`). Declared: "
+        f"Judged under protocol v{checks.PROTOCOL_VERSION} (`kdlab.experiments.claims`). Declared by the preset: "
         f"{declared['teacher_seeds']} teacher seed(s) per teacher, {declared['student_seeds']} student seed(s) paired "
-        f"within each; {students} student runs and {len(teachers)} teacher runs were read (runs.csv beside this file "
+        f"within each; found in the runs: {observed['teacher_seeds']} and {observed['student_seeds']}. "
+        f"{students} student runs and {len(teachers)} teacher runs were read (runs.csv beside this file "
         f"holds every one; `kdlab reproduce --rejudge runs.csv` judges them again). Holm's correction ran across "
         f"{document['holm_family']} primary test(s).",
         "",
