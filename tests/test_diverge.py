@@ -32,14 +32,15 @@ from kdlab.engine.stacked import StackedStudents
 from kdlab.engine.stop import interrupted
 from kdlab.errors import RunInterrupted
 from kdlab.evaluate import evaluate_checkpoint
-from kdlab.experiments.claims import Context, Experiment, accuracy_table, judge
+from kdlab.experiments.claims import accuracy_table, experiments_from_rows, judge
 from kdlab.experiments.recipes import parse_recipe, plan_sweep
+from kdlab.experiments.runtable import Sweep, csv_text, parse_csv, rows_from_sweeps
 from kdlab.experiments.sweep import run_plan
 from kdlab.runs import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_registries")
 
-TIMING = ("epoch_time_s", "train_images_per_s", "wall_time_s")  # measured, not computed
+TIMING = ("epoch_time_s", "train_images_per_s", "wall_time_s", "finished_at")  # measured, not computed
 STEPS_PER_EPOCH = math.ceil(len(load_dataset("digits").train) / 64)
 
 PLUGIN = '''
@@ -351,15 +352,16 @@ def test_a_teacher_that_diverges_in_a_sweep_names_what_the_sweep_has(tmp_path, p
 
 
 def test_claims_leave_a_diverged_run_out_of_every_table_and_test_and_name_it(tmp_path):
-    """C1 on a synthetic grid of 3 seeds where KL alpha=1 seed 2 diverged: the test pairs seeds 0 and 1
-    only (hand-computed differences), the table counts 2 runs, and the claim's notes name the run."""
+    """C1 on a synthetic grid of 3 seeds where KL alpha=1 seed 2 diverged, as runs.csv rows: the test
+    pairs seeds 0 and 1 only (hand-computed differences), the table counts 2 runs, and the claim's notes
+    name the run."""
     document = {
         "description": "grid", "model": "convnet-4", "data": {"name": "digits"}, "optim": {"epochs": 2},
         "kd": {"loss": "kl", "teacher": "t"}, "teachers": {"t": {"model": "convnet-8"}}, "grid": {"kd.alpha": [0.1, 1.0], "kd.tau": [4.0]},
     }  # fmt: skip
     plan = plan_sweep(parse_recipe(document, "grid"), tmp_path / "grid", seeds=3)
     accuracy = {(0.1, 0): 50.0, (0.1, 1): 52.0, (0.1, 2): 51.0, (1.0, 0): 55.0, (1.0, 1): 53.5}
-    records = []
+    records = {}
     for run in plan.students:
         key = (run.config.kd.alpha, run.config.seed)
         if key in accuracy:
@@ -368,17 +370,19 @@ def test_claims_leave_a_diverged_run_out_of_every_table_and_test_and_name_it(tmp
             result = {"status": "diverged", "reason": "the loss became NaN or inf", "diverged_epoch": 2,
                       "diverged_step": 3, "last_finite_epoch": 1, "test_acc_last": None,
                       "test_acc_last_finite": 99.0}  # fmt: skip
-        records.append(RunRecord(Path(run.config.out), run.config, result))
-    experiment = Experiment(plan, records, {})
-    assert [r.path.name for r in experiment.diverged] == ["kl-a1-t4-s2"]
+        records[run.name] = RunRecord(Path(run.config.out), run.config, result)
+    rows = rows_from_sweeps([Sweep("grid", "grid", plan, records)], "p")
+    rows = parse_csv(csv_text(rows), "runs.csv")  # what a rejudge reads: the diverged run's row says why
+    experiment = experiments_from_rows(rows)["grid"]
+    assert [row.run for row in experiment.diverged] == ["kl-a1-t4-s2"]
     assert len(experiment.runs.select(loss="kl", alpha=1.0)) == 2
     table = accuracy_table(
         [("KL alpha=1", {"loss": "kl", "alpha": 1.0})], experiment.runs, ("test_acc_last",)
     )
     assert table.splitlines()[2].startswith("| KL alpha=1 | 2 | 54.25 ± 1.06 ")
-    result = judge("C1", experiment, Context(tmp_path / "out", log=lambda line: None))
-    test_acc = result.comparisons[0]
-    assert test_acc.per_seed == {0: 5.0, 1: 1.5}  # (55 - 50, 53.5 - 52): seed 2 left out, its 99.0 unseen
+    result = judge("C1", experiment)
+    test_acc = result.secondary[-1]  # acc(alpha=1) - acc(alpha=0.1): C1's difference, now secondary
+    assert test_acc.differences() == {(0, 0): 5.0, (0, 1): 1.5}  # seed 2 left out, its 99.0 unseen
     assert result.notes[-1] == (
         "left out of every table and test: 1 run(s) that diverged: kl-a1-t4-s2 (diverged at epoch 2, step 3: the "
         "loss became NaN or inf (last finite epoch 1))"

@@ -292,7 +292,7 @@ def summaries_of(folder: Path) -> dict[str, dict]:
 
 
 def comparable(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key != "wall_time_s"}
+    return {key: value for key, value in summary.items() if key not in ("wall_time_s", "finished_at")}
 
 
 def test_interrupted_sweep_resumes_to_every_run_exactly_once(tmp_path, monkeypatch):
@@ -639,9 +639,14 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
     assert [c["claim"] for c in claims] == [f"C{i}" for i in range(1, 10)]
     verdicts = {c["claim"]: c["verdict"] for c in claims}
     assert verdicts["C3"] == "holds"  # exact, needs no seeds
-    for claim in claims[:2] + claims[3:]:  # one seed: no verdict, unless a gate already rules the claim out
-        expected = "outside the paper's regime" if claim["failing_gates"] else "inconclusive"
-        assert claim["verdict"] == expected and claim["n_seeds"] == 1 and claim["gates"], claim["claim"]
+    for claim in claims[:2] + claims[3:]:  # one teacher seed: no verdict, unless gates rule the claim out
+        assert claim["verdict"] in ("outside the paper's regime", "inconclusive"), claim["claim"]
+        assert claim["failing_gates"] or claim["verdict"] == "inconclusive", claim["claim"]
+        seeds = (0, 1) if claim["claim"] == "C1" else (1, 1)  # C1's trend needs three alphas: tiny has two
+        assert (claim["n_teacher_seeds"], claim["n_student_seeds"]) == seeds and claim["gates"], claim[
+            "claim"
+        ]
+        assert claim["decided_by"] == "primary tests" and claim["primary"], claim["claim"]
     for claim in claims:
         assert f"| {claim['claim']} | **{claim['verdict']}** | {claim['evidence']} |" in report
     document = json.loads((out / "claims.json").read_text())
@@ -666,6 +671,18 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
         "convnet-8",
         "convnet-8-from-convnet-32",
     ]
+    # runs.csv: every run the claims read; judged again from it alone, claims.json is the same bytes up to
+    # its invocation block (who judged, when, how long).
+    rows = (out / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(list(out.rglob("summary.json"))) == 1 + 33 + 6  # header, students, teachers
+    rejudged = tmp_path / "rejudged"
+    run_cli("reproduce", "--rejudge", str(out / "runs.csv"), "--out", str(rejudged))
+    first, again = (out / "claims.json").read_text(), (rejudged / "claims.json").read_text()
+    cut = first.index('  "invocation": {')
+    assert again[:cut] == first[:cut] and again.index('  "invocation": {') == cut
+    assert json.loads(again)["invocation"]["rejudged_from"] == str(out / "runs.csv")
+    assert "rejudged from `" in (rejudged / "REPORT.md").read_text()
+    assert (rejudged / "runs.csv").read_bytes() == (out / "runs.csv").read_bytes()
     # Again: every run is reused, only the judging is redone.
     stamps = {path: path.stat().st_mtime_ns for path in out.rglob("summary.json")}
     results = reproduce("tiny", "C1,C3", out, log=log_nothing)
@@ -678,6 +695,7 @@ def test_reproduce_tiny_end_to_end(tmp_path, capsys):
             "--publish", str(tmp_path / "docs"), "--readme", str(readme))  # fmt: skip
     assert (tmp_path / "docs" / "REPORT.md").read_text() == (out / "REPORT.md").read_text()
     assert (tmp_path / "docs" / "figures" / "heatmap.png").is_file()
+    assert (tmp_path / "docs" / "runs.csv").read_bytes() == (out / "runs.csv").read_bytes()
     assert "| C3 | holds | - | exact checks on the loss functions (float64) |" in readme.read_text()
 
 

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TRAIN = ["train", "--dataset", "digits", "--model", "convnet-4", "--epochs", "6", "--batch-size", "16",
          "--set", "progress=false", "--set", "deterministic=true", "--set", "tensorboard=false"]  # fmt: skip
-TIMING_KEYS = {"epoch_time_s", "train_images_per_s", "wall_time_s"}
+TIMING_KEYS = {"epoch_time_s", "train_images_per_s", "wall_time_s", "finished_at"}
 
 
 def start_kdlab(*args: str) -> subprocess.Popen[str]:

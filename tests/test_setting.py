@@ -23,6 +23,7 @@ EXAMPLE = ROOT / "examples" / "tabular"
 VERDICTS = {
     "holds",
     "does not hold",
+    "not supported",
     "inconclusive",
     "about as good",
     "outside the paper's regime",
@@ -52,9 +53,10 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny(folder: Path, name: str, **changes: object) -> Path:
-    """The example's setting at tiny size (1 seed, 2 epochs, a 60-sample validation split)."""
+    """The example's setting at tiny size (1 seed, 1 teacher seed, 2 epochs, a 60-sample validation split)."""
     setting = yaml.safe_load((folder / "setting.yaml").read_text())
     setting["seeds"] = 1
+    setting["teacher_seeds"] = 1
     setting["data"]["val_split"] = 60
     setting["student"]["optim"]["epochs"] = 2
     setting["student"] |= {"progress": False, "tensorboard": False}
@@ -82,9 +84,9 @@ def test_the_example_setting_runs_end_to_end_from_the_command_line(example: Path
     ]  # fmt: skip
     report = (example / "out" / "REPORT.md").read_text()
     assert report.startswith("# kdlab reproduce --setting tiny.yaml")
-    assert "Code: the runs were made by kdlab at commit" in report
+    assert "## Provenance" in report and "made by the code at `" in report
     # C6 reads penultimate features of plain nn.Sequential models: from the hook on their last Linear.
-    analysis = json.loads((example / "out" / "analysis" / "seed0" / "analysis.json").read_text())
+    analysis = json.loads((example / "out" / "analysis" / "ts0-s0" / "analysis.json").read_text())
     norms = [entry["penultimate_norm"]["mean"] for entry in analysis["runs"].values()]
     assert len(norms) == 4 and all(norm > 0 for norm in norms)  # teacher, KL tau=3, KL tau=20, MSE
     # The students are the setting's models, trained on its data.
@@ -125,6 +127,7 @@ def test_a_setting_that_leaves_parts_out_says_what_it_cannot_judge(example: Path
         ({"data": {"data_dir": "data"}}, "data.name is missing"),
         ({"label_noise": "symmetric:1.5"}, "symmetric:1.5"),
         ({"seeds": 0}, "seeds=0 must be a whole number in 1..100"),
+        ({"teacher_seeds": 0}, "teacher_seeds=0 must be a whole number in 1..20 (3 or more for a verdict)"),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line(

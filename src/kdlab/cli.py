@@ -361,8 +361,8 @@ def reproduce(
         str | None,
         typer.Option(
             "--preset",
-            help="tiny (smoke test, about a minute), small (Fashion-MNIST on a CPU: 44 min with --jobs 2 on 2 "
-            "cores) or paper (CIFAR-100, GPUs); default tiny",
+            help="tiny (smoke test, about a minute), small (protocol v2, Fashion-MNIST on a CPU: under 2 hours "
+            "with --jobs 2 on 2 cores) or paper (CIFAR-100, GPUs); default tiny",
         ),
     ] = None,
     setting: Annotated[
@@ -387,9 +387,16 @@ def reproduce(
         typer.Option("--readme", help="with --publish: rewrite this README's claims table from claims.json"),
     ] = None,
     imports: Imports = None,
+    rejudge: Annotated[
+        str | None,
+        typer.Option(
+            "--rejudge",
+            help="judge the runs of this runs.csv (or folder holding one) again: nothing is trained",
+        ),
+    ] = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
-    from kdlab.experiments.reproduce import check_publish
+    from kdlab.experiments.reproduce import check_publish, rejudged_preset
     from kdlab.experiments.reproduce import publish as publish_report
     from kdlab.experiments.reproduce import reproduce as run_reproduce
 
@@ -397,10 +404,19 @@ def reproduce(
         raise UserError("--readme needs --publish DEST: the README's table links the published report")
     if preset is not None and setting is not None:
         raise UserError("--preset and --setting both given: a run judges one, drop one of them")
-    name = Path(setting).stem if setting is not None else preset or "tiny"
+    if rejudge is not None and (set_ or seeds is not None):
+        raise UserError(
+            "--rejudge judges the runs a runs.csv holds: drop --set and --seeds, which change runs"
+        )
     if publish:  # before any training: DEST and the README's markers (--out is checked by reproduce)
         check_publish(publish, readme)
-    run_reproduce(preset or "tiny", claims, out, jobs, set_, seeds, log=typer.echo, setting=setting)
+    default = None if rejudge is not None else "tiny"  # a rejudge takes the preset its runs.csv names
+    run_reproduce(
+        preset or default, claims, out, jobs, set_, seeds, log=typer.echo, setting=setting, rejudge=rejudge
+    )
+    name = Path(setting).stem if setting is not None else preset or "tiny"
+    if rejudge is not None and setting is None and preset is None:
+        name = rejudged_preset(rejudge)
     if publish:
         publish_report(out or f"reproduce-{name}", publish, readme, log=typer.echo)
 

@@ -298,31 +298,34 @@ def check_regular(
         pass
 
 
-def environment() -> dict[str, str | None]:
-    """Versions and git commit recorded with every run."""
+def environment() -> dict[str, str | bool | None]:
+    """Versions, git commit and whether kdlab's sources differ from it, recorded with every run.
+
+    ``git_dirty``: True when ``git status`` lists a change under the package folder (a modified, added,
+    deleted or untracked file, ignored ones aside), so the commit alone does not name the code that
+    ran; None outside a git checkout."""
     import torchvision
 
     import kdlab
 
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=Path(__file__).parent,
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or None
+    status = git("status", "--porcelain", "--", ".") if commit else None
     return {
         "kdlab": kdlab.__version__,
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
         "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
     }
 
 
@@ -517,6 +520,18 @@ class RunFolder:
 
         extra = yaml.safe_dump({"run_info": run_info}, sort_keys=False) if run_info is not None else ""
         atomic_write_text(self.config_path, to_yaml(config) + extra)
+
+    def run_info(self) -> dict[str, Any]:
+        """The ``run_info`` block of config.yaml (versions, commit, device, start time); {} if none."""
+        from kdlab.config import load_yaml
+
+        if not self.config_path.is_file():
+            return {}
+        try:
+            info = load_yaml(self.config_path).get("run_info")
+        except UserError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def read_config(self) -> RunConfig:
         """The RunConfig in ``config.yaml`` (its ``run_info`` block dropped); a UserError when the

@@ -90,6 +90,25 @@ class Interval:
         }  # fmt: skip
 
 
+def t_intervals(
+    values: np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Student's t over the last axis of ``values`` ``[..., n]`` (n >= 2, no NaN), vectorised over the
+    rest: ``(mean, low, high, p)``, the interval ``mean -+ t(1/2 + confidence/2, n - 1) * sd / sqrt(n)``
+    and the two-sided p-value of ``mean = 0`` (``scipy.stats.t``; what ``ttest_1samp`` computes). Equal
+    values give the point interval and p = 0 (p = 1 when they are 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    mean = values.mean(axis=-1)
+    se = values.std(axis=-1, ddof=1) / math.sqrt(n)
+    quantile = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * scipy_stats.t.sf(np.abs(mean / se), n - 1)
+    flat = se == 0
+    p = np.where(flat, np.where(mean == 0, 1.0, 0.0), p)
+    return mean, mean - quantile * se, mean + quantile * se, p
+
+
 def paired_interval(
     differences: Sequence[float], confidence: float = CONFIDENCE, seed: int = SEED, method: str | None = None
 ) -> Interval:
@@ -109,7 +128,7 @@ def paired_interval(
     if np.ptp(values) == 0:
         return Interval(mean, mean, mean, n, method, confidence)
     if method == "t":
-        low, high = scipy_stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
+        _, low, high, _ = t_intervals(values, confidence)
     else:
         result = scipy_stats.bootstrap(
             (values,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
@@ -182,3 +201,102 @@ def spearman_test(
     )  # fmt: skip
     observed = float(scipy_stats.spearmanr(xs, ys).statistic)
     return RankCorrelation(observed, float(result.pvalue), n)
+
+
+# --- two sources of variance: teacher seeds and student seeds ---------------------------------------
+
+
+@dataclass(frozen=True)
+class MeanTest:
+    """A t test of ``mean = 0`` over ``n`` values: the two-sided ``p_value`` and the ``interval`` at
+    ``interval.confidence``. Equal values give the point interval and p = 0 (p = 1 when they are 0);
+    fewer than two values give NaN."""
+
+    interval: Interval
+    p_value: float
+
+    @property
+    def n(self) -> int:
+        return self.interval.n
+
+
+def mean_test(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanTest:
+    """Student's t over ``values`` (NaNs dropped): the two-sided p-value of ``mean = 0`` and the interval
+    at ``confidence`` (``t_intervals``; the interval ``paired_interval(values, method="t")`` gives)."""
+    kept = np.asarray(finite(values), dtype=np.float64)
+    if len(kept) < 2:
+        return MeanTest(paired_interval(kept, confidence, method="t"), math.nan)
+    mean, low, high, p = t_intervals(kept, confidence)
+    if np.ptp(kept) == 0:
+        low = high = mean  # exactly, not mean -+ 0 * quantile
+    return MeanTest(Interval(float(mean), float(low), float(high), len(kept), "t", confidence), float(p))
+
+
+Cells = dict[tuple[int, int], float]  # (teacher seed, student seed) -> value
+
+
+def teacher_means(cells: Cells) -> dict[int, float]:
+    """``{teacher seed: mean of its student seeds' values}`` (NaN values dropped; a teacher seed with
+    none left out). With students paired within a teacher seed, each mean carries one draw of the
+    teacher's variance and 1/S of the students': the teacher means are independent, the cells are not."""
+    grouped: dict[int, list[float]] = {}
+    for (teacher, _), value in sorted(cells.items()):
+        if not math.isnan(value):
+            grouped.setdefault(teacher, []).append(value)
+    return {teacher: statistics.fmean(values) for teacher, values in grouped.items()}
+
+
+def teacher_level_test(cells: Cells, confidence: float = CONFIDENCE) -> MeanTest:
+    """The t test over the teacher seeds' means (``teacher_means``): an interval that covers both the
+    teacher-to-teacher and the student-to-student variance, with ``T - 1`` degrees of freedom."""
+    return mean_test(list(teacher_means(cells).values()), confidence)
+
+
+def student_level_interval(cells: Cells, confidence: float = CONFIDENCE) -> Interval:
+    """``paired_interval`` over every cell as if independent (t below ``BOOTSTRAP_MIN_N`` cells, BCa
+    from there): it covers the student seeds' variance only, and runs narrow when teachers differ."""
+    return paired_interval(list(cells.values()), confidence)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order. With ``p_(1) <= ... <= p_(m)`` sorted,
+    ``adjusted_(j) = max over i <= j of min(1, (m - i + 1) * p_(i))``; a test is rejected at level
+    ``a`` when its adjusted p-value is below ``a`` (family-wise error <= a, any dependence)."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho of the pairs (``scipy.stats.spearmanr``; NaN when fewer than 3 pairs or a side is
+    constant, NaN pairs dropped)."""
+    pairs = [(float(a), float(b)) for a, b in zip(x, y, strict=True) if not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return math.nan
+    xs, ys = (np.array(side) for side in zip(*pairs, strict=True))
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return math.nan
+    return float(scipy_stats.spearmanr(xs, ys).statistic)
+
+
+@dataclass(frozen=True)
+class PageTest:
+    """Page's L test of an increasing trend over ``k`` ordered treatments in ``blocks`` blocks."""
+
+    statistic: float
+    p_value: float
+    blocks: int
+
+
+def page_test(blocks: Sequence[Sequence[float]]) -> PageTest:
+    """``scipy.stats.page_trend_test`` (one-sided: the columns' values increase in their order) over the
+    complete rows of ``blocks`` (rows with a NaN dropped); NaN with fewer than 2 rows or 3 columns."""
+    rows = [list(map(float, row)) for row in blocks if not any(math.isnan(float(v)) for v in row)]
+    if len(rows) < 2 or len(rows[0]) < 3:
+        return PageTest(math.nan, math.nan, len(rows))
+    result = scipy_stats.page_trend_test(np.array(rows))
+    return PageTest(float(result.statistic), float(result.pvalue), len(rows))

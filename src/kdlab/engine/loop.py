@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -401,7 +402,10 @@ class Trainer:
             run.summary_path.unlink(missing_ok=True)  # unfinished until they are done
         if student.resumed:
             run.write_metrics(student.metrics)  # the rows the checkpoint holds, whatever the file held
-        run_info = {**environment(), "world_size": self.world.size}
+        # The first start is kept across resumes: a report checks that its protocol precedes it.
+        started = run.run_info().get("started_at") if student.resumed else None
+        run_info = {**environment(), "world_size": self.world.size, "device": str(self.device)}
+        run_info["started_at"] = started or datetime.now(timezone.utc).isoformat(timespec="seconds")
         if config.imports:  # the plugins' code is an input of the run too
             run_info["imports"] = plugin_hashes(config.imports)
         run_info["global_batch_size"] = config.optim.batch_size * self.world.size
@@ -712,6 +716,7 @@ class Trainer:
                 "epochs": config.optim.epochs,
                 "seed": config.seed,
                 "wall_time_s": wall_time_s,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "num_params": count_parameters(student.model),
                 "train_images": len(self.splits.train),
                 "world_size": self.world.size,

@@ -6,6 +6,7 @@ starts from) plus five recipe keys::
     description: what the experiment shows
     claims: [C1, C2]          # the claims of shared/PAPER.md it serves (informational)
     seeds: 1                  # default number of student seeds (seeds 0..K-1); --seeds overrides
+    teacher_seeds: 1          # T > 1: each teacher is trained T times (TEACHERS/NAME-tsK, its seed + K)
     teachers:                 # named teachers, each trained once into TEACHERS/NAME and shared;
       large: {model: wrn-28-4}    # a teacher is the base without `kd`, plus its entry (loss ce)
       medium-from-large: {model: wrn-16-4, kd: {teacher: large, loss: kl, tau: 3}}
@@ -23,6 +24,14 @@ else is taken as the path of an existing run folder or checkpoint. Every student
 grid point or run entry + seed``; its folder name is derived from what the entry sets plus the
 canonical loss tokens, e.g. ``kl-a0.9-t20-s0``, ``convnet-4-mse-a1-s1``, ``from-t1+t2-kl-a1-t20-s0``.
 The name depends only on the run itself, so the same run in two recipes gets the same name.
+
+``teacher_seeds: T`` (default 1) trains every recipe teacher T times: teacher seed K (0..T-1) is the
+teacher's own ``seed`` + K, in ``TEACHERS/NAME-tsK``; a teacher that reads another reads the one of
+its own teacher seed. Every student that reads recipe teachers is planned once per teacher seed and
+student seed (``...-tsK-sS``, reading the teachers of seed K): students are paired within a teacher
+seed (same K, same S; arms differ in what the entry sets). Students whose loss reads no teacher (the
+CE baselines: their teacher only serves the logit distance) are planned once per student seed,
+reading teacher seed 0, as with T = 1, which changes nothing else.
 
 ``--set key=value`` edits the recipe document before expansion: ``--set optim.epochs=2`` changes the
 base (and so every teacher that does not set its own epochs), ``--set teachers.large.optim.epochs=3``
@@ -61,10 +70,10 @@ from kdlab.config import (  # noqa: F401 - flatten, identity and RUNTIME_KEYS ar
     unflatten,
 )
 from kdlab.errors import UserError, did_you_mean, shown
-from kdlab.losses import loss_spec
+from kdlab.losses import loss_spec, needs_teacher
 from kdlab.teacher import FOREIGN_PREFIX, with_teacher_data
 
-RECIPE_KEYS = ("description", "claims", "seeds", "teachers", "grid", "runs")
+RECIPE_KEYS = ("description", "claims", "seeds", "teacher_seeds", "teachers", "grid", "runs")
 TEACHERS_FOLDER = "teachers"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 
@@ -77,6 +86,7 @@ class Recipe:
     description: str = ""
     claims: list[str] = field(default_factory=list)
     seeds: int = 1
+    teacher_seeds: int = 1  # each recipe teacher trained this many times (seed + K), students paired within K
     base: dict[str, Any] = field(default_factory=dict)
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -90,7 +100,10 @@ class PlannedRun:
 
     name: str
     config: RunConfig
-    teachers: tuple[str, ...] = ()  # recipe teachers it reads (direct dependencies)
+    teachers: tuple[str, ...] = ()  # recipe teachers it reads (direct dependencies), as planned (NAME-tsK)
+    role: str = ""  # a teacher run: its name in the recipe (without the -tsK of its teacher seed)
+    # Teacher seed K of a teacher, or of the teachers a student reads (None: a student reading none).
+    teacher_seed: int | None = None
 
 
 @dataclass
@@ -225,11 +238,21 @@ def parse_recipe(document: dict[str, Any], name: str = "recipe") -> Recipe:
     seeds = document.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"{name}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS}")
+    teacher_seeds = document.get("teacher_seeds", 1)
+    if (
+        not isinstance(teacher_seeds, int)
+        or isinstance(teacher_seeds, bool)
+        or not 1 <= teacher_seeds <= MAX_TEACHER_SEEDS
+    ):
+        raise UserError(
+            f"{name}: teacher_seeds={shown(teacher_seeds)} must be a whole number in 1..{MAX_TEACHER_SEEDS}"
+        )
     return Recipe(
         name=name,
         description=str(document.get("description", "")).strip(),
         claims=[str(claim) for claim in document.get("claims") or []],
         seeds=seeds,
+        teacher_seeds=teacher_seeds,
         base=base,
         teachers={key: _mapping(value or {}, f"{name}: teacher {key}") for key, value in teachers.items()},
         grid=grid,
@@ -268,8 +291,10 @@ def _entry_token(key: str, value: Any) -> str:
     return _sanitise(key.rsplit(".", 1)[-1] + format_value(value))
 
 
-def run_name(entry: dict[str, Any], config: RunConfig, with_seed: bool = True) -> str:
-    """``[model][-from-TEACHER][-other entry keys]-LOSS[-hyperparameter tokens]-sSEED``.
+def run_name(
+    entry: dict[str, Any], config: RunConfig, with_seed: bool = True, teacher_seed: int | None = None
+) -> str:
+    """``[model][-from-TEACHER][-other entry keys]-LOSS[-hyperparameter tokens][-tsK]-sSEED``.
 
     The loss and its hyperparameter tokens come from the resolved config through the loss's
     registration (``kl-a0.9-t20``, ``mse-a1``, ``dkd-a1-b8-t4-w20``, ``ce``); the other tokens from
@@ -281,6 +306,8 @@ def run_name(entry: dict[str, Any], config: RunConfig, with_seed: bool = True) -
     keys.sort(key=lambda key: (order.get(key, 2), key))
     tokens = [_entry_token(key, entry[key]) for key in keys]
     tokens += loss_tokens(config.kd)
+    if teacher_seed is not None:  # a recipe of several teacher seeds: the one this student reads
+        tokens.append(f"ts{teacher_seed}")
     if with_seed:
         tokens.append(f"s{config.seed}")
     return "-".join(tokens)
@@ -293,17 +320,23 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
+def replica_name(name: str, teacher_seed: int | None) -> str:
+    """The folder of teacher ``name`` at a teacher seed: ``NAME-tsK`` (None: ``NAME``, one teacher seed)."""
+    return name if teacher_seed is None else f"{name}-ts{teacher_seed}"
+
+
 def _resolve_teachers(
-    value: Any, recipe: Recipe, teachers_dir: Path, where: str
+    value: Any, recipe: Recipe, teachers_dir: Path, where: str, teacher_seed: int | None = None
 ) -> tuple[Any, tuple[str, ...]]:
-    """Recipe teacher names -> their folders; other entries must be existing paths. Returns (value, names)."""
+    """Recipe teacher names -> their folders (of ``teacher_seed``, see ``replica_name``); other entries
+    must be existing paths. Returns (value, planned names of the recipe teachers read)."""
     if value is None:
         return None, ()
     resolved, names = [], []
     for item in teacher_specs(value):
         if item in recipe.teachers:
-            resolved.append(str(teachers_dir / item))
-            names.append(item)
+            resolved.append(str(teachers_dir / replica_name(item, teacher_seed)))
+            names.append(replica_name(item, teacher_seed))
         elif Path(item).exists() or item.startswith(FOREIGN_PREFIX):
             resolved.append(item)  # a run folder, a checkpoint, or torchvision weights (kdlab.teacher)
         else:
@@ -316,10 +349,10 @@ def _resolve_teachers(
 
 
 def _build(
-    data: dict[str, Any], recipe: Recipe, teachers_dir: Path, where: str
+    data: dict[str, Any], recipe: Recipe, teachers_dir: Path, where: str, teacher_seed: int | None = None
 ) -> tuple[RunConfig, tuple[str, ...]]:
     kd = dict(data.get("kd") or {})
-    kd["teacher"], names = _resolve_teachers(kd.get("teacher"), recipe, teachers_dir, where)
+    kd["teacher"], names = _resolve_teachers(kd.get("teacher"), recipe, teachers_dir, where, teacher_seed)
     try:
         document = {**data, "kd": kd}
         if (
@@ -333,6 +366,7 @@ def _build(
 
 
 MAX_SEEDS = 100  # planning a million seeds would take minutes before training anything
+MAX_TEACHER_SEEDS = 20  # each multiplies every teacher and every student that reads one
 # The most runs one sweep may plan ((grid points + runs entries) x seeds + teachers): grid-paper with
 # 100 seeds is 5,101. Counted before the grid is expanded, so a grid of 10^6 points costs nothing.
 MAX_PLANNED_RUNS = 10_000
@@ -352,13 +386,15 @@ def plan_sweep(
             "the paper uses a handful"
         )
     points = math.prod(len(values) for values in recipe.grid.values()) if recipe.grid else 0
-    planned = (points + len(recipe.runs) or 1) * count + len(recipe.teachers)
+    replicas = recipe.teacher_seeds
+    planned = ((points + len(recipe.runs) or 1) * count + len(recipe.teachers)) * replicas
     if planned > MAX_PLANNED_RUNS:
         axes = " x ".join(f"{len(values)} {key}" for key, values in recipe.grid.items()) or "no grid"
+        times = f" x {replicas} teacher seeds" if replicas > 1 else ""
         raise UserError(
             f"recipe {recipe.name} plans {planned} runs (grid {axes}, {len(recipe.runs)} runs entries, {count} "
-            f"seed(s), {len(recipe.teachers)} teacher(s)), more than kdlab's limit of {MAX_PLANNED_RUNS}: shorten "
-            "the grid's lists or split the recipe"
+            f"seed(s), {len(recipe.teachers)} teacher(s){times}), more than kdlab's limit of {MAX_PLANNED_RUNS}: "
+            "shorten the grid's lists or split the recipe"
         )
     teachers = _plan_teachers(recipe, teachers_dir)
     entries = _grid_points(recipe.grid) + recipe.runs or [{}]
@@ -370,15 +406,22 @@ def plan_sweep(
             where = f"recipe {recipe.name}, run {entry or 'base'}"
             config, names = _build(data, recipe, teachers_dir, where)
             check_unread(config, entry, f"{where}: ")  # a grid axis or run key its loss ignores
-            name = run_name(entry, config)
-            config.out = str(out / name)
-            previous = students.get(name)
-            if previous is not None and identity(previous.config) != identity(config):
-                raise UserError(
-                    f"recipe {recipe.name} defines run {name} twice with different settings: make the entries differ "
-                    "in a key that names the run (model, kd.teacher, loss, alpha, tau)"
-                )
-            students[name] = PlannedRun(name, config, names)
+            # One student per teacher seed when it reads recipe teachers (paired within the seed); a student
+            # whose loss reads no teacher (CE) trains alike for every K: once, reading teacher seed 0.
+            replicated = [(config, names, 0 if names else None)]
+            if names and replicas > 1:
+                seeds_read = range(replicas) if needs_teacher(config.kd.loss) else range(1)
+                replicated = [(*_build(data, recipe, teachers_dir, where, k), k) for k in seeds_read]
+            for config, names, teacher_seed in replicated:
+                name = run_name(entry, config, teacher_seed=teacher_seed if len(replicated) > 1 else None)
+                config.out = str(out / name)
+                previous = students.get(name)
+                if previous is not None and identity(previous.config) != identity(config):
+                    raise UserError(
+                        f"recipe {recipe.name} defines run {name} twice with different settings: make the entries "
+                        "differ in a key that names the run (model, kd.teacher, loss, alpha, tau)"
+                    )
+                students[name] = PlannedRun(name, config, names, teacher_seed=teacher_seed)
     _check_base_read(recipe, [run.config for run in [*teachers.values(), *students.values()]])
     return SweepPlan(recipe, out, teachers, [students[name] for name in sorted(students)])
 
@@ -399,15 +442,20 @@ def _check_base_read(recipe: Recipe, configs: list[RunConfig]) -> None:
 def _plan_teachers(recipe: Recipe, teachers_dir: Path) -> dict[str, PlannedRun]:
     """Teacher runs in training order; a teacher may read other teachers (sequential distillation)."""
     base = {key: value for key, value in recipe.base.items() if key != "kd"}
+    default_seed = RunConfig.__dataclass_fields__["seed"].default
     planned: dict[str, PlannedRun] = {}
-    for name, entry in recipe.teachers.items():
-        data = merge(base, unflatten(flatten(entry)))
-        data.setdefault("kd", {}).setdefault("loss", "ce")
-        where = f"recipe {recipe.name}, teacher {name}"
-        config, names = _build(data, recipe, teachers_dir, where)
-        check_unread(config, flatten(entry), f"{where}: ")
-        config.out = str(teachers_dir / name)
-        planned[name] = PlannedRun(f"{TEACHERS_FOLDER}/{name}", config, names)
+    for role, entry in recipe.teachers.items():
+        for teacher_seed in range(recipe.teacher_seeds):
+            replica = teacher_seed if recipe.teacher_seeds > 1 else None
+            name = replica_name(role, replica)
+            data = merge(base, unflatten(flatten(entry)))
+            data.setdefault("kd", {}).setdefault("loss", "ce")
+            data["seed"] = data.get("seed", default_seed) + teacher_seed
+            where = f"recipe {recipe.name}, teacher {name}"
+            config, names = _build(data, recipe, teachers_dir, where, replica)
+            check_unread(config, flatten(entry), f"{where}: ")
+            config.out = str(teachers_dir / name)
+            planned[name] = PlannedRun(f"{TEACHERS_FOLDER}/{name}", config, names, role, teacher_seed)
     ordered: dict[str, PlannedRun] = {}
     visiting: list[str] = []
 

@@ -117,8 +117,9 @@ class Gate:
 
 
 def metric(record: Record, key: str) -> float:
-    """A numeric summary value of a record (NaN when absent or not a number)."""
-    if isinstance(record, RunRecord):
+    """A numeric summary value of a record (NaN when absent or not a number): a RunRecord, a row of
+    runs.csv (``kdlab.experiments.runtable.Row``) or a summary mapping."""
+    if not isinstance(record, Mapping):
         return record.metric(key)
     value = record.get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -7,7 +7,8 @@ with your dataset, teachers and students in place of Fashion-MNIST's::
     description: what this setting is
     imports: [my_models.py]                 # your models, datasets, losses (kdlab.plugins)
     data: {name: tensors, data_dir: data}   # any data.* keys of a run config
-    seeds: 3                                # student seeds (>= 3 for a verdict)
+    seeds: 3                                # student seeds, paired within each teacher seed
+    teacher_seeds: 3                        # every teacher trained this many times (>= 3 for a verdict)
     students: [mlp-s, mlp-xs, mlp-m]        # >= 3 models; the first is the student of C1-C4, C6-C9
     student: {optim: {epochs: 30, lr: 0.05, batch_size: 64}}   # every student's run settings
     teachers:
@@ -18,7 +19,9 @@ with your dataset, teachers and students in place of Fashion-MNIST's::
     alphas: [0.1, 0.4, 0.7, 1.0]            # C1's alpha axis (default: the small protocol's)
 
 Each teacher entry holds run settings (``model``, ``optim``, ``seed``, ...) as a recipe's
-teachers do; the second member of C5's ensemble is the large teacher with ``seed: 1``; C8's
+teachers do, and is trained ``teacher_seeds`` times (its seed + K); the second member of C5's
+ensemble is the large teacher with ``seed: SEED + teacher_seeds`` (1 + T with no seed set), so that
+no teacher seed of one is a teacher seed of the other; C8's
 medium-from-large is the medium teacher distilled from the large one with KL at tau = 3; C9's
 teacher is the large one trained on the noisy labels. A claim whose part the setting leaves out is
 reported as *not judged*, with the reason. Relative paths in the file (``imports``, ``data_dir``)
@@ -35,14 +38,16 @@ from typing import Any
 
 from kdlab.config import RunConfig, load_yaml, merge
 from kdlab.errors import UserError, did_you_mean, shown
-from kdlab.experiments.recipes import MAX_SEEDS
+from kdlab.experiments.recipes import MAX_SEEDS, MAX_TEACHER_SEEDS
 
 SETTING_KEYS = (
-    "description", "imports", "data", "seeds", "students", "student", "teachers", "label_noise", "alphas",
+    "description", "imports", "data", "seeds", "teacher_seeds", "students", "student", "teachers", "label_noise",
+    "alphas",
 )  # fmt: skip
 ROLES = ("large", "medium", "poor")
 DEFAULT_ALPHAS = [0.1, 0.4, 0.7, 1.0]  # the small preset's reduced grid
 DEFAULT_NOISE = "symmetric:0.4"  # the small protocol's
+DEFAULT_TEACHER_SEEDS = 3  # protocol v2's minimum for a verdict
 # The small recipes' teachers, and what each becomes in a setting.
 TEACHER_NAMES = {
     "convnet-32": "large",
@@ -77,6 +82,7 @@ class Setting:
     teachers: dict[str, dict[str, Any]]
     label_noise: str | None
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    teacher_seeds: int = DEFAULT_TEACHER_SEEDS
 
     def missing(self, experiment: str) -> str | None:
         """Why this setting cannot run ``experiment`` (None when it can)."""
@@ -116,6 +122,7 @@ class Setting:
         for entry in document.get("runs") or []:
             if "kd.teacher" in entry:
                 entry["kd.teacher"] = _renamed(entry["kd.teacher"])
+        document["teacher_seeds"] = self.teacher_seeds
         document["description"] = f"{document.get('description', '')} On setting {self.name}.".strip()
         return document
 
@@ -123,7 +130,8 @@ class Setting:
         role = {"large-b": "large", "large-noisy": "large", "medium-from-large": "medium"}.get(name, name)
         entry = copy.deepcopy(self.teachers[role])
         if name == "large-b":
-            entry["seed"] = int(entry.get("seed", 0)) + 1  # the ensemble's second member: another seed
+            # The ensemble's second member: other seeds than the large teacher's T (seed + K, K < T).
+            entry["seed"] = int(entry.get("seed", 0)) + self.teacher_seeds
         if name == "medium-from-large":  # distilled from the large teacher as the small recipe does
             entry["kd"] = merge(small_entry.get("kd") or {}, {"teacher": "large"})
         return entry
@@ -188,6 +196,16 @@ def load_setting(path: str | Path) -> Setting:
         raise UserError(
             f"{where}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS} (3 or more for a verdict)"
         )
+    teacher_seeds = document.get("teacher_seeds", DEFAULT_TEACHER_SEEDS)
+    if (
+        not isinstance(teacher_seeds, int)
+        or isinstance(teacher_seeds, bool)
+        or not 1 <= teacher_seeds <= MAX_TEACHER_SEEDS
+    ):
+        raise UserError(
+            f"{where}: teacher_seeds={shown(teacher_seeds)} must be a whole number in 1..{MAX_TEACHER_SEEDS} (3 or "
+            "more for a verdict)"
+        )
     alphas = document.get("alphas", DEFAULT_ALPHAS)
     if not isinstance(alphas, list) or len(alphas) < 2:
         raise UserError(f"{where}: alphas must list two or more values in [0, 1], e.g. alphas: [0.1, 1.0]")
@@ -211,6 +229,7 @@ def load_setting(path: str | Path) -> Setting:
         teachers={role: dict(entry) for role, entry in teachers.items()},
         label_noise=noise,
         alphas=list(alphas),
+        teacher_seeds=teacher_seeds,
     )
 
 
