@@ -139,6 +139,34 @@ def test_the_decision_is_printed_once_and_recorded(tmp_path, teacher, capsys):
         ]
 
 
+def test_a_resumed_run_keeps_the_cache_decision_it_started_with(tmp_path, teacher, capsys):
+    """1 epoch without augmentation: 1 pass against 1 view, off. Extended to 3 epochs by --resume, a
+    fresh plan would say on (3 passes); the run keeps reading the live teacher, as it started, and
+    ends bitwise as a 3-epoch run with kd.cache=false."""
+    config = make_config(tmp_path / "run", teacher=teacher, loss="kl", alpha=0.9, tau=4.0)
+    config.data.augment, config.optim.epochs = "none", 1
+    train(config)
+    capsys.readouterr()
+    config.optim.epochs = 3
+    summary = train(config, resume=True)
+    line = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("teacher-logit cache")
+    )
+    assert line.startswith(
+        f"teacher-logit cache (kd.cache: auto): off: kept from the start of {config.out} (its record: off); the "
+        "plan now would say on: the live teacher would compute 3 pass(es) x 1437 images"
+    )
+    assert summary["inputs"]["cache"] is None
+    record = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run_info"]["kd_cache"]
+    assert record["used"] is False and record["reason"].startswith("kept from the start")
+    live = make_config(tmp_path / "live", teacher=teacher, loss="kl", alpha=0.9, tau=4.0)
+    live.data.augment, live.optim.epochs, live.kd.cache = "none", 3, False
+    train(live)
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    alone = torch.load(tmp_path / "live" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[key], alone[key]) for key in alone)
+
+
 def test_a_sweep_counts_the_teacher_passes_of_all_its_groups(tmp_path):
     """Two seeds of three students sharing a teacher: 2 lockstep groups x 3 epochs = 6 passes (also
     for --no-lockstep, so that both decide alike); another teacher's students are counted apart."""

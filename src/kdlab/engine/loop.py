@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdlab import distributed
-from kdlab.cache import TeacherLogitCache, decide_cache, open_logit_cache
+from kdlab.cache import CacheDecision, TeacherLogitCache, decide_cache, open_logit_cache
 from kdlab.config import RunConfig, loss_settings
 from kdlab.data import Batch, DatasetSplits, TensorData, apply_label_noise, load_dataset, make_loader
 from kdlab.data.loader import check_train_batches
@@ -214,6 +214,8 @@ class Trainer:
             lead, self.train_loader, self.splits.num_classes, self.teacher is not None and self.teacher_needed,
             self.teacher_features_needed, self.world.size, teacher_passes or lead.optim.epochs,
         )  # fmt: skip
+        if self.cache_decision is not None and lead.kd.cache == "auto" and resume:
+            self.cache_decision = kept_cache_decision(configs, self.cache_decision)
         if self.cache_decision is not None and lead.kd.cache == "auto" and self.world.is_main:
             print(
                 f"teacher-logit cache (kd.cache: auto): {'on' if self.cache_decision.use else 'off'}: "
@@ -763,6 +765,28 @@ def best_on_val(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "val_best_epoch": best["epoch"],
         "test_acc_at_best_val": best["test_acc"],
     }
+
+
+def kept_cache_decision(configs: list[RunConfig], decision: CacheDecision) -> CacheDecision:
+    """A resumed run keeps the teacher logits it started with: ``kd.cache: auto`` takes the decision
+    recorded in its config.yaml (``run_info.kd_cache``; a run recorded before ``auto`` existed read a
+    live teacher, the default then), not a new one that a different plan would make."""
+    for config in configs:
+        run = RunFolder(config.out or "")
+        if not (config.out and run.last_checkpoint.is_file() and run.config_path.is_file()):
+            continue  # starts now: the new decision holds
+        recorded = run.run_info().get("kd_cache")
+        used = bool(recorded.get("used")) if isinstance(recorded, dict) else False
+        if used != decision.use:
+            return CacheDecision(
+                used,
+                f"kept from the start of {config.out} (its record: {'on' if used else 'off'}); the plan now "
+                f"would say {'on' if decision.use else 'off'}: {decision.reason}",
+                decision.views_needed,
+                decision.views_cached,
+            )
+        return decision
+    return decision
 
 
 def train_lockstep(
