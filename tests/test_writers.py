@@ -458,7 +458,11 @@ def test_publish_copies_only_kdlabs_figures_and_checks_their_names_before_judgin
     code, message = kdlab(capsys, "reproduce", "--claims", "C3", "--out", env.c3, "--publish", dest)
     assert code == 0, message
     assert (dest / "figures" / "extra.png").is_symlink() and not (tmp_path / "elsewhere.png").exists()
-    assert sorted(json.loads((dest / OUTPUTS_MANIFEST).read_text())["files"]) == ["REPORT.md", "claims.json"]
+    assert sorted(json.loads((dest / OUTPUTS_MANIFEST).read_text())["files"]) == [
+        "REPORT.md",
+        "claims.json",
+        "runs.csv",
+    ]
     (dest / "figures" / "heatmap.png").symlink_to(tmp_path / "elsewhere.png")
     before = tree(env.c3)
     code, message = kdlab(capsys, "reproduce", "--claims", "C3", "--out", env.c3, "--publish", dest)
