@@ -54,11 +54,31 @@ COLUMNS = (  # a runs.csv whose header is not exactly these is refused
 NUMERIC = {"alpha", "tau", *SUMMARY_METRICS, *ANALYSIS_METRICS}
 
 
+def _column(name: str, doc: str = "") -> Any:
+    """A Row property: the text of column ``name``."""
+    return property(lambda row: row.text(name), doc=doc or f"The {name} column's text.")
+
+
+def _number(name: str) -> Any:
+    """A Row property: column ``name`` as a float (NaN when empty)."""
+    return property(lambda row: row.metric(name), doc=f"The {name} column as a float.")
+
+
 @dataclass(frozen=True)
 class Row:
     """One run of runs.csv: ``values`` maps every column to its text ("" = none)."""
 
     values: Mapping[str, str]
+
+    folder = _column("folder")
+    run = _column("run")
+    role = _column("role")
+    name = _column("name", "A teacher's name in its recipe (without the -tsK of its teacher seed).")
+    status = _column("status")
+    model = _column("model")
+    loss = _column("loss")
+    alpha = _number("alpha")
+    tau = _number("tau")
 
     def text(self, column: str) -> str:
         return self.values.get(column, "")
@@ -69,54 +89,17 @@ class Row:
         return float(value) if value else math.nan
 
     @property
-    def folder(self) -> str:
-        return self.text("folder")
-
-    @property
-    def run(self) -> str:
-        return self.text("run")
-
-    @property
     def path(self) -> str:
         """``FOLDER/RUN`` relative to the reproduce folder."""
         return f"{self.folder}/{self.run}"
-
-    @property
-    def role(self) -> str:
-        return self.text("role")
-
-    @property
-    def name(self) -> str:
-        """A teacher's name in its recipe (without the -tsK of its teacher seed)."""
-        return self.text("name")
 
     @property
     def experiments(self) -> tuple[str, ...]:
         return tuple(self.text("experiments").split())
 
     @property
-    def status(self) -> str:
-        return self.text("status")
-
-    @property
     def diverged(self) -> bool:
         return self.status == "diverged"
-
-    @property
-    def model(self) -> str:
-        return self.text("model")
-
-    @property
-    def loss(self) -> str:
-        return self.text("loss")
-
-    @property
-    def alpha(self) -> float:
-        return self.metric("alpha")
-
-    @property
-    def tau(self) -> float:
-        return self.metric("tau")
 
     @property
     def seed(self) -> int:
