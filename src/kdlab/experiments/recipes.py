@@ -202,6 +202,16 @@ def load_recipe(
     return parse_recipe(document, name)
 
 
+def seed_count(
+    document: dict[str, Any], key: str, default: int, most: int, where: str, note: str = ""
+) -> int:
+    """``document[key]`` (``seeds``, ``teacher_seeds``): a whole number in 1..``most``, else one line."""
+    value = document.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise UserError(f"{where}: {key}={shown(value)} must be a whole number in 1..{most}{note}")
+    return value
+
+
 def parse_recipe(document: dict[str, Any], name: str = "recipe") -> Recipe:
     """Split a recipe document into its base config and recipe keys, checking every key."""
     if not isinstance(document, dict):
@@ -235,18 +245,8 @@ def parse_recipe(document: dict[str, Any], name: str = "recipe") -> Recipe:
     runs = document.get("runs") or []
     if not isinstance(runs, list):
         raise UserError(f"{name}: 'runs' must be a list of config entries, e.g. runs: [{{kd.loss: mse}}]")
-    seeds = document.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
-        raise UserError(f"{name}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS}")
-    teacher_seeds = document.get("teacher_seeds", 1)
-    if (
-        not isinstance(teacher_seeds, int)
-        or isinstance(teacher_seeds, bool)
-        or not 1 <= teacher_seeds <= MAX_TEACHER_SEEDS
-    ):
-        raise UserError(
-            f"{name}: teacher_seeds={shown(teacher_seeds)} must be a whole number in 1..{MAX_TEACHER_SEEDS}"
-        )
+    seeds = seed_count(document, "seeds", 1, MAX_SEEDS, name)
+    teacher_seeds = seed_count(document, "teacher_seeds", 1, MAX_TEACHER_SEEDS, name)
     return Recipe(
         name=name,
         description=str(document.get("description", "")).strip(),

@@ -38,7 +38,7 @@ from typing import Any
 
 from kdlab.config import RunConfig, load_yaml, merge
 from kdlab.errors import UserError, did_you_mean, shown
-from kdlab.experiments.recipes import MAX_SEEDS, MAX_TEACHER_SEEDS
+from kdlab.experiments.recipes import MAX_SEEDS, MAX_TEACHER_SEEDS, seed_count
 
 SETTING_KEYS = (
     "description", "imports", "data", "seeds", "teacher_seeds", "students", "student", "teachers", "label_noise",
@@ -191,21 +191,11 @@ def load_setting(path: str | Path) -> Setting:
     for key in ("model", "data", "kd", "imports", "seed", "out"):
         if key in student:
             raise UserError(f"{where}: student sets {key}, which the setting decides: drop it")
-    seeds = document.get("seeds", 3)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
-        raise UserError(
-            f"{where}: seeds={shown(seeds)} must be a whole number in 1..{MAX_SEEDS} (3 or more for a verdict)"
-        )
-    teacher_seeds = document.get("teacher_seeds", DEFAULT_TEACHER_SEEDS)
-    if (
-        not isinstance(teacher_seeds, int)
-        or isinstance(teacher_seeds, bool)
-        or not 1 <= teacher_seeds <= MAX_TEACHER_SEEDS
-    ):
-        raise UserError(
-            f"{where}: teacher_seeds={shown(teacher_seeds)} must be a whole number in 1..{MAX_TEACHER_SEEDS} (3 or "
-            "more for a verdict)"
-        )
+    verdict = " (3 or more for a verdict)"
+    seeds = seed_count(document, "seeds", 3, MAX_SEEDS, where, verdict)
+    teacher_seeds = seed_count(
+        document, "teacher_seeds", DEFAULT_TEACHER_SEEDS, MAX_TEACHER_SEEDS, where, verdict
+    )
     alphas = document.get("alphas", DEFAULT_ALPHAS)
     if not isinstance(alphas, list) or len(alphas) < 2:
         raise UserError(f"{where}: alphas must list two or more values in [0, 1], e.g. alphas: [0.1, 1.0]")
