@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
+from kdlab.cli import main
 from kdlab.config import RunConfig, build_config
 from kdlab.models import create_model
 from kdlab.runs import CHECKPOINT_FORMAT, atomic_torch_save
@@ -91,3 +93,17 @@ def registries_restored() -> Iterator[None]:
         kdlab.config._DECLARED.update(declared)
         kdlab.plugins._IMPORTED.clear()
         kdlab.plugins._IMPORTED.update(imported)
+
+
+def kdlab_error(capsys: pytest.CaptureFixture[str], *args: object) -> str:
+    """``kdlab ARGS`` (in this process) must exit 2 with exactly one line on stderr, ``kdlab: error:
+    ...``, and no traceback; returns the message after that prefix."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr
+    assert "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("kdlab: error: ")
+    return line.removeprefix("kdlab: error: ")

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_errors import kdlab_error, snapshot
+from fixtures_engine import kdlab_error
+from test_errors import snapshot
 from torch import nn
 
 from kdlab.analysis.analyze import collect_outputs
@@ -384,7 +385,7 @@ def test_a_feature_loss_reads_both_plain_modules_through_their_hooks(
     assert load_checkpoint(root / "normgap-1" / "checkpoints" / "last.pt")["config"]["features"] == "1"
     # A student without a Linear and no features setting: refused before anything is written.
     line = kdlab_error(
-        capsys, [*distill, *tensors_args(blob_dir, "test-no-linear", root / "normgap-x", epochs=1)]
+        capsys, *distill, *tensors_args(blob_dir, "test-no-linear", root / "normgap-x", epochs=1)
     )
     assert line == (
         "--model test-no-linear has no nn.Linear submodule, so kdlab cannot tell where its penultimate features "
@@ -558,6 +559,6 @@ def test_hostile_tensor_files_are_one_line_exit_2_and_write_nothing(
     if "--no-data-dir" in extra:
         arguments = [item for item in arguments if item not in ("--no-data-dir", "--data-dir", data_dir)]
     before = snapshot(out)
-    assert message in kdlab_error(capsys, arguments)
+    assert message in kdlab_error(capsys, *arguments)
     assert snapshot(out) == before
     assert not (root / "hostile" / "pwned").exists()  # no payload ever ran

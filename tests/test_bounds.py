@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_data import write_cifar10, write_idx, write_svhn
+from fixtures_engine import kdlab_error
 
 from kdlab.cli import main
 from kdlab.data.loader import check_train_batches
@@ -354,19 +355,6 @@ CASES: list[tuple[str, Args, str]] = [
 ]  # fmt: skip
 
 
-def kdlab_error(capsys: pytest.CaptureFixture[str], args: list) -> str:
-    """Run ``kdlab ARGS``; it must exit 2 with exactly one line on stderr and no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    assert "Traceback" not in stderr
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith("kdlab: error: ")
-    return line.removeprefix("kdlab: error: ")
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(folder)): path.read_bytes()
@@ -389,7 +377,7 @@ def test_hostile_value_is_one_line_exit_2_and_nothing_written(
     arguments = args(files, out)
     before = snapshot(home)
     folders = sorted(path for path in home.rglob("*") if path.is_dir())
-    assert message in kdlab_error(capsys, arguments)
+    assert message in kdlab_error(capsys, *arguments)
     assert snapshot(home) == before  # nothing written, nothing removed
     assert sorted(path for path in home.rglob("*") if path.is_dir()) == folders  # no folder created
     assert sorted(path.name for path in tmp_path.iterdir()) == ["user"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_data import write_cifar10, write_cifar100, write_idx
+from fixtures_engine import kdlab_error
 
 import kdlab.runs
 from kdlab.cli import main
@@ -51,19 +52,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-
-
-def kdlab_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    """Run ``kdlab ARGS``; it must exit 2 with exactly one line on stderr and no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    assert "Traceback" not in stderr
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith("kdlab: error: ")
-    return line.removeprefix("kdlab: error: ")
 
 
 @pytest.fixture(autouse=True)
@@ -580,7 +568,7 @@ def test_bad_input_is_one_line_exit_2_and_out_untouched(
     arguments = args(files, out)
     watched = Path(arguments[arguments.index("--out") + 1])
     before, existed = snapshot(watched), watched.exists()
-    assert message in kdlab_error(capsys, arguments)
+    assert message in kdlab_error(capsys, *arguments)
     assert snapshot(watched) == before
     assert watched.exists() == existed  # a failed start creates nothing
     assert not (files.root / "pwned").exists()  # no payload ever ran
@@ -592,7 +580,7 @@ def test_overwrite_with_a_bad_model_leaves_the_previous_run_in_place(
     run = files.root / "previous"
     shutil.copytree(files.teacher, run, dirs_exist_ok=True)
     before = snapshot(run)
-    line = kdlab_error(capsys, ["train", *DIGITS, "--model", "convnet4", "--out", run, "--overwrite"])
+    line = kdlab_error(capsys, "train", *DIGITS, "--model", "convnet4", "--out", run, "--overwrite")
     assert line.startswith("unknown model 'convnet4'")
     assert snapshot(run) == before
 
@@ -615,7 +603,7 @@ def test_overwrite_with_an_input_found_bad_later_leaves_the_previous_run_in_plac
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(files.teacher, run)
     before = snapshot(run)
-    assert message in kdlab_error(capsys, ["train", *DIGITS, *bad, "--out", run, "--overwrite"])
+    assert message in kdlab_error(capsys, "train", *DIGITS, *bad, "--out", run, "--overwrite")
     assert snapshot(run) == before
 
 
@@ -627,9 +615,9 @@ def test_overwrite_with_a_teacher_that_cannot_take_the_data_leaves_the_previous_
     shutil.copytree(files.teacher, run)
     before = snapshot(run)
     teacher = _checkpoint_variant(files, "no-data.pt", _without_data)
-    line = kdlab_error(capsys, ["distill", "--teacher", teacher, "--dataset", "cifar10", "--data-dir",
+    line = kdlab_error(capsys, "distill", "--teacher", teacher, "--dataset", "cifar10", "--data-dir",
                                 _cifar10(files), "--model", "convnet-4", "--epochs", "1", "--batch-size", "32",
-                                "--out", run, "--overwrite"])  # fmt: skip
+                                "--out", run, "--overwrite")  # fmt: skip
     assert "cannot take the images of cifar10" in line
     assert snapshot(run) == before
 
@@ -656,7 +644,7 @@ def test_resume_of_a_finished_run_with_settings_that_change_it_is_refused(
         "--out",
         files.teacher,
     ]
-    assert message in kdlab_error(capsys, args)
+    assert message in kdlab_error(capsys, *args)
     assert snapshot(files.teacher) == before
 
 
@@ -667,7 +655,7 @@ def test_resume_from_a_corrupt_last_checkpoint_says_so_and_touches_nothing(
     shutil.copytree(_unfinished_teacher(files), run, dirs_exist_ok=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"\0" * 100)
     before = snapshot(run)
-    line = kdlab_error(capsys, ["train", *DIGITS, "--out", run, "--resume"])
+    line = kdlab_error(capsys, "train", *DIGITS, "--out", run, "--resume")
     assert line == (
         f"cannot read checkpoint {run / 'checkpoints' / 'last.pt'} (not a PyTorch zip archive: truncated or "
         "corrupt): use another checkpoint (a run's checkpoints/best.pt, or the teacher run again), or --overwrite "
@@ -692,7 +680,7 @@ def test_no_space_left_for_a_checkpoint_keeps_the_previous_one_intact(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(kdlab.runs.torch, "save", save_until_the_disk_fills)
-    line = kdlab_error(capsys, ["train", *DIGITS, "--epochs", "2", "--out", run])
+    line = kdlab_error(capsys, "train", *DIGITS, "--epochs", "2", "--out", run)
     assert line.startswith("no space left on the device to write ") and line.endswith(
         ": free some space, then --resume"
     )
@@ -732,9 +720,7 @@ def test_a_nan_member_of_an_ensemble_teacher_is_named(
 ) -> None:
     nan = _checkpoint_variant(files, "nan-member.pt", _nan_weights)
     out = files.out()
-    line = kdlab_error(
-        capsys, ["distill", "--teacher", files.teacher, "--teacher", nan, *DIGITS, "--out", out]
-    )
+    line = kdlab_error(capsys, "distill", "--teacher", files.teacher, "--teacher", nan, *DIGITS, "--out", out)
     assert line == (
         f"teacher {nan} outputs NaN or inf logits on digits: its weights are damaged (a run that diverged?); use "
         "another teacher checkpoint"

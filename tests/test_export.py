@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_engine import make_config
+from fixtures_engine import kdlab_error, make_config
 
 import kdlab
 from kdlab.cli import main
@@ -74,19 +74,6 @@ def kdlab_ok(capsys: pytest.CaptureFixture[str], args: list) -> str:
     captured = capsys.readouterr()
     assert exit_info.value.code in (0, None), captured.err
     return captured.out
-
-
-def kdlab_error(capsys: pytest.CaptureFixture[str], args: list) -> str:
-    """Run ``kdlab ARGS``; it must exit 2 with exactly one line on stderr and no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    assert "Traceback" not in stderr
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith("kdlab: error: ")
-    return line.removeprefix("kdlab: error: ")
 
 
 def snapshot(folder: Path) -> dict[str, bytes | str]:
@@ -365,7 +352,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 ) -> None:
     arguments, watched = args(run, tmp_path)
     before, run_before = snapshot(watched), snapshot(run)
-    assert message in kdlab_error(capsys, ["export", *arguments])
+    assert message in kdlab_error(capsys, "export", *arguments)
     assert snapshot(watched) == before
     assert snapshot(run) == run_before
 
@@ -375,7 +362,7 @@ def test_onnx_without_its_extra_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: find_spec gives None
     before = snapshot(run)
-    line = kdlab_error(capsys, ["export", run, "--format", "onnx", "--out", tmp_path / "s.onnx"])
+    line = kdlab_error(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "s.onnx")
     assert line == "--format onnx needs the package(s) onnxscript: pip install 'kdlab[export]'"
     assert snapshot(run) == before and not any(tmp_path.iterdir())
 
@@ -394,7 +381,7 @@ def test_a_run_being_written_is_not_exported(
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(copy)
-        line = kdlab_error(capsys, ["export", copy])
+        line = kdlab_error(capsys, "export", copy)
         assert line == (
             f"run {copy} is being written by another kdlab process (pid {holder.pid}): wait for it to "
             "finish, then export"
@@ -430,7 +417,7 @@ def test_a_model_the_exporter_cannot_capture_is_one_line(
         raise RuntimeError("Could not guard on data-dependent expression u0 > 0\nmore lines")
 
     monkeypatch.setattr(torch.export, "export", refuse)  # as for a model with data-dependent control flow
-    line = kdlab_error(capsys, ["export", run, "--format", format, "--out", tmp_path / f"s.{format}"])
+    line = kdlab_error(capsys, "export", run, "--format", format, "--out", tmp_path / f"s.{format}")
     assert line.startswith(f"convnet-4 cannot be exported to {format} (")
     assert line.endswith("): export --format safetensors instead")
     assert not any(tmp_path.iterdir())
@@ -443,7 +430,7 @@ def test_onnx_refuses_weights_over_its_file_limit(
 
     size = sum(t.numel() * t.element_size() for t in load_student(run).state_dict().values())
     monkeypatch.setattr(kdlab.export, "ONNX_LIMIT_BYTES", size - 1)
-    line = kdlab_error(capsys, ["export", run, "--format", "onnx", "--out", tmp_path / "s.onnx"])
+    line = kdlab_error(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "s.onnx")
     assert (
         "holds 0.0 GiB of weights, more than one ONNX file holds (2 GiB): export --format safetensors" in line
     )
@@ -458,7 +445,7 @@ def test_a_checkpoint_without_an_input_size_exports_weights_only(
     checkpoint.pop("input_shape", None)  # as checkpoints written before input_shape was recorded
     atomic_torch_save(checkpoint, tmp_path / "sizeless.pt")
     line = kdlab_error(
-        capsys, ["export", tmp_path / "sizeless.pt", "--format", "pt2", "--out", tmp_path / "s.pt2"]
+        capsys, "export", tmp_path / "sizeless.pt", "--format", "pt2", "--out", tmp_path / "s.pt2"
     )
     assert line.endswith(
         "sizeless.pt does not record its input size (input_shape), which a pt2 export needs to run the model "

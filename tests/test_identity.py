@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_engine import kdlab_error
 
 import kdlab.data.select
 from kdlab.cli import main
@@ -36,19 +37,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: object) -> str:
     except SystemExit as exit_info:
         assert exit_info.code in (0, None), capsys.readouterr().err
     return capsys.readouterr().out
-
-
-def kdlab_error(capsys: pytest.CaptureFixture[str], *args: object) -> str:
-    """``kdlab ARGS``; it must exit 2 with one line on stderr and no traceback. Returns the message."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    assert "Traceback" not in stderr
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith("kdlab: error: ")
-    return line.removeprefix("kdlab: error: ")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_engine import checkpoint, make_config, train_losses
-from test_errors import kdlab_error, snapshot
+from fixtures_engine import checkpoint, kdlab_error, make_config, train_losses
+from test_errors import snapshot
 from test_stacked import interrupt_at_loss_call
 from torch import nn
 
@@ -212,7 +212,7 @@ def test_resume_with_another_optimiser_is_refused(tmp_path: Path, capsys: pytest
     assert exit_info.value.code in (0, None)
     before = snapshot(run)
     line = kdlab_error(
-        capsys, [*args, "--epochs", "2", "--lr", "0.001", "--set", "optim.name=adamw", "--resume"]
+        capsys, *args, "--epochs", "2", "--lr", "0.001", "--set", "optim.name=adamw", "--resume"
     )
     assert line.startswith(f"{run} was trained with optim.name='sgd', not 'adamw': --resume continues a run")
     assert snapshot(run) == before
@@ -345,7 +345,7 @@ def test_settings_refused_through_the_command_line(
     out.mkdir()
     (out / "notes.txt").write_text("the user's own notes\n")
     sets = [part for setting in settings for part in ("--set", setting)]
-    line = kdlab_error(capsys, [*DIGITS, *sets, "--out", out])
+    line = kdlab_error(capsys, *DIGITS, *sets, "--out", out)
     assert line.startswith(message), line
     assert snapshot(out) == {"notes.txt": b"the user's own notes\n"}
 

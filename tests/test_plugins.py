@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fixtures_engine import kdlab_error
 
 from kdlab.cli import main
 from kdlab.config import build_config
@@ -68,18 +69,6 @@ def kdlab(*args: object) -> None:
         main([str(arg) for arg in args])
     except SystemExit as error:
         assert error.code in (0, None), error.code
-
-
-def kdlab_error(capsys: pytest.CaptureFixture[str], *args: object) -> str:
-    """``kdlab ARGS`` must exit 2 with one line on stderr; returns the line after ``kdlab: error: ``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    (line,) = stderr.strip().splitlines()
-    assert line.startswith("kdlab: error: ") and "Traceback" not in stderr
-    return line.removeprefix("kdlab: error: ")
 
 
 def run_subprocess(*args: object, cwd: Path) -> subprocess.CompletedProcess:

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures_engine import kdlab_error
 
-from kdlab.cli import main
 from kdlab.errors import UserError
 from kdlab.experiments import provenance
 from kdlab.experiments.recipes import parse_recipe, plan_sweep
@@ -222,17 +222,6 @@ def test_the_committed_small_report_is_recomputed_from_its_runs_csv(tmp_path):
 
 
 # --- bad inputs of --rejudge -------------------------------------------------------------------------
-
-
-def kdlab_error(capsys: pytest.CaptureFixture[str], *args: object) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    stderr = capsys.readouterr().err
-    assert exit_info.value.code == 2, stderr
-    assert "Traceback" not in stderr
-    (line,) = stderr.strip().splitlines()
-    return line.removeprefix("kdlab: error: ")
 
 
 def small_runs_csv(path: Path, preset: str = "tiny") -> Path:
