@@ -956,6 +956,10 @@ def check_c5(result: ClaimResult, experiment: Experiment, context: Context) -> N
         ))  # fmt: skip
         result.primary[-1].gates = pair_gates(experiment, single, model)
     ensembles = sorted({row.teacher for row in runs.records if len(row.teacher) > 1})
+    if not ensembles:
+        result.notes.append(
+            'No ensemble teacher was run: the claim\'s "with ensemble teachers" is not judged here.'
+        )
     for members in ensembles:
         for model in runs.values("model", teacher=members):
             name = "+".join(members)
