@@ -32,10 +32,12 @@ from kdlab.engine.stacked import StackedStudents
 from kdlab.engine.stop import interrupted
 from kdlab.errors import RunInterrupted
 from kdlab.evaluate import evaluate_checkpoint
-from kdlab.experiments.claims import accuracy_table, experiments_from_rows, judge
+from kdlab.experiments.claims import judge
+from kdlab.experiments.evidence import experiments_from_rows
 from kdlab.experiments.recipes import parse_recipe, plan_sweep
 from kdlab.experiments.runtable import Sweep, csv_text, parse_csv, rows_from_sweeps
 from kdlab.experiments.sweep import run_plan
+from kdlab.experiments.tables import accuracy_table
 from kdlab.runs import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_registries")

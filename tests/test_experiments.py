@@ -26,6 +26,7 @@ from kdlab.data import load_dataset
 from kdlab.errors import UserError
 from kdlab.evaluate import evaluate_checkpoint
 from kdlab.experiments.chain import parse_stage, plan_chain, run_chain
+from kdlab.experiments.presets import PRESETS, parse_claims
 from kdlab.experiments.recipes import (
     load_recipe,
     parse_recipe,
@@ -36,7 +37,7 @@ from kdlab.experiments.recipes import (
     select_shard,
 )
 from kdlab.experiments.report import write_report
-from kdlab.experiments.reproduce import PRESETS, parse_claims, reproduce
+from kdlab.experiments.reproduce import reproduce
 from kdlab.experiments.sweep import lockstep_groups, run_plan, run_sweep, split_for_jobs
 
 QUIET = {"progress": False, "tensorboard": False}

@@ -41,8 +41,8 @@ from fixtures_engine import registries_restored
 
 from kdlab.cli import main
 from kdlab.data import DATASETS
+from kdlab.experiments.publish import README_END, README_START, claims_table
 from kdlab.experiments.recipes import load_recipe, plan_sweep, recipe_names, select_shard
-from kdlab.experiments.reproduce import README_END, README_START, claims_table
 from kdlab.experiments.setting import TEACHER_NAMES
 from kdlab.export import FORMATS
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +26,14 @@ from kdlab.analysis.stats import (
     tost,
 )
 from kdlab.errors import UserError
-from kdlab.experiments.claims import (
+from kdlab.experiments.claims import CLAIMS, judge, judge_all
+from kdlab.experiments.evidence import experiments_from_rows
+from kdlab.experiments.publish import claims_table, update_readme
+from kdlab.experiments.regime import GATES_TEXT, check_gates, failing, gates_table
+from kdlab.experiments.runtable import make_row
+from kdlab.experiments.verdicts import (
     ABOUT_AS_GOOD,
     ACCURACY_MARGIN,
-    CLAIMS,
     FAILS,
     HOLDS,
     INCONCLUSIVE,
@@ -44,15 +47,7 @@ from kdlab.experiments.claims import (
     accuracy_difference,
     apply_holm,
     combine,
-    experiments_from_rows,
-    judge,
-    judge_all,
 )
-from kdlab.experiments.regime import GATES_TEXT, check_gates, failing, gates_table
-from kdlab.experiments.reproduce import claims_table, update_readme
-from kdlab.experiments.runtable import make_row
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # --- statistics ------------------------------------------------------------------------------------
 
@@ -462,7 +457,13 @@ def test_readme_claims_table_is_regenerated_from_claims_json(tmp_path):
     assert "| C2 | holds | 3 x 2 | test acc over tau in {1, 3, 20, inf} at alpha = 1: mean +1.00, " in table
     assert "| C5 | holds | 3 x 2 | big -> mlp-32: acc(MSE) - acc(KL tau=20): mean +0.50 pts, Holm " in table
     assert "(holds in 2 of 2 pairs) |" in table
-    v1 = claims_table(json.loads((ROOT / "docs/results/small/claims.json").read_text()))  # protocol v1's file
+    # Protocol v1's claims.json (git show 10cfc7dd:docs/results/small/claims.json): one seed count per claim.
+    v1_c5 = {
+        "claim": "C5", "verdict": "about as good", "n_seeds": 5, "caveat": None,
+        "evidence": "acc(MSE) - acc(KL tau=20), mean over the 3 students of convnet-32: mean -0.11 pts, 95% CI "
+        "[-0.30, +0.08] (t, n = 5) (+1 other test in REPORT.md)",
+    }  # fmt: skip
+    v1 = claims_table({"preset": "small", "seeds": 5, "claims": [v1_c5]})
     assert "| C5 | about as good | 1 x 5 | acc(MSE) - acc(KL tau=20), mean over the 3 students" in v1
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- claims-table:start -->\nSTALE ROW\n<!-- claims-table:end -->\nrest\n")

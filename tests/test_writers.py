@@ -29,7 +29,7 @@ import pytest
 from kdlab.cli import main
 from kdlab.errors import UserError
 from kdlab.experiments.demo import DemoScale, run_demo
-from kdlab.experiments.reproduce import README_END, README_START
+from kdlab.experiments.publish import README_END, README_START
 from kdlab.runs import OUTPUTS_MANIFEST, OutputFolder, atomic_write_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)

@@ -396,8 +396,9 @@ def reproduce(
     ] = None,
 ) -> None:
     """Run (or reuse) what each claim C1-C9 needs and write REPORT.md with a verdict per claim."""
-    from kdlab.experiments.reproduce import check_publish, rejudged_preset
-    from kdlab.experiments.reproduce import publish as publish_report
+    from kdlab.experiments.publish import check_publish
+    from kdlab.experiments.publish import publish as publish_report
+    from kdlab.experiments.reproduce import rejudged_preset
     from kdlab.experiments.reproduce import reproduce as run_reproduce
 
     if readme and not publish:

@@ -28,6 +28,8 @@ DEVIATION_PATHS = (
     "src/kdlab/recipes",
     "src/kdlab/experiments/claims.py",
     "src/kdlab/experiments/regime.py",
+    "src/kdlab/experiments/verdicts.py",  # the tests and verdict words, split from claims.py
+    "src/kdlab/experiments/evidence.py",  # which runs a claim reads, split from claims.py
 )
 RULE_PATHS = DEVIATION_PATHS[2:]  # the rules a judging at a later commit may have changed
 PASSED, FAILED, NOT_CHECKED = "passed", "FAILED", "not checked"

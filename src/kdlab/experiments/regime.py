@@ -32,11 +32,15 @@ from __future__ import annotations
 import math
 import operator
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdlab.analysis.records import RunRecord
+
+if TYPE_CHECKING:
+    from kdlab.experiments.evidence import Experiment
+    from kdlab.experiments.runtable import Row
 
 CE_LOSS = "ce"  # the loss of the gates' student: cross-entropy alone, no KD term
 TEST_ACC = "test_acc_last"  # test accuracy of the final weights (a teacher's students read its last.pt)
@@ -175,3 +179,69 @@ def gates_table(gates: Sequence[Gate]) -> str:
             f"{'yes' if gate.passed else '**no**'} |"
         )
     return "\n".join(lines)
+
+
+# --- the gates of every teacher a claim reads, per teacher seed (on an experiment of runs.csv) ---------------------------
+
+
+def _scope(experiment: Experiment, teacher: Row, ce_students: list[Row], several_seeds: bool) -> str:
+    """``pairs/: convnet-32-b [ts1] (convnet-32) -> mlp-64 CE, 10 seeds``: the students' folder, the teacher's
+    name (its teacher seed when there are several; its model when it differs), the CE students' model
+    and seeds."""
+    name = teacher.name + (f" [ts{teacher.teacher_seed}]" if several_seeds else "")
+    text = name if teacher.name == teacher.model else f"{name} ({teacher.model})"
+    models = ", ".join(sorted({row.model for row in ce_students})) or "no CE student"
+    seeds = len({row.seed for row in ce_students})
+    return f"{experiment.folder}/: {text} -> {models} CE, {seeds} seed{'s' * (seeds != 1)}"
+
+
+def teacher_gates(experiment: Experiment, names: Iterable[str], model: str) -> list[Gate]:
+    """G1-G3 of every teacher seed of each named teacher against the CE students of ``model``."""
+    ce = experiment.runs.select(loss=CE_LOSS, model=model)
+    gates: list[Gate] = []
+    for name in names:
+        seeds = experiment.teacher_seeds(name)
+        if not seeds:
+            where = f"{experiment.folder}/: teacher {name}: not trained"
+            gates += [Gate.measure(rule, math.nan, where) for rule in GATES]
+        for seed in seeds:
+            teacher = experiment.teachers[(name, seed)]
+            gates += check_gates(teacher, ce, _scope(experiment, teacher, ce, len(seeds) > 1))
+    return gates
+
+
+def pair_gates(experiment: Experiment, names: tuple[str, ...], model: str) -> list[Gate]:
+    """The gates of one teacher/student pair (an ensemble: each member) of C5."""
+    return teacher_gates(experiment, names, model)
+
+
+def read_regime(experiment: Experiment) -> list[Gate]:
+    """Every teacher its distilled students read, at every teacher seed, against the CE students of each
+    student model that reads it."""
+    from kdlab.losses import needs_teacher
+
+    pairs = dict.fromkeys(
+        (name, row.model) for row in experiment.students if needs_teacher(row.loss) for name in row.teacher
+    )
+    return [gate for name, model in pairs for gate in teacher_gates(experiment, (name,), model)]
+
+
+def poor_teacher_condition(experiment: Experiment) -> list[Gate]:
+    """P1 for every teacher seed of the poor teacher."""
+    ce = experiment.runs.select(loss=CE_LOSS)
+    gates = []
+    for name in experiment.read():
+        seeds = experiment.teacher_seeds(name)
+        if not seeds:
+            gates.append(
+                Gate.measure(P1, math.nan, f"{experiment.folder}/: poor teacher {name}: not trained")
+            )
+        for seed in seeds:
+            teacher = experiment.teachers[(name, seed)]
+            gates += check_poor_teacher(teacher, ce, _scope(experiment, teacher, ce, len(seeds) > 1))
+    return gates
+
+
+def label_noise_condition(experiment: Experiment) -> list[Gate]:
+    students = experiment.runs.records
+    return check_label_noise(students, f"{experiment.folder}/: {len(students)} student runs")

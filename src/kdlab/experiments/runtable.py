@@ -34,6 +34,7 @@ from kdlab.errors import UserError
 
 STUDENT, TEACHER = "student", "teacher"
 # Summary metrics copied per run (what the claims, gates and tables read).
+RUNS_CSV = "runs.csv"  # its name beside claims.json
 SUMMARY_METRICS = (
     "test_acc_last", "test_acc_at_best_val", "test_acc_best", "train_acc", "train_acc_clean_labels",
     "logit_distance", "logit_distance_centred", "logit_distance_rms", "label_noise_realised_rate",
