@@ -19,9 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from kdlab.analysis.plots import tau_label
-from kdlab.analysis.stats import (
-    Cells,
-)
+from kdlab.analysis.stats import Cells
 from kdlab.errors import UserError
 from kdlab.experiments.evidence import ACC, DISTANCE, Context, Experiment
 from kdlab.experiments.regime import (
@@ -32,7 +30,7 @@ from kdlab.experiments.regime import (
     read_regime,
 )
 from kdlab.experiments.runtable import Row
-from kdlab.experiments.tables import DEFAULT_METRICS, TITLES, _set, accuracy_table, grid_table
+from kdlab.experiments.tables import DEFAULT_METRICS, TITLES, accuracy_table, grid_table, set_text
 from kdlab.experiments.verdicts import (
     ACCURACY_MARGIN,
     FAILS,
@@ -63,7 +61,7 @@ def check_c1(result: ClaimResult, experiment: Experiment, context: Context) -> N
     ]
     if len(alphas) < 3 or not taus:
         result.notes.append("the trend needs at least three alphas and one tau > 1: no verdict")
-    over = _set(taus)
+    over = set_text(taus)
 
     def curve(metric: str) -> list[tuple[str, Cells]]:
         return [
@@ -72,11 +70,11 @@ def check_c1(result: ClaimResult, experiment: Experiment, context: Context) -> N
         ]
 
     result.primary.append(Trend(
-        f"test acc over alpha in {_set(alphas)} (mean over tau in {over})", "> 0", TREND_MARGIN, primary=True,
+        f"test acc over alpha in {set_text(alphas)} (mean over tau in {over})", "> 0", TREND_MARGIN, primary=True,
         points=curve(ACC),
     ))  # fmt: skip
     result.secondary.append(Trend(
-        f"train acc over alpha in {_set(alphas)} (mean over tau in {over})", "< 0", TREND_MARGIN, points=curve("train_acc"),
+        f"train acc over alpha in {set_text(alphas)} (mean over tau in {over})", "< 0", TREND_MARGIN, points=curve("train_acc"),
     ))  # fmt: skip
     if len(alphas) >= 2:
         low, high = alphas[0], alphas[-1]
@@ -95,7 +93,11 @@ def check_c2(result: ClaimResult, experiment: Experiment, context: Context) -> N
     result.tables.append(accuracy_table([(f"KL tau={tau_label(t)}", {**kl, "tau": t}) for t in taus], runs))
     points = [(f"tau={tau_label(t)}", runs.cells(**kl, tau=t)) for t in taus]
     trend = Trend(
-        f"test acc over tau in {_set(taus)} at alpha = 1", "> 0", TREND_MARGIN, primary=True, points=points
+        f"test acc over tau in {set_text(taus)} at alpha = 1",
+        "> 0",
+        TREND_MARGIN,
+        primary=True,
+        points=points,
     )
     result.primary.append(trend)
     result.secondary.append(Difference(
@@ -214,7 +216,7 @@ def check_c4(result: ClaimResult, experiment: Experiment, context: Context) -> N
     )
     points = [(f"tau={tau_label(t)}", runs.cells(DISTANCE, **kl, tau=t)) for t in taus]
     result.primary.append(Trend(
-        f"logit distance over tau in {_set(taus)} at alpha = 1", "< 0", TREND_MARGIN, primary=True, points=points,
+        f"logit distance over tau in {set_text(taus)} at alpha = 1", "< 0", TREND_MARGIN, primary=True, points=points,
     ))  # fmt: skip
     mse = runs.cells(DISTANCE, loss="mse")
     result.secondary.append(smallest_difference(

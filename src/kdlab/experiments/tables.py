@@ -53,5 +53,6 @@ def grid_table(runs: Runs, metric: str, alphas: list[float], taus: list[float]) 
     return "\n".join(lines)
 
 
-def _set(values: Iterable[float]) -> str:
+def set_text(values: Iterable[float]) -> str:
+    """``{1, 3, 20, inf}``: a grid's values as the report writes them."""
     return "{" + ", ".join(tau_label(value) for value in values) + "}"
