@@ -360,6 +360,24 @@ def test_the_claim_table_judges_c2_per_teacher_seed_inside_and_outside_the_regim
     assert outside.primary[0].statistical_verdict == HOLDS  # still computed and shown
 
 
+def test_c1_averages_over_the_taus_every_alpha_holds():
+    """The small grid runs tau = 5 (and 1) at alpha = 1 only: C1's curve averages over tau in {3, 20}, the
+    taus > 1 of every alpha, so that no alpha is left without a value."""
+    rows = [teacher("grid", "big", k) for k in range(3)]
+    for k in range(3):
+        for s in range(2):
+            for i, alpha in enumerate((0.1, 0.4, 0.7, 1.0)):
+                taus = (1.0, 3.0, 5.0, 20.0) if alpha == 1.0 else (3.0, 20.0)
+                rows += [
+                    student("grid", "main", k, s, 83.0 + 0.3 * i + 0.01 * k, alpha=alpha, tau=t) for t in taus
+                ]
+    rows += [student("grid", "main", 0, s, 84.0, loss="ce", tau=4.0) for s in range(2)]
+    (c1,) = judge_all(["C1"], experiments_from_rows(rows))
+    (trend,) = c1.primary
+    assert trend.statement == "test acc over alpha in {0.1, 0.4, 0.7, 1} (mean over tau in {3, 20})"
+    assert trend.teacher_values() == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0}) and trend.n_teacher_seeds == 3
+
+
 def pairs_rows(mse_minus_kl: dict[str, float], ce_train: dict[str, float] | None = None) -> list:
     """C5's pairs: teacher big (3 teacher seeds) -> each model, MSE and KL tau=20, 2 student seeds;
     MSE - KL = the given effect per model (+- a teacher-seed offset); CE students per model."""
