@@ -361,8 +361,8 @@ def reproduce(
         str | None,
         typer.Option(
             "--preset",
-            help="tiny (smoke test, about a minute), small (protocol v2, Fashion-MNIST on a CPU: under 2 hours "
-            "with --jobs 2 on 2 cores) or paper (CIFAR-100, GPUs); default tiny",
+            help="tiny (smoke test, about a minute), small (protocol v2, Fashion-MNIST on a CPU: 90 minutes "
+            "with --jobs 3 on 2 cores) or paper (CIFAR-100, GPUs); default tiny",
         ),
     ] = None,
     setting: Annotated[
