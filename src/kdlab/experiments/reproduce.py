@@ -91,7 +91,7 @@ def run_experiment(
 
 
 def reproduce(
-    preset: str | None = "tiny",
+    preset: str | None = None,  # None: tiny, or with rejudge the preset its rows name
     claims: str | list[str] | None = None,
     out: str | Path | None = None,
     jobs: int = 1,
