@@ -534,6 +534,16 @@ def test_cache_sidecar_follows_the_output_rules(env, tmp_path, capsys):
         assert message.endswith("move it away, or choose another kd.cache_dir")
         assert tree(tmp_path) == before, case
         assert elsewhere.read_text() == "the user's\n"
+    # A link to nothing at the table's name: exists() is False there, and the build would replace the link.
+    sidecar.unlink()
+    table.symlink_to(tmp_path / "nowhere.npy")
+    before = tree(tmp_path)
+    code, message = kdlab(capsys, *args, "--out", tmp_path / "dangling")
+    assert code == 2 and message == (
+        f"{table} is a symbolic link to nothing; kdlab writes the teacher-logit cache only as a regular file: "
+        "remove the link, or choose another kd.cache_dir"
+    )
+    assert tree(tmp_path) == before and table.is_symlink()
 
 
 # --- the write helpers themselves --------------------------------------------------------------------

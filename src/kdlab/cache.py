@@ -299,6 +299,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def _clean_stale_temporaries(folder: Path) -> None:
+    for stale in remove_stale_temporaries(folder):
+        print(f"teacher-logit cache: removed {stale.name}, left by a build that was killed")
+
+
 def view_grid(loader: TensorLoader) -> ViewGrid:
     """The views of a training loader's images: its crops and flips (one view when not augmented)."""
     return ViewGrid(loader.pad, loader.flip) if loader.augment else ViewGrid(0, False)
@@ -463,12 +468,16 @@ def open_logit_cache(
         if loader.mean is not None
         else f"{len(images)} samples (no views: not images) x {num_classes} classes x 2 B = {_megabytes(size)}"
     )
-    for stale in remove_stale_temporaries(folder):
-        print(f"teacher-logit cache: removed {stale.name}, left by a build that was killed")
     record_path = path.with_suffix(".json")
+    if path.is_symlink() and not path.exists():  # exists() follows the link: the build would replace it
+        raise UserError(
+            f"{path} is a symbolic link to nothing; kdlab writes the teacher-logit cache only as a regular file: "
+            "remove the link, or choose another kd.cache_dir"
+        )
     if path.exists():  # a FIFO or folder under the name is refused below, never replaced
         print(f"teacher-logit cache: reusing {path} ({describe})")
         digest = check_cache_record(path, record_path, key)
+        _clean_stale_temporaries(folder)
     else:
         # The .json sidecar is written through the folder's manifest (kdlab.runs.OutputFolder; shared by
         # every build, so its lock is waited for): checked before the build, never over a file of yours.
@@ -481,6 +490,7 @@ def open_logit_cache(
                 f"raise it (--set kd.cache_limit_gb={size / 1e9 * 1.1:.2g}) or drop kd.cache"
             )
         folder.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temporaries(folder)  # after every check, and before free space is measured
         free = shutil.disk_usage(folder).free
         if free < size:
             raise UserError(
