@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures_engine import checkpoint, random_teacher
+from fixtures_engine import checkpoint, kdlab_error, random_teacher
 
 import kdlab.engine.loop
 import kdlab.engine.step
@@ -30,7 +30,7 @@ from kdlab.cli import main
 from kdlab.data import load_dataset
 from kdlab.engine.stacked import StackedStudents
 from kdlab.engine.stop import interrupted
-from kdlab.errors import RunInterrupted
+from kdlab.errors import RunInterrupted, UserError
 from kdlab.evaluate import evaluate_checkpoint
 from kdlab.experiments.claims import judge
 from kdlab.experiments.evidence import experiments_from_rows
@@ -157,7 +157,19 @@ def assert_diverged_at_epoch_2(run: Path, twin: Path) -> dict:
     assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
     assert rows(run) == rows(twin)[:1]
     assert record["test_acc_last_finite"] == rows(run)[0]["test_acc"]
-    assert evaluate_checkpoint(run, device="cpu")["test_acc"] == pytest.approx(record["test_acc_last_finite"])
+    last = run / "checkpoints" / "last.pt"
+    assert evaluate_checkpoint(last, device="cpu")["test_acc"] == pytest.approx(
+        record["test_acc_last_finite"]
+    )
+    # By its folder, a diverged run is no model (no final weights): eval, export, analyze and a
+    # teacher setting refuse it, naming the file that holds its last finite epoch.
+    refusal = (
+        f"run {run} diverged (its summary.json: last finite epoch 1), so it has no final weights: train it "
+        f"again with other settings, or pass {last} to read its last finite epoch"
+    )
+    with pytest.raises(UserError) as error:
+        evaluate_checkpoint(run, device="cpu")
+    assert str(error.value) == refusal
     return record
 
 
@@ -207,6 +219,18 @@ def test_a_diverging_student_of_a_lockstep_group_leaves_the_others_bitwise_as_wi
     record = assert_diverged_at_epoch_2(tmp_path / "with" / diverged, tmp_path / "with" / "ce-s0")
     assert record["diverged_step"] >= 2  # its first step of epoch 2 starts from finite epoch-1 weights
     assert_rerun_trains_nothing_and_report_names(with_it, tmp_path / "with", diverged, capsys)
+
+    run = tmp_path / "with" / diverged  # by its folder, no teacher and nothing to analyse or export
+    refused = f"run {run} diverged (its summary.json: last finite epoch 1), so it has no final weights"
+    commands = [
+        ["distill", "--dataset", "digits", "--model", "convnet-4", "--teacher", run, "--loss", "kl",
+         "--epochs", "1", "--out", tmp_path / "student"],
+        ["analyze", tmp_path / "with" / "ce-s0", "--teacher", run, "--out", tmp_path / "analysis"],
+        ["export", run, "--out", tmp_path / "export.safetensors"],
+    ]  # fmt: skip
+    for command in commands:
+        assert kdlab_error(capsys, *command).startswith(refused)
+    assert not any((tmp_path / name).exists() for name in ("student", "analysis", "export.safetensors"))
 
 
 def test_a_diverging_student_of_a_stacked_group_leaves_the_others_bitwise_as_without_it(

@@ -1168,7 +1168,9 @@ def _release(lock_path: Path, fd: int) -> None:
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:
-    """A run folder -> its ``checkpoints/last.pt`` (it must be finished); a file -> itself."""
+    """A run folder -> its ``checkpoints/last.pt`` (it must have finished, not diverged); a file ->
+    itself. A diverged run has no final weights: its ``last.pt`` is the last finite epoch's, which a
+    teacher, ``analyze``, ``eval`` or ``export`` reads only when named as a file."""
     path = Path(spec)
     if path.is_dir():
         run = RunFolder(path)
@@ -1180,6 +1182,13 @@ def resolve_checkpoint(spec: str | Path) -> Path:
             raise UserError(
                 f"run {path} is unfinished (no summary.json): finish it with `kdlab train ... --out {path} "
                 "--resume`, or pass a checkpoint file explicitly"
+            )
+        summary = run.summary()
+        if summary.get("status") == DIVERGED:
+            raise UserError(
+                f"run {path} diverged (its summary.json: last finite epoch {summary.get('last_finite_epoch')}), "
+                f"so it has no final weights: train it again with other settings, or pass "
+                f"{run.last_checkpoint} to read its last finite epoch"
             )
         return run.last_checkpoint
     if not path.exists():
