@@ -512,6 +512,65 @@ def test_report_groups_seeds_and_draws_the_grid(tmp_path):
         write_report(tmp_path / "unfinished", log=log_nothing)
 
 
+def test_report_keeps_two_teachers_of_one_folder_name_apart_by_their_checkpoints_sha256(tmp_path):
+    """Students of runs/a/teacher and runs/b/teacher (outside the report's folder: both named
+    'teacher'), and of a teacher trained again in place, are never averaged together."""
+    students = tmp_path / "students"
+
+    def student(name: str, teacher: str | None, digest: str | None, seed: int, acc: float) -> None:
+        folder = students / name
+        folder.mkdir(parents=True)
+        config = {"model": "convnet-4", "seed": seed, "out": str(folder), "data": {"name": "digits"},
+                  "kd": {"teacher": teacher, "loss": "kl" if teacher else "ce", "alpha": 1.0, "tau": 4.0}}  # fmt: skip
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        inputs = {"teachers": [{"path": teacher, "sha256": digest}]} if digest else {}
+        summary = {
+            "test_acc_last": acc,
+            "test_acc_best": acc,
+            "train_acc": 95.0,
+            "seed": seed,
+            "inputs": inputs,
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    a, b = "a" * 64, "b" * 64
+    for seed in (0, 1):
+        student(f"from-a-s{seed}", str(tmp_path / "runs" / "a" / "teacher"), a, seed, 70.0 + seed)
+        student(f"from-b-s{seed}", str(tmp_path / "runs" / "b" / "teacher"), b, seed, 80.0 + seed)
+    student("ce-s0", None, None, 0, 65.0)  # then each teacher gets its gates, or a line why not
+    result = write_report(students, log=log_nothing)
+    assert result["groups"] == 3
+    no_gates = json.loads((students / "gates.json").read_text())["no_gates"]
+    assert result["gates"] == [] and {line.split(": ")[0] for line in no_gates} == {
+        f"no gates for teacher {tmp_path / 'runs' / folder / 'teacher'}" for folder in "ab"
+    }  # two lines, each naming its folder in full
+    shutil.rmtree(students / "ce-s0")
+    rows = {
+        row["kd.teacher"]: row for row in csv.DictReader((students / "results.csv").open()) if row["n"] == "2"
+    }
+    assert set(rows) == {f"teacher (sha256 {'a' * 12})", f"teacher (sha256 {'b' * 12})"}
+    assert float(rows[f"teacher (sha256 {'a' * 12})"]["test_acc_last_mean"]) == 70.5
+    assert float(rows[f"teacher (sha256 {'b' * 12})"]["test_acc_last_mean"]) == 80.5
+
+    # One folder whose teacher was trained again in place (and a run of a kdlab that recorded no hash).
+    shutil.rmtree(students)
+    same = str(tmp_path / "runs" / "teacher")
+    for seed in (0, 1):
+        student(f"before-s{seed}", same, a, seed, 70.0)
+        student(f"after-s{seed}", same, b, seed, 80.0)
+    student("old-s0", same, None, 0, 60.0)
+    assert write_report(students, log=log_nothing)["groups"] == 3
+    rows = {row["kd.teacher"]: row["n"] for row in csv.DictReader((students / "results.csv").open())}
+    assert rows == {f"teacher (sha256 {'a' * 12})": "2", f"teacher (sha256 {'b' * 12})": "2",
+                    "teacher (sha256 not recorded)": "1"}  # fmt: skip
+
+    # The same checkpoint under one name: one group, named as before.
+    for name in ("after-s0", "after-s1", "old-s0"):
+        shutil.rmtree(students / name)
+    assert write_report(students, log=log_nothing)["groups"] == 1
+    assert [row["kd.teacher"] for row in csv.DictReader((students / "results.csv").open())] == ["teacher"]
+
+
 def test_report_applies_the_regime_gates_to_each_teacher_and_ce_setting(tmp_path):
     # Two teachers (one only as an ensemble member), two student models with CE runs, two seeds.
     document = digits_recipe(

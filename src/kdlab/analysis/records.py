@@ -35,6 +35,17 @@ class RunRecord:
     def diverged(self) -> bool:
         return self.status == DIVERGED
 
+    @property
+    def teacher_sha256(self) -> str | None:
+        """The SHA-256 of each checkpoint the run read as its teacher, as it recorded them ('+' between
+        an ensemble's members); None for a run without a teacher, or one that did not record them."""
+        inputs = self.summary.get("inputs")
+        recorded = inputs.get("teachers") if isinstance(inputs, dict) else None
+        if not isinstance(recorded, list) or not recorded:
+            return None
+        hashes = [entry.get("sha256") if isinstance(entry, dict) else None for entry in recorded]
+        return "+".join(hashes) if all(isinstance(digest, str) and digest for digest in hashes) else None
+
     def diverged_text(self) -> str:
         """Where and why a diverged run stopped, e.g. 'diverged at epoch 2, step 3: the loss became NaN
         or inf (last finite epoch 1)'."""

@@ -115,10 +115,23 @@ def group_key(record: RunRecord, root: Path | None = None) -> dict[str, Any]:
 
 def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group]:
     """Runs grouped by ``group_key``, groups sorted by teacher, model, loss (registration order) and its
-    hyperparameters."""
+    hyperparameters.
+
+    A teacher is named by its folder (:func:`teacher_name`); where runs name one folder name but read
+    other checkpoints (two folders ``teacher`` in different places, or a teacher trained again in place),
+    the checkpoints' recorded SHA-256 tells them apart: each becomes a group of its own, named
+    ``NAME (sha256 PREFIX)``, never one mean over different teachers."""
+    read: dict[str | None, set[str | None]] = {}
+    for record in records:
+        read.setdefault(teacher_name(record.config.kd.teacher, root), set()).add(record.teacher_sha256)
     groups: dict[str, Group] = {}
     for record in records:
         key = group_key(record, root)
+        name = key["kd.teacher"]
+        if name is not None and len(read[name]) > 1:
+            digest = record.teacher_sha256
+            shown = "+".join(part[:12] for part in digest.split("+")) if digest else "not recorded"
+            key["kd.teacher"] = f"{name} (sha256 {shown})"
         groups.setdefault(repr(sorted(key.items(), key=lambda item: item[0])), Group(key)).runs.append(record)
 
     registered = LOSSES.registered()
@@ -372,8 +385,9 @@ def regime_gates(records: list[RunRecord], root: Path | None = None) -> tuple[li
                     f"{len(records)} runs: add one trained on the teacher's data"]  # fmt: skip
     checks: list[GateCheck] = []
     missing: list[str] = []
+    names = {spec: teacher_name(spec, root) for spec in teachers}
     for spec, (teacher, reason) in teachers.items():
-        name = teacher_name(spec, root)
+        name = names[spec] if list(names.values()).count(names[spec]) == 1 else spec  # two folders 'teacher'
         if teacher is None:
             missing.append(f"no gates for teacher {name}: {reason}")
             continue
