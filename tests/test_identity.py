@@ -9,8 +9,10 @@ Tiny runs: convnet-4 on digits (or on a tensors folder of 8x8 images) for 1 epoc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from fixtures_engine import kdlab_error
 
 import kdlab.data.select
 from kdlab.cli import main
+from kdlab.errors import UserError
 from kdlab.identity import indices_sha256, short
 from kdlab.runs import file_sha256
 
@@ -223,6 +226,86 @@ def test_resume_refuses_a_plugin_changed_since_the_run_started(tmp_path, capsys,
         "restore it, or start this run again (--overwrite; in a sweep or chain, delete its folder)"
     )
     assert snapshot(out) == before
+
+
+def test_a_plugins_own_helper_module_is_part_of_the_plugin(tmp_path, capsys, restore_registries):
+    """A file plugin imports a module beside it, as a script would: the run records both files, and a
+    changed helper is a changed plugin."""
+    folder = tmp_path / "setting"
+    folder.mkdir()
+    plugin, helper = folder / "my_setting_with_helper.py", folder / "my_kd_helper_3f9.py"
+    plugin.write_text("import my_kd_helper_3f9\n\nSCALE = my_kd_helper_3f9.SCALE\n")
+    helper.write_text("SCALE = 1.0\n")
+    out = tmp_path / "run"
+    run(capsys, "train", "--import", plugin, *DIGITS, "--out", out)
+
+    def digest() -> str:  # by hand: each file's path in the plugin's folder and sha256, sorted
+        listing = "".join(f"{path.name}\0{file_sha256(path)}\n" for path in sorted([helper, plugin]))
+        return "2 files:" + hashlib.sha256(listing.encode()).hexdigest()
+
+    then = digest()
+    assert json.loads((out / "inputs.json").read_text())["imports"] == {str(plugin): then}
+    helper.write_text("SCALE = 2.0  # changed after the run started\n")
+    before = snapshot(out)
+    message = kdlab_error(capsys, "train", "--import", plugin, *DIGITS[:-1], "2", "--out", out, "--resume")
+    assert message == (
+        f"the plugin {plugin} changed after {out} started (sha256 2 files: {then[8:20]}… then, 2 files: "
+        f"{digest()[8:20]}… now): restore it, or start this run again (--overwrite; in a sweep or chain, delete its folder)"
+    )
+    assert snapshot(out) == before
+
+
+def test_a_plugin_recorded_by_its_file_alone_resumes_while_its_helper_is_unchanged(
+    tmp_path, restore_registries
+):
+    """A run of a kdlab that hashed a plugin's file alone is compared on that file (its helpers were
+    not recorded), not refused for the new form of the digest."""
+    from kdlab.identity import compare_inputs
+    from kdlab.plugins import import_plugins, plugin_hashes
+
+    folder = tmp_path / "setting"
+    folder.mkdir()
+    plugin = folder / "my_old_plugin_7c1.py"
+    plugin.write_text("import my_old_helper_7c1\n")
+    (folder / "my_old_helper_7c1.py").write_text("X = 1\n")
+    (spec,) = import_plugins([str(plugin)])
+    now = plugin_hashes([spec])
+    assert now[spec].startswith("2 files:")
+    compare_inputs({"imports": {spec: file_sha256(plugin)}}, {"imports": now}, "old-run")  # accepted
+    with pytest.raises(UserError, match=f"the plugin {spec} changed after old-run started"):
+        compare_inputs({"imports": {spec: "0" * 64}}, {"imports": now}, "old-run")
+
+
+def test_a_module_plugin_of_a_package_counts_the_package_modules_it_loaded(
+    tmp_path, monkeypatch, restore_registries
+):
+    from kdlab.plugins import import_plugins, plugin_hashes
+
+    package = tmp_path / "pkg_e41"
+    (package / "sub").mkdir(parents=True)
+    files = {"__init__.py": "", "kd.py": "from pkg_e41.sub import util\n", "sub/__init__.py": "",
+             "sub/util.py": "X = 1\n", "unused.py": "never imported\n"}  # fmt: skip
+    for name, text in files.items():
+        (package / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (spec,) = import_plugins(["pkg_e41.kd"])
+    loaded = ["__init__.py", "kd.py", "sub/__init__.py", "sub/util.py"]  # not unused.py
+    listing = "".join(f"{name}\0{file_sha256(package / name)}\n" for name in loaded)
+    assert plugin_hashes([spec]) == {spec: "4 files:" + hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def test_a_plugin_alone_in_the_working_folder_is_hashed_by_its_file(
+    tmp_path, monkeypatch, restore_registries
+):
+    """torch's ``torch._classes`` and ``torch._ops`` carry relative ``__file__`` names ("_classes.py"),
+    which resolve into the working folder: they are no helper of a plugin there."""
+    from kdlab.plugins import import_plugins, plugin_hashes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alone_5d2.py").write_text("X = 1\n")
+    assert any(getattr(module, "__file__", None) == "_classes.py" for module in list(sys.modules.values()))
+    (spec,) = import_plugins(["alone_5d2.py"])
+    assert plugin_hashes([spec]) == {spec: file_sha256(tmp_path / "alone_5d2.py")}
 
 
 def test_a_run_of_a_kdlab_before_records_resumes_on_its_settings_alone(pair, teachers, capsys):

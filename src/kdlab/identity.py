@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import UserError
+from kdlab.plugins import legacy_plugin_hash
 
 if TYPE_CHECKING:
     from kdlab.config import RunConfig
@@ -57,7 +58,11 @@ AGAIN = "start this run again (--overwrite; in a sweep or chain, delete its fold
 
 
 def short(digest: str | None) -> str:
-    """The first 12 hex digits of a sha256, as messages show it."""
+    """The first 12 hex digits of a sha256, as messages show it (a plugin of several files:
+    ``3 files: 1a2b3c4d5e6f…``)."""
+    if digest and " files:" in digest:
+        count, _, digest = digest.partition(":")
+        return f"{count}: {digest[:12]}…"
     return f"{digest[:12]}…" if digest else "none"
 
 
@@ -191,6 +196,8 @@ def compare_inputs(recorded: dict[str, Any], current: dict[str, Any], where: str
         by_name = {_plugin_name(spec): digest for spec, digest in plugins_then.items()}
         for spec, digest in plugins_now.items():
             then = by_name.get(_plugin_name(spec))
+            if isinstance(then, str) and " files:" not in then and digest is not None and " files:" in digest:
+                digest = legacy_plugin_hash(spec)  # recorded before helpers counted: its file alone
             if then is not None and digest is not None and then != digest:
                 raise UserError(
                     f"the plugin {spec} changed after {where} started (sha256 {short(then)} then, {short(digest)} "

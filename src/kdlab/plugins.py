@@ -10,7 +10,7 @@ entries with the decorators kdlab uses for its own::
 
 It enters through ``--import MODULE_OR_FILE`` (repeatable, on every command) or ``imports: [...]`` in
 any YAML document kdlab reads (a ``--config`` file, a recipe, a setting). A run folder records its
-imports in ``config.yaml`` (files as absolute paths, with each file's SHA-256 in ``run_info``), so
+imports in ``config.yaml`` (files as absolute paths, with each plugin's SHA-256 in ``run_info``), so
 every later reader of the run (``--resume``, a sweep's worker processes, ``kdlab report``,
 ``analyze``, ``export``, a student reading it as its teacher) imports them again first.
 
@@ -143,13 +143,97 @@ def _failed(spec: str, error: BaseException) -> UserError:
 
 
 def plugin_hashes(specs: Iterable[str]) -> dict[str, str | None]:
-    """``{spec: sha256 of its file}`` (a module: of its ``__file__``; None when it has none): recorded
-    with every run, so that a plugin changed after the run can be told apart."""
+    """``{spec: digest}`` of each plugin, recorded with every run so that a plugin changed after the
+    run can be told apart; None for a module without a file.
+
+    The digest is the SHA-256 of the plugin's file (a module: its ``__file__``) when that file is all
+    of its own code that is loaded. A plugin that imported modules of its own (a file plugin: modules
+    under its folder, which it imports as a script would; a module of a package: the package's other
+    modules) gets ``"N files:"`` and the SHA-256 of their list (each file's path relative to the
+    plugin's folder and its SHA-256), so that a change to a helper is a change of the plugin. Other
+    plugins, kdlab and installed packages are never counted."""
     hashes: dict[str, str | None] = {}
     for spec in specs:
-        path = spec if is_file_spec(spec) else getattr(sys.modules.get(spec), "__file__", None)
+        main = _plugin_file(spec)
         try:
-            hashes[spec] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+            hashes[spec] = _digest(main, *_own_modules(spec, main)) if main else None
         except OSError:
             hashes[spec] = None
     return hashes
+
+
+def legacy_plugin_hash(spec: str) -> str | None:
+    """The digest kdlab recorded before helpers counted: the SHA-256 of the plugin's file alone."""
+    main = _plugin_file(spec)
+    try:
+        return hashlib.sha256(main.read_bytes()).hexdigest() if main else None
+    except OSError:
+        return None
+
+
+def _plugin_file(spec: str) -> Path | None:
+    path = spec if is_file_spec(spec) else getattr(sys.modules.get(spec), "__file__", None)
+    return Path(path).resolve() if path else None
+
+
+def _digest(main: Path, root: Path, helpers: list[Path]) -> str:
+    if not helpers:
+        return hashlib.sha256(main.read_bytes()).hexdigest()
+    listing = "".join(
+        f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+        for path in sorted([main, *helpers])
+    )
+    return f"{len(helpers) + 1} files:{hashlib.sha256(listing.encode()).hexdigest()}"
+
+
+def _own_modules(spec: str, main: Path) -> tuple[Path, list[Path]]:
+    """``(root, files)``: the plugin's own folder (a module in a package: the top package's folder)
+    and the files of the modules loaded from under it, other than ``main``: not kdlab's, not an
+    installed package's, not another plugin file's (each of those is recorded on its own), not the
+    script Python runs (``__main__``)."""
+    if is_file_spec(spec):
+        root = main.parent
+    else:
+        top = sys.modules.get(spec.partition(".")[0])
+        folders = list(getattr(top, "__path__", None) or [])
+        if not folders:
+            return main.parent, []  # a module of its own, not in a package: its file is its code
+        root = Path(folders[0]).resolve()
+    if root not in main.parents:
+        return main.parent, []
+    key = (root, main, len(sys.modules))  # modules are loaded at import: one scan per plugin, mostly
+    if key not in _OWN_MODULES:
+        _OWN_MODULES[key] = _modules_under(root, main)
+    return root, _OWN_MODULES[key]
+
+
+_OWN_MODULES: dict[tuple[Path, Path, int], list[Path]] = {}
+
+
+def _modules_under(root: Path, main: Path) -> list[Path]:
+    excluded = {Path(__file__).resolve().parent, *(Path(folder).resolve() for folder in _installed_folders())}
+    prefixes = tuple(f"{folder}{os.sep}" for folder in _installed_folders())  # skipped before resolving
+    found = set()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py") or path.startswith(prefixes):
+            continue
+        if not os.path.isabs(path) or not os.path.isfile(path):  # torch._classes: "_classes.py"
+            continue
+        if name == "__main__" or name.startswith("kdlab_plugin_"):
+            continue
+        resolved = Path(path).resolve()
+        if resolved != main and root in resolved.parents and not excluded.intersection(resolved.parents):
+            found.add(resolved)
+    return sorted(found)
+
+
+def _installed_folders() -> list[str]:
+    import site
+    import sysconfig
+
+    folders = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    folders.update(value for value in sysconfig.get_paths().values() if value)
+    if site.ENABLE_USER_SITE and site.getusersitepackages():
+        folders.add(site.getusersitepackages())
+    return sorted(folders)
