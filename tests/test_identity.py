@@ -241,7 +241,7 @@ def test_a_plugins_own_helper_module_is_part_of_the_plugin(tmp_path, capsys, res
 
     def digest() -> str:  # by hand: each file's path in the plugin's folder and sha256, sorted
         listing = "".join(f"{path.name}\0{file_sha256(path)}\n" for path in sorted([helper, plugin]))
-        return "2 files:" + hashlib.sha256(listing.encode()).hexdigest()
+        return f"{file_sha256(plugin)}+2 files:" + hashlib.sha256(listing.encode()).hexdigest()
 
     then = digest()
     assert json.loads((out / "inputs.json").read_text())["imports"] == {str(plugin): then}
@@ -249,17 +249,16 @@ def test_a_plugins_own_helper_module_is_part_of_the_plugin(tmp_path, capsys, res
     before = snapshot(out)
     message = kdlab_error(capsys, "train", "--import", plugin, *DIGITS[:-1], "2", "--out", out, "--resume")
     assert message == (
-        f"the plugin {plugin} changed after {out} started (sha256 2 files: {then[8:20]}… then, 2 files: "
-        f"{digest()[8:20]}… now): restore it, or start this run again (--overwrite; in a sweep or chain, delete its folder)"
+        f"the plugin {plugin} changed after {out} started (sha256 {then[:12]}… with its helpers (2 files: "
+        f"{then[-64:][:12]}…) then, {then[:12]}… with its helpers (2 files: {digest()[-64:][:12]}…) now): restore "
+        "it, or start this run again (--overwrite; in a sweep or chain, delete its folder)"
     )
     assert snapshot(out) == before
 
 
-def test_a_plugin_recorded_by_its_file_alone_resumes_while_its_helper_is_unchanged(
-    tmp_path, restore_registries
-):
-    """A run of a kdlab that hashed a plugin's file alone is compared on that file (its helpers were
-    not recorded), not refused for the new form of the digest."""
+def test_a_plugin_recorded_by_its_file_alone_is_compared_on_that_file(tmp_path, restore_registries):
+    """A run of a kdlab that hashed a plugin's file alone, or a process that had not loaded a helper
+    the plugin imports later, is compared on the plugin's file, not refused for the form of the digest."""
     from kdlab.identity import compare_inputs
     from kdlab.plugins import import_plugins, plugin_hashes
 
@@ -270,10 +269,24 @@ def test_a_plugin_recorded_by_its_file_alone_resumes_while_its_helper_is_unchang
     (folder / "my_old_helper_7c1.py").write_text("X = 1\n")
     (spec,) = import_plugins([str(plugin)])
     now = plugin_hashes([spec])
-    assert now[spec].startswith("2 files:")
+    assert now[spec].startswith(f"{file_sha256(plugin)}+2 files:")
     compare_inputs({"imports": {spec: file_sha256(plugin)}}, {"imports": now}, "old-run")  # accepted
     with pytest.raises(UserError, match=f"the plugin {spec} changed after old-run started"):
         compare_inputs({"imports": {spec: "0" * 64}}, {"imports": now}, "old-run")
+    # A helper loaded in the recording process but not (yet) in this one: the plugin's file decides.
+    compare_inputs({"imports": now}, {"imports": {spec: file_sha256(plugin)}}, "old-run")
+    with pytest.raises(UserError, match=f"the plugin {spec} changed after old-run started"):
+        compare_inputs(
+            {"imports": {spec: "0" * 64 + now[spec][64:]}},
+            {"imports": {spec: file_sha256(plugin)}},
+            "old-run",
+        )
+    with pytest.raises(
+        UserError, match=f"the plugin {spec} changed after old-run started"
+    ):  # both list helpers
+        compare_inputs({"imports": {spec: now[spec][:-1] + "0"}}, {"imports": now}, "old-run")
+    with pytest.raises(UserError, match=f"the plugin {spec} changed after old-run started"):  # not a digest
+        compare_inputs({"imports": {spec: 7}}, {"imports": now}, "old-run")
 
 
 def test_a_module_plugin_of_a_package_counts_the_package_modules_it_loaded(
@@ -291,7 +304,8 @@ def test_a_module_plugin_of_a_package_counts_the_package_modules_it_loaded(
     (spec,) = import_plugins(["pkg_e41.kd"])
     loaded = ["__init__.py", "kd.py", "sub/__init__.py", "sub/util.py"]  # not unused.py
     listing = "".join(f"{name}\0{file_sha256(package / name)}\n" for name in loaded)
-    assert plugin_hashes([spec]) == {spec: "4 files:" + hashlib.sha256(listing.encode()).hexdigest()}
+    own = file_sha256(package / "kd.py")
+    assert plugin_hashes([spec]) == {spec: f"{own}+4 files:" + hashlib.sha256(listing.encode()).hexdigest()}
 
 
 def test_a_plugin_alone_in_the_working_folder_is_hashed_by_its_file(

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import UserError
-from kdlab.plugins import legacy_plugin_hash
+from kdlab.plugins import HELPERS, same_plugin
 
 if TYPE_CHECKING:
     from kdlab.config import RunConfig
@@ -57,12 +57,15 @@ SPLITS = ("train", "val", "test")
 AGAIN = "start this run again (--overwrite; in a sweep or chain, delete its folder)"
 
 
-def short(digest: str | None) -> str:
+def short(digest: object) -> str:
     """The first 12 hex digits of a sha256, as messages show it (a plugin of several files:
-    ``3 files: 1a2b3c4d5e6f…``)."""
-    if digest and " files:" in digest:
-        count, _, digest = digest.partition(":")
-        return f"{count}: {digest[:12]}…"
+    ``9f8e7d6c5b4a… with its helpers (3 files: 1a2b3c4d5e6f…)``)."""
+    if digest is not None and not isinstance(digest, str):  # a record that is not kdlab's
+        return "(not a digest)"
+    if digest and HELPERS in digest:  # a plugin with its helpers: its file's, then the list's
+        own, _, listed = digest.partition("+")
+        count, _, listing = listed.partition(HELPERS)
+        return f"{own[:12]}… with its helpers ({count} files: {listing[:12]}…)"
     return f"{digest[:12]}…" if digest else "none"
 
 
@@ -196,9 +199,11 @@ def compare_inputs(recorded: dict[str, Any], current: dict[str, Any], where: str
         by_name = {_plugin_name(spec): digest for spec, digest in plugins_then.items()}
         for spec, digest in plugins_now.items():
             then = by_name.get(_plugin_name(spec))
-            if isinstance(then, str) and " files:" not in then and digest is not None and " files:" in digest:
-                digest = legacy_plugin_hash(spec)  # recorded before helpers counted: its file alone
-            if then is not None and digest is not None and then != digest:
+            if (
+                then is not None
+                and digest is not None
+                and not (isinstance(then, str) and same_plugin(then, digest))
+            ):
                 raise UserError(
                     f"the plugin {spec} changed after {where} started (sha256 {short(then)} then, {short(digest)} "
                     f"now): restore it, or {AGAIN}"

@@ -149,9 +149,11 @@ def plugin_hashes(specs: Iterable[str]) -> dict[str, str | None]:
     The digest is the SHA-256 of the plugin's file (a module: its ``__file__``) when that file is all
     of its own code that is loaded. A plugin that imported modules of its own (a file plugin: modules
     under its folder, which it imports as a script would; a module of a package: the package's other
-    modules) gets ``"N files:"`` and the SHA-256 of their list (each file's path relative to the
-    plugin's folder and its SHA-256), so that a change to a helper is a change of the plugin. Other
-    plugins, kdlab and installed packages are never counted."""
+    loaded modules) gets ``FILE+N files:LIST``: its file's SHA-256, then the count and the SHA-256 of
+    the list of them all (each file's path relative to the plugin's folder and its SHA-256), so that a
+    change to a helper is a change of the plugin. Other plugins, kdlab and installed packages are never
+    counted. A helper imported only later (inside a function) may be loaded in one process and not in
+    another: :func:`same_plugin` then compares the plugin's files alone."""
     hashes: dict[str, str | None] = {}
     for spec in specs:
         main = _plugin_file(spec)
@@ -162,13 +164,16 @@ def plugin_hashes(specs: Iterable[str]) -> dict[str, str | None]:
     return hashes
 
 
-def legacy_plugin_hash(spec: str) -> str | None:
-    """The digest kdlab recorded before helpers counted: the SHA-256 of the plugin's file alone."""
-    main = _plugin_file(spec)
-    try:
-        return hashlib.sha256(main.read_bytes()).hexdigest() if main else None
-    except OSError:
-        return None
+def same_plugin(then: str, now: str) -> bool:
+    """Whether two digests of :func:`plugin_hashes` are of the same plugin: equal when both list the
+    helpers; the plugin's own file's SHA-256 when either does not (a run recorded before helpers
+    counted, or a helper not yet loaded in one of the two processes)."""
+    if HELPERS in then and HELPERS in now:
+        return then == now
+    return then.partition("+")[0] == now.partition("+")[0]
+
+
+HELPERS = " files:"  # in a digest that lists the plugin's helper modules
 
 
 def _plugin_file(spec: str) -> Path | None:
@@ -177,13 +182,14 @@ def _plugin_file(spec: str) -> Path | None:
 
 
 def _digest(main: Path, root: Path, helpers: list[Path]) -> str:
+    own = hashlib.sha256(main.read_bytes()).hexdigest()
     if not helpers:
-        return hashlib.sha256(main.read_bytes()).hexdigest()
+        return own
     listing = "".join(
         f"{path.relative_to(root).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
         for path in sorted([main, *helpers])
     )
-    return f"{len(helpers) + 1} files:{hashlib.sha256(listing.encode()).hexdigest()}"
+    return f"{own}+{len(helpers) + 1}{HELPERS}{hashlib.sha256(listing.encode()).hexdigest()}"
 
 
 def _own_modules(spec: str, main: Path) -> tuple[Path, list[Path]]:
