@@ -217,8 +217,9 @@ _OWN_MODULES: dict[tuple[Path, Path, int], list[Path]] = {}
 
 
 def _modules_under(root: Path, main: Path) -> list[Path]:
-    excluded = {Path(__file__).resolve().parent, *(Path(folder).resolve() for folder in _installed_folders())}
-    prefixes = tuple(f"{folder}{os.sep}" for folder in _installed_folders())  # skipped before resolving
+    installed = _installed_folders()
+    excluded = {Path(__file__).resolve().parent, *(Path(folder).resolve() for folder in installed)}
+    prefixes = tuple(f"{folder}{os.sep}" for folder in installed)  # skipped before resolving
     found = set()
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)

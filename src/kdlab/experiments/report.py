@@ -121,12 +121,12 @@ def group_runs(records: list[RunRecord], root: Path | None = None) -> list[Group
     other checkpoints (two folders ``teacher`` in different places, or a teacher trained again in place),
     the checkpoints' recorded SHA-256 tells them apart: each becomes a group of its own, named
     ``NAME (sha256 PREFIX)``, never one mean over different teachers."""
+    keys = [group_key(record, root) for record in records]
     read: dict[str | None, set[str | None]] = {}
-    for record in records:
-        read.setdefault(teacher_name(record.config.kd.teacher, root), set()).add(record.teacher_sha256)
+    for record, key in zip(records, keys, strict=True):
+        read.setdefault(key["kd.teacher"], set()).add(record.teacher_sha256)
     groups: dict[str, Group] = {}
-    for record in records:
-        key = group_key(record, root)
+    for record, key in zip(records, keys, strict=True):
         name = key["kd.teacher"]
         if name is not None and len(read[name]) > 1:
             digest = record.teacher_sha256

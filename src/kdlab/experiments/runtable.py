@@ -244,22 +244,22 @@ def _common(record: Any, preset: str) -> dict[str, Any]:
     return values
 
 
-def _teacher_columns(config: Any, roles: Mapping[str, str], summary: Mapping[str, Any]) -> dict[str, Any]:
+def _teacher_columns(record: Any, roles: Mapping[str, str]) -> dict[str, Any]:
     """``teacher`` (recipe names), ``teacher_runs`` (folders) and ``teacher_sha256`` (of each checkpoint
-    read, as the run recorded it) of a run that reads teachers; empty for one that reads none."""
+    read, as the run recorded it: :attr:`RunRecord.teacher_sha256`) of a run that reads teachers; empty
+    for one that reads none."""
     from kdlab.config import teacher_specs
 
+    config = record.config
     specs = teacher_specs(config.kd.teacher) if config.kd.teacher else []
     if not specs:
         return {}
     folders = [Path(spec).name for spec in specs]
-    inputs = summary.get("inputs") if isinstance(summary.get("inputs"), dict) else {}
-    recorded = inputs.get("teachers") if isinstance(inputs.get("teachers"), list) else []
-    hashes = [str(entry.get("sha256") or "") for entry in recorded if isinstance(entry, dict)]
+    digest = record.teacher_sha256
     return {
         "teacher": "+".join(roles.get(folder, folder) for folder in folders),
         "teacher_runs": "+".join(folders),
-        "teacher_sha256": "+".join(hashes) if len(hashes) == len(folders) else None,
+        "teacher_sha256": digest if digest and digest.count("+") + 1 == len(folders) else None,
         "ensemble": config.kd.ensemble if len(folders) > 1 else None,
     }
 
@@ -286,7 +286,7 @@ def rows_from_sweeps(
                 entry = found[key] = {
                     **_common(record, preset), "folder": Path(planned.name).parent.name, "run": name,
                     "role": TEACHER, "name": planned.role or name, "teacher_seed": planned.teacher_seed,
-                    **_teacher_columns(record.config, roles, record.summary),
+                    **_teacher_columns(record, roles),
                     "last_pt_sha256": file_sha256(last) if (last := record.path / "checkpoints" / "last.pt").is_file()
                     else None,
                     **analyses.get(key, {}), "experiments": [],
@@ -301,7 +301,7 @@ def rows_from_sweeps(
             if entry is None:
                 entry = found[key] = {
                     **_common(record, preset), "folder": sweep.folder, "run": planned.name, "role": STUDENT,
-                    "teacher_seed": planned.teacher_seed, **_teacher_columns(record.config, roles, record.summary),
+                    "teacher_seed": planned.teacher_seed, **_teacher_columns(record, roles),
                     **analyses.get(key, {}), "experiments": [],
                 }  # fmt: skip
             entry["experiments"].append(sweep.key)
